@@ -1,0 +1,127 @@
+"""Turn any 2D image into the uint8 RGB array the models take.
+
+Rules (see DESIGN.md, "Intensity"):
+
+- ``(H, W)`` gray and ``(H, W, 1)`` are repeated to RGB; ``(H, W, 4)`` drops alpha.
+- uint8 passes unchanged, so results equal the official predictors'.
+- Every other real dtype maps to uint8 through ONE window ``(lo, hi)`` for all pixels and
+  channels: ``contrast_limits`` when given (napari's layer contrast limits), else robust
+  percentiles of the finite values. NaN and -inf map to 0, +inf to 255. bool maps to 0/255.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["to_rgb_uint8", "intensity_window", "DEFAULT_PERCENTILES"]
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+_MAX_SAMPLES = 1 << 20
+
+
+def _check_array(image) -> np.ndarray:
+    if hasattr(image, "__array__") or isinstance(image, (list, tuple)):
+        arr = np.asarray(image)
+    else:
+        raise TypeError(f"image must be an array, got {type(image).__name__}")
+    if arr.dtype.kind == "c":
+        raise ValueError(
+            "complex images are not supported; pass np.abs(image) or image.real explicitly"
+        )
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"image dtype {arr.dtype} is not a real numeric type")
+    if arr.size == 0:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    return arr
+
+
+def _channels_last(arr: np.ndarray) -> np.ndarray:
+    """Return (H, W, C) with C in {1, 3, 4}; raise for anything it cannot identify."""
+    if arr.ndim == 2:
+        return arr[..., None]
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        return arr
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4):
+        raise ValueError(
+            f"image of shape {arr.shape} looks channel-first; pass np.moveaxis(image, 0, -1) "
+            "so that the channel axis (1, 3 or 4 channels) comes last"
+        )
+    if arr.ndim == 3:
+        raise ValueError(
+            f"image of shape {arr.shape} has no channel axis of size 1, 3 or 4 last; for a "
+            "z-stack or time series embed one slice at a time, e.g. image[z]"
+        )
+    raise ValueError(
+        f"image must be 2D (H, W) or (H, W, 1|3|4), got {arr.ndim}D shape {arr.shape}; "
+        "select one plane of a stack first"
+    )
+
+
+def intensity_window(
+    image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+) -> tuple[float, float]:
+    """Robust ``(lo, hi)`` from the finite values of ``image`` (subsampled beyond 1M pixels).
+
+    Use the window of a whole stack for each of its slices so that intensities do not jump.
+    """
+    arr = np.asarray(image)
+    flat = arr.reshape(-1)
+    if flat.size > _MAX_SAMPLES:
+        flat = flat[:: flat.size // _MAX_SAMPLES + 1]
+    flat = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat
+    if flat.size == 0:
+        raise ValueError("image has no finite values (all NaN or inf); nothing to segment")
+    lo, hi = np.percentile(flat.astype(np.float64), percentiles)
+    return float(lo), float(hi)
+
+
+def to_rgb_uint8(
+    image, contrast_limits: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Return a C-contiguous ``(H, W, 3)`` uint8 copy or view of ``image``.
+
+    ``contrast_limits``: the ``(lo, hi)`` window for non-uint8 data; values ``<= lo`` map to 0
+    and ``>= hi`` to 255. Ignored for uint8 and bool input.
+    """
+    arr = _channels_last(_check_array(image))
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ValueError(f"image of shape {arr.shape[:2]} is too small; need at least 2x2 pixels")
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    else:
+        if contrast_limits is None:
+            lo, hi = intensity_window(arr)
+        else:
+            lo, hi = _check_limits(contrast_limits)
+        out = _apply_window(arr, lo, hi)
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def _check_limits(limits) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in limits)
+    except (TypeError, ValueError):
+        raise ValueError(f"contrast_limits must be two numbers (lo, hi), got {limits!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"contrast_limits must be finite, got {limits!r}")
+    if hi < lo:
+        raise ValueError(f"contrast_limits must satisfy lo <= hi, got {limits!r}")
+    return lo, hi
+
+
+def _apply_window(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    x = arr.astype(np.float32)
+    if hi > lo:
+        x -= np.float32(lo)
+        x *= np.float32(255.0 / (hi - lo))
+    else:  # flat window: a threshold at lo
+        x = np.where(x > lo, np.float32(255), np.float32(0))
+    np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    np.clip(x, 0, 255, out=x)
+    return np.rint(x).astype(np.uint8)

@@ -1,0 +1,43 @@
+"""Model zoo: registry, weights, and one backend module per family."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from .registry import BACKENDS, REGISTRY, ModelSpec, get_spec, list_models
+
+__all__ = ["ModelSpec", "REGISTRY", "list_models", "get_spec", "load_model"]
+
+
+def load_model(
+    name: str | ModelSpec,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    progress=True,
+):
+    """Load a promptable model by registry name (or :class:`ModelSpec`).
+
+    checkpoint: None downloads the official weights into the cache (once) and verifies their
+    hash; a path loads that file with no network access. device: ``"auto"`` (cuda > mps > cpu),
+    ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``. progress: see
+    :func:`~napari_promptseg.models.weights.fetch_weights`.
+    """
+    from ..devices import resolve_device
+    from .checkpoint import fingerprint, read_state_dict
+    from .weights import fetch_weights
+
+    spec = name if isinstance(name, ModelSpec) else get_spec(name)
+    dev = resolve_device(device)  # fail fast, before any download
+    if checkpoint is None:
+        path = fetch_weights(spec, progress=progress)
+        checkpoint_id = spec.known_hash
+    else:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        checkpoint_id = fingerprint(path)
+    state = read_state_dict(path)
+    module, func = BACKENDS[spec.family].split(":")
+    build = getattr(importlib.import_module(module), func)
+    return build(spec, state, checkpoint_id, dev)

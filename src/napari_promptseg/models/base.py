@@ -1,0 +1,96 @@
+"""The backend protocol: what every model family implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..image import to_rgb_uint8
+from ..prompts import Prompt, make_prompt
+from ..results import Embedding, Prediction
+from .registry import ModelSpec
+
+__all__ = ["PromptableModel"]
+
+
+class PromptableModel(ABC):
+    """A promptable segmentation model: ``embed`` an image once, ``predict`` many prompts.
+
+    Subclasses (one per family) implement :meth:`_embed_rgb` and :meth:`_predict`; input
+    checking, intensity mapping and prompt validation live here, shared by all families.
+    """
+
+    #: bump when the image preparation changes, so cached embeddings are invalidated
+    preprocessing: str = "rgb8-v1"
+
+    def __init__(self, spec: ModelSpec, checkpoint_id: str, device) -> None:
+        self.spec = spec
+        self.checkpoint_id = checkpoint_id
+        self.device = device
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    @abstractmethod
+    def low_res_shape(self) -> tuple[int, int]:
+        """Shape ``(h, w)`` of :attr:`Prediction.logits` rows and of ``mask_input``."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.device}>"
+
+    def embed(self, image, contrast_limits: tuple[float, float] | None = None) -> Embedding:
+        """Encode ``image`` (H, W) or (H, W, 1|3|4) of any real dtype.
+
+        uint8 goes to the model unchanged; other dtypes through the ``contrast_limits`` window
+        (default: robust percentiles). For a stack, pass the stack's window for every slice.
+        """
+        return self._embed_rgb(to_rgb_uint8(image, contrast_limits))
+
+    def predict(
+        self,
+        embedding: Embedding,
+        points=None,
+        labels=None,
+        box=None,
+        mask_input=None,
+        multimask: bool = True,
+    ) -> Prediction:
+        """Masks for one object.
+
+        points: ``(N, 2)`` (row, col) in image pixels; labels: ``(N,)`` 1 = object, 0 = background
+        (default all 1); box: ``(row0, col0, row1, col1)``, corners in any order; mask_input:
+        ``(h, w)`` or ``(1, h, w)`` low-res logits from a previous prediction of the same object.
+        """
+        self._check_embedding(embedding)
+        prompt = make_prompt(
+            embedding.original_size, self.low_res_shape, points, labels, box, mask_input
+        )
+        return self._predict(embedding, prompt, bool(multimask))
+
+    def _check_embedding(self, embedding: Embedding) -> None:
+        if not isinstance(embedding, Embedding):
+            raise TypeError(f"expected an Embedding from model.embed(), got {type(embedding).__name__}")
+        mine = (self.name, self.checkpoint_id, self.preprocessing)
+        theirs = (embedding.model, embedding.checkpoint_id, embedding.preprocessing)
+        if mine != theirs:
+            raise ValueError(
+                f"this embedding was made by model {embedding.model!r} "
+                f"(checkpoint {embedding.checkpoint_id}, {embedding.preprocessing}), not by "
+                f"{self.name!r} (checkpoint {self.checkpoint_id}, {self.preprocessing}); "
+                "embed the image again with this model"
+            )
+
+    @abstractmethod
+    def _embed_rgb(self, rgb: np.ndarray) -> Embedding:
+        """Encode a validated (H, W, 3) uint8 image."""
+
+    @abstractmethod
+    def _predict(self, embedding: Embedding, prompt: Prompt, multimask: bool) -> Prediction:
+        """Decode a validated prompt."""

@@ -1,0 +1,93 @@
+"""Model zoo: one :class:`ModelSpec` per downloadable checkpoint.
+
+Adding a model is one :data:`REGISTRY` line; adding a model family is one backend module
+in ``models/`` plus an entry in :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ModelSpec", "REGISTRY", "BACKENDS", "get_spec", "list_models"]
+
+# family -> "module:function" that builds a model object from (spec, state_dict, device).
+BACKENDS: dict[str, str] = {
+    "sam": "napari_promptseg.models.sam:build_sam_model",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Description of one checkpoint.
+
+    ``known_hash`` is in pooch's ``"algorithm:hexdigest"`` form (``sha256:…``, ``xxh128:…``).
+    ``arch`` names the network configuration inside the family's backend (e.g. ``"vit_b"``).
+    ``size_mb`` is the download size in megabytes (10**6 bytes), approximate.
+    """
+
+    name: str
+    family: str
+    arch: str
+    url: str
+    known_hash: str
+    size_mb: float
+    params: str
+    description: str
+    licence: str
+
+    @property
+    def filename(self) -> str:
+        """File name in the weights cache (unique per model, unlike some upstream names)."""
+        ext = self.url.rsplit(".", 1)[-1]
+        return f"{self.name}.{ext}"
+
+
+_SAM = "Apache-2.0"
+_MICROSAM = "CC-BY-4.0"
+_EBI = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
+_FB = "https://dl.fbaipublicfiles.com/segment_anything"
+
+REGISTRY: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec("vit_b", "sam", "vit_b", f"{_FB}/sam_vit_b_01ec64.pth",
+                  "sha256:ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+                  375, "94M", "SAM ViT-B: fastest official SAM, good default on a CPU.", _SAM),
+        ModelSpec("vit_l", "sam", "vit_l", f"{_FB}/sam_vit_l_0b3195.pth",
+                  "sha256:3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+                  1250, "312M", "SAM ViT-L: more accurate, ~3x slower encoder than ViT-B.", _SAM),
+        ModelSpec("vit_h", "sam", "vit_h", f"{_FB}/sam_vit_h_4b8939.pth",
+                  "sha256:a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+                  2564, "641M", "SAM ViT-H: the largest official SAM; best with a GPU.", _SAM),
+        ModelSpec("vit_b_lm", "sam", "vit_b", f"{_EBI}/diplomatic-bug/1.2/files/vit_b.pt",
+                  "xxh128:fe9252a29f3f4ea53c15a06de471e186",
+                  375, "94M", "micro-sam ViT-B finetuned for light microscopy (cells, nuclei).",
+                  _MICROSAM),
+        ModelSpec("vit_l_lm", "sam", "vit_l", f"{_EBI}/idealistic-rat/1.2/files/vit_l.pt",
+                  "xxh128:017f20677997d628426dec80a8018f9d",
+                  1250, "312M", "micro-sam ViT-L finetuned for light microscopy.", _MICROSAM),
+        ModelSpec("vit_b_em_organelles", "sam", "vit_b", f"{_EBI}/noisy-ox/1.2/files/vit_b.pt",
+                  "xxh128:f3bf2ed83d691456bae2c3f9a05fb438",
+                  375, "94M", "micro-sam ViT-B finetuned for organelles in electron microscopy.",
+                  _MICROSAM),
+        ModelSpec("vit_l_em_organelles", "sam", "vit_l",
+                  f"{_EBI}/humorous-crab/1.2/files/vit_l.pt",
+                  "xxh128:810b084b6e51acdbf760a993d8619f2d",
+                  1250, "312M", "micro-sam ViT-L finetuned for organelles in electron microscopy.",
+                  _MICROSAM),
+    ]
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the spec called ``name``; a clear ``ValueError`` lists the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        known = ", ".join(REGISTRY)
+        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def list_models() -> list[ModelSpec]:
+    """All registered models, in registry order."""
+    return list(REGISTRY.values())

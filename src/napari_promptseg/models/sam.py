@@ -1,0 +1,208 @@
+"""SAM backend on Meta's ``segment-anything`` package.
+
+Coordinates: our API's ``(row, col)`` becomes SAM's ``(x, y) = (col, row)`` here and nowhere
+else. The encoder path is the official ``SamPredictor.set_image`` path (same resize, same
+normalisation, same network), so embeddings are identical; the decoder path is
+:class:`~.sam_decoder.FastMaskDecoder` plus :func:`~.upscale.upscale_masks`, equal to
+``SamPredictor.predict`` up to float rounding (tests/test_sam_parity.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device
+from ..prompts import Prompt
+from ..results import Embedding, Prediction
+from .base import PromptableModel
+from .registry import ModelSpec
+from .sam_decoder import FastMaskDecoder
+from .upscale import upscale_masks
+
+__all__ = ["SamArch", "SAM_ARCHS", "build_sam", "SamModel", "build_sam_model"]
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """Network configuration of a SAM (official values for ViT-B in the defaults)."""
+
+    encoder_embed_dim: int = 768
+    encoder_depth: int = 12
+    encoder_num_heads: int = 12
+    encoder_global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    image_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+
+SAM_ARCHS: dict[str, SamArch] = {
+    "vit_b": SamArch(),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    # A tiny network with SAM's structure, for fast tests (random weights).
+    "vit_tiny": SamArch(
+        encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,), image_size=256, patch_size=16, window_size=4,
+        prompt_embed_dim=64, decoder_mlp_dim=128, iou_head_hidden_dim=64,
+    ),
+}
+
+
+def build_sam(arch: SamArch | str):
+    """A ``segment_anything.modeling.Sam`` with ``arch``'s configuration and untrained weights."""
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    a = SAM_ARCHS[arch] if isinstance(arch, str) else arch
+    grid = a.image_size // a.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=a.encoder_depth,
+            embed_dim=a.encoder_embed_dim,
+            img_size=a.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=a.encoder_num_heads,
+            patch_size=a.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=a.encoder_global_attn_indexes,
+            window_size=a.window_size,
+            out_chans=a.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=a.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(a.image_size, a.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=a.decoder_depth,
+                embedding_dim=a.prompt_embed_dim,
+                mlp_dim=a.decoder_mlp_dim,
+                num_heads=a.decoder_num_heads,
+            ),
+            transformer_dim=a.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=a.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def _guess_arch(state: dict) -> str:
+    w = state.get("image_encoder.patch_embed.proj.weight")
+    if w is None:
+        return "not a SAM checkpoint (no image_encoder.patch_embed.proj.weight)"
+    for name, a in SAM_ARCHS.items():
+        if w.shape[0] == a.encoder_embed_dim:
+            return f"its encoder width {w.shape[0]} matches {name!r}"
+    return f"its encoder width is {w.shape[0]}"
+
+
+class SamModel(PromptableModel):
+    """A SAM ready for ``embed``/``predict`` (see :class:`~.base.PromptableModel`)."""
+
+    def __init__(self, spec: ModelSpec, sam, checkpoint_id: str, device) -> None:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        super().__init__(spec, checkpoint_id, device)
+        self.sam = sam.to(device).eval()
+        self.image_size = int(sam.image_encoder.img_size)
+        self.transform = ResizeLongestSide(self.image_size)
+        self.decoder = FastMaskDecoder(self.sam)
+        h, w = self.decoder.embed_hw
+        self._low_res = (4 * h, 4 * w)
+
+    @property
+    def low_res_shape(self) -> tuple[int, int]:
+        return self._low_res
+
+    @torch.inference_mode()
+    def _embed_rgb(self, rgb: np.ndarray) -> Embedding:
+        resized = self.transform.apply_image(rgb)
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        input_size = tuple(int(v) for v in x.shape[-2:])
+        feats = self.sam.image_encoder(self.sam.preprocess(x))
+        return Embedding(
+            model=self.name,
+            checkpoint_id=self.checkpoint_id,
+            preprocessing=self.preprocessing,
+            original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+            input_size=input_size,
+            features={"image_embed": feats},
+        )
+
+    def _sam_inputs(self, prompt: Prompt, original_size: tuple[int, int]):
+        """Prompt in SAM's frame: (x, y) coordinates scaled to the resized model input."""
+        dev = self.device
+        points = box = mask = None
+        if len(prompt.points):
+            xy = self.transform.apply_coords(prompt.points[:, ::-1].copy(), original_size)
+            points = (
+                torch.as_tensor(xy, dtype=torch.float, device=dev)[None],
+                torch.as_tensor(prompt.labels, dtype=torch.int, device=dev)[None],
+            )
+        if prompt.box is not None:
+            r0, c0, r1, c1 = prompt.box
+            xyxy = self.transform.apply_boxes(np.array([[c0, r0, c1, r1]]), original_size)
+            box = torch.as_tensor(xyxy, dtype=torch.float, device=dev)
+        if prompt.mask_input is not None:
+            mask = torch.as_tensor(prompt.mask_input, dtype=torch.float, device=dev)[None]
+        return points, box, mask
+
+    @torch.inference_mode()
+    def _predict(self, embedding: Embedding, prompt: Prompt, multimask: bool) -> Prediction:
+        feats = embedding.features["image_embed"]
+        if feats.device != self.device:
+            feats = feats.to(self.device)
+        points, box, mask = self._sam_inputs(prompt, embedding.original_size)
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=mask)
+        if mask is None:
+            key = "sam_decoder"
+            cache = embedding.derived.get(key)
+            if cache is None or cache["src"].device != self.device:
+                cache = embedding.derived[key] = self.decoder.prepare(feats)
+        else:
+            cache = self.decoder.prepare(feats, dense)
+        low, iou = self.decoder(cache, sparse, multimask)
+        masks = upscale_masks(low, embedding.input_size, embedding.original_size, self.image_size)
+        return Prediction(
+            masks=masks,
+            scores=iou.float().cpu().numpy(),
+            logits=low.float().cpu().numpy(),
+        )
+
+
+def build_sam_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -> SamModel:
+    """Build ``spec``'s architecture, load ``state`` strictly, move to ``device``."""
+    from .weights import WeightsError
+
+    if spec.arch not in SAM_ARCHS:
+        raise ValueError(f"unknown SAM architecture {spec.arch!r}; known: {', '.join(SAM_ARCHS)}")
+    sam = build_sam(spec.arch)
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(
+            f"checkpoint does not fit model {spec.name!r} (architecture {spec.arch}); "
+            f"{_guess_arch(state)}. Details: {str(err)[:500]}"
+        ) from err
+    return SamModel(spec, sam, checkpoint_id, resolve_device(device))

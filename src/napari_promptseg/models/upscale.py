@@ -1,0 +1,114 @@
+"""Low-resolution mask logits -> full-resolution boolean masks, equal to SAM's post-processing.
+
+SAM's ``postprocess_masks`` resizes logits ``(K, 256, 256)`` bilinearly to the padded model input
+``(S, S)``, crops the valid ``input_size`` and resizes bilinearly again to the image's
+``original_size``; a mask is ``logits > 0``. Both resizes are linear and separable, so the whole
+chain is ``R @ L @ C.T`` with a row operator ``R (H, 256)`` and a column operator ``C (W, 256)``,
+each with a few non-zeros per row. We build R and C by pushing identity matrices through the very
+same ``F.interpolate`` calls (so the weights are PyTorch's own), then evaluate the product in
+bands of output rows, thresholding each band while it is still in cache, and skipping rows and
+columns where no contributing logit is positive (bilinear weights are non-negative, so such pixels
+cannot be in the mask). At 4096 x 4096 this is several times faster than interpolating 50 M floats.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["resize_operator", "upscale_masks"]
+
+_BLOCK_FLOATS = 1 << 19
+
+
+@lru_cache(maxsize=32)
+def _operator_cpu(n_low: int, padded: int, valid: int, n_out: int) -> torch.Tensor:
+    eye = torch.eye(n_low, dtype=torch.float32)[None, None]  # (1, 1, n_low, n_low)
+    x = F.interpolate(eye, (padded, n_low), mode="bilinear", align_corners=False)
+    x = x[..., :valid, :]
+    x = F.interpolate(x, (n_out, n_low), mode="bilinear", align_corners=False)
+    return x[0, 0].contiguous()
+
+
+def resize_operator(n_low: int, padded: int, valid: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_low)`` float32 matrix of SAM's resize chain along one axis.
+
+    ``n_low`` -> ``padded`` (bilinear), keep the first ``valid``, -> ``n_out`` (bilinear).
+    """
+    return _operator_cpu(int(n_low), int(padded), int(valid), int(n_out))
+
+
+def _band(op: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """First and last non-zero column of every row of ``op``."""
+    nz = (op != 0).numpy()
+    first = nz.argmax(axis=1)
+    last = op.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)
+    return first, last
+
+
+@lru_cache(maxsize=32)
+def _bands(n_low: int, padded: int, valid: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    return _band(resize_operator(n_low, padded, valid, n_out))
+
+
+def upscale_masks(
+    low: torch.Tensor,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    padded_size: int,
+) -> np.ndarray:
+    """Threshold SAM's upsampled logits at 0 without materialising them.
+
+    low: ``(K, h, w)`` float logits; input_size: ``(h_in, w_in)`` of the resized image inside
+    the ``padded_size`` square model input; original_size: ``(H, W)``.
+    Returns ``(K, H, W)`` bool, equal to ``postprocess_masks(low) > 0`` up to float rounding.
+    """
+    k, h, w = low.shape
+    H, W = original_size
+    pos = low > 0
+    rows_any = pos.any(dim=2).any(dim=0).cpu().numpy()
+    cols_any = pos.any(dim=1).any(dim=0).cpu().numpy()
+    if not rows_any.any():
+        return np.zeros((k, H, W), dtype=bool)
+    dev = low.device
+    R = resize_operator(h, padded_size, input_size[0], H)
+    C = resize_operator(w, padded_size, input_size[1], W)
+    r_first, r_last = _bands(h, padded_size, input_size[0], H)
+    c_first, c_last = _bands(w, padded_size, input_size[1], W)
+    # Output columns that can be positive: those touching a low-res column with a positive logit.
+    cpos = np.flatnonzero(cols_any)
+    x_ok = np.flatnonzero((c_last >= cpos[0]) & (c_first <= cpos[-1]))
+    x0, x1 = int(x_ok[0]), int(x_ok[-1]) + 1
+    j0, j1 = int(c_first[x0:x1].min()), int(c_last[x0:x1].max()) + 1
+    Ct = C[x0:x1, j0:j1].t().to(dev)
+    M = torch.matmul(low[:, :, j0:j1].float(), Ct)  # (K, h, W'): L @ C.T on useful columns
+    # Prefix sums of positive rows: a band of low-res rows is skipped when it has none.
+    pos_rows = np.concatenate([[0], np.cumsum(rows_any)])
+    if dev.type == "cpu":
+        # numpy's allocator asks for huge pages: first-touch page faults cost 4x less than torch's.
+        out = np.empty((k, H, W), dtype=bool)
+        out_t = torch.from_numpy(out)
+    else:
+        out_t = torch.empty((k, H, W), dtype=torch.bool, device=dev)
+    if x0 > 0:
+        out_t[:, :, :x0] = False
+    if x1 < W:
+        out_t[:, :, x1:] = False
+    block = max(4, _BLOCK_FLOATS // max(1, k * (x1 - x0)))
+    Rd = R.to(dev)
+    # One reused buffer: a fresh multi-MB temporary per band would page-fault every time.
+    buf = torch.empty((k, block, x1 - x0), dtype=torch.float32, device=dev)
+    for y0 in range(0, H, block):
+        y1 = min(H, y0 + block)
+        a, b = int(r_first[y0:y1].min()), int(r_last[y0:y1].max()) + 1
+        target = out_t[:, y0:y1, x0:x1]
+        if pos_rows[b] == pos_rows[a]:
+            target.fill_(False)
+        else:
+            vals = buf if y1 - y0 == block else buf[:, : y1 - y0].contiguous()
+            torch.matmul(Rd[y0:y1, a:b], M[:, a:b], out=vals)
+            torch.gt(vals, 0, out=target)
+    return out_t.cpu().numpy()

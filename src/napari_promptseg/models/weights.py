@@ -1,0 +1,140 @@
+"""Checkpoint download and cache.
+
+Files land in ``<cache>/weights/<model name>.<ext>``, where ``<cache>`` is ``$PROMPTSEG_CACHE_DIR``
+or the platform's user cache folder. Downloads go through pooch: the file is streamed to a
+temporary name in the same folder, its hash is checked, and only then is it moved into place, so an
+interrupted or corrupt transfer never leaves a file that looks valid. ``PROMPTSEG_OFFLINE=1``
+forbids any network access (clusters, air-gapped machines).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .registry import ModelSpec
+
+__all__ = ["WeightsError", "cache_dir", "weights_path", "fetch_weights", "ProgressCallback"]
+
+ProgressCallback = Callable[[int, int], None]
+"""``callback(bytes_done, bytes_total)``; ``bytes_total`` is 0 when the server does not say.
+Raising inside the callback cancels the download (nothing is left in the cache)."""
+
+
+class WeightsError(RuntimeError):
+    """A checkpoint could not be downloaded, verified or read."""
+
+
+def cache_dir() -> Path:
+    """Root of the promptseg cache (``$PROMPTSEG_CACHE_DIR`` overrides the platform default)."""
+    env = os.environ.get("PROMPTSEG_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-promptseg"))
+
+
+def weights_path(spec: ModelSpec) -> Path:
+    """Where the checkpoint of ``spec`` lives (or will live) in the cache."""
+    return cache_dir() / "weights" / spec.filename
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stamp(path: Path, known_hash: str) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": known_hash}
+
+
+def _verified(path: Path, known_hash: str) -> bool:
+    """True when ``path`` was hash-checked before and has not changed since (skips re-hashing GBs)."""
+    try:
+        return json.loads(_marker(path).read_text()) == _stamp(path, known_hash)
+    except (OSError, ValueError):
+        return False
+
+
+class _CallbackProgress:
+    """Adapts a ``(done, total)`` callback to the progress-bar object pooch expects."""
+
+    def __init__(self, callback: ProgressCallback):
+        self.callback = callback
+        self.total = 0
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done = min(self.done + n, self.total) if self.total else self.done + n
+        self.callback(self.done, self.total)
+
+    def reset(self) -> None:
+        self.done = 0
+
+    def close(self) -> None:
+        pass
+
+
+def _manual_hint(spec: ModelSpec, path: Path) -> str:
+    return (
+        f"Download {spec.url} by hand and save it as {path} "
+        f"(expected {spec.known_hash}), or pass checkpoint='/path/to/file' to load_model."
+    )
+
+
+def fetch_weights(
+    spec: ModelSpec,
+    progress: bool | ProgressCallback = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Return the local path of ``spec``'s checkpoint, downloading and verifying it if needed.
+
+    ``progress``: ``True`` shows a tqdm bar in the terminal, ``False`` nothing, a callable
+    receives ``(bytes_done, bytes_total)``. Raises :class:`WeightsError` when offline, on a
+    network error or on a hash mismatch; the message names the URL and where to put the file.
+    """
+    import pooch
+    import requests
+
+    path = weights_path(spec)
+    if path.is_file() and _verified(path, spec.known_hash):
+        return path
+    if os.environ.get("PROMPTSEG_OFFLINE", "") not in ("", "0") and not path.is_file():
+        raise WeightsError(
+            f"model {spec.name!r} is not in the cache and PROMPTSEG_OFFLINE is set. "
+            + _manual_hint(spec, path)
+        )
+    bar = _CallbackProgress(progress) if callable(progress) else bool(progress)
+    downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pooch.retrieve(
+            spec.url,
+            known_hash=spec.known_hash,
+            fname=path.name,
+            path=path.parent,
+            downloader=downloader,
+            progressbar=False,
+        )
+    except requests.exceptions.ConnectionError as err:
+        raise WeightsError(
+            f"could not reach {spec.url} to download model {spec.name!r} (are you offline?). "
+            + _manual_hint(spec, path)
+        ) from err
+    except requests.exceptions.RequestException as err:
+        raise WeightsError(
+            f"download of model {spec.name!r} from {spec.url} failed or was interrupted "
+            f"({err.__class__.__name__}: {err}); nothing was kept. Try again, or: "
+            + _manual_hint(spec, path)
+        ) from err
+    except ValueError as err:  # pooch: hash mismatch (the bad file is already deleted)
+        raise WeightsError(
+            f"the file downloaded from {spec.url} does not match the expected hash "
+            f"{spec.known_hash} and was removed ({err}). The server may have changed the file, "
+            "or the transfer was corrupted; try again, or: " + _manual_hint(spec, path)
+        ) from err
+    _marker(path).write_text(json.dumps(_stamp(path, spec.known_hash)))
+    return path

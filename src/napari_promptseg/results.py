@@ -1,0 +1,97 @@
+"""What the models return: :class:`Embedding` (per image) and :class:`Prediction` (per prompt)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Embedding", "Prediction"]
+
+
+@dataclass
+class Embedding:
+    """The encoder's output for one image, plus what is needed to map results back to it.
+
+    features: named tensors on the model's device; SAM has ``"image_embed"`` ``(1, C, h, w)``
+    (SAM 2 adds high-resolution maps under further names). original_size: ``(H, W)`` of the
+    image; input_size: ``(h_in, w_in)`` of the resized image inside the square model input.
+    model / checkpoint_id / preprocessing identify what made it: an embedding is only valid for
+    that exact model and preprocessing (the cache key of the disk cache).
+    """
+
+    model: str
+    checkpoint_id: str
+    preprocessing: str
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    features: dict[str, Any]
+    # Prompt-independent decoder tensors derived from ``features`` (never serialised).
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_state(self) -> dict[str, Any]:
+        """A picklable dict of numpy arrays and plain values (see :meth:`from_state`)."""
+        feats = {k: v.detach().cpu().numpy() for k, v in self.features.items()}
+        return {
+            "model": self.model,
+            "checkpoint_id": self.checkpoint_id,
+            "preprocessing": self.preprocessing,
+            "original_size": list(self.original_size),
+            "input_size": list(self.input_size),
+            "features": feats,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: Any = "cpu") -> Embedding:
+        """Rebuild an embedding from :meth:`to_state`'s output, with tensors on ``device``."""
+        import torch
+
+        feats = {k: torch.as_tensor(np.asarray(v), device=device) for k, v in state["features"].items()}
+        return cls(
+            model=str(state["model"]),
+            checkpoint_id=str(state["checkpoint_id"]),
+            preprocessing=str(state["preprocessing"]),
+            original_size=tuple(int(v) for v in state["original_size"]),
+            input_size=tuple(int(v) for v in state["input_size"]),
+            features=feats,
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write to an ``.npz`` file (no pickle)."""
+        state = self.to_state()
+        arrays = {f"features/{k}": v for k, v in state.pop("features").items()}
+        meta = np.array(repr(state))
+        np.savez(path, __meta__=meta, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, device: Any = "cpu") -> Embedding:
+        """Read a file written by :meth:`save`."""
+        import ast
+
+        with np.load(path, allow_pickle=False) as f:
+            state = ast.literal_eval(str(f["__meta__"]))
+            state["features"] = {
+                k.split("/", 1)[1]: f[k] for k in f.files if k.startswith("features/")
+            }
+        return cls.from_state(state, device)
+
+
+@dataclass
+class Prediction:
+    """Masks for one prompt.
+
+    masks: ``(K, H, W)`` bool at the image's resolution (K = 3 with multimask, else 1);
+    scores: ``(K,)`` float32 predicted IoU; logits: ``(K, h, w)`` float32 low-resolution logits
+    (256 x 256 for SAM): pass ``logits[i]`` back as ``mask_input`` to refine mask i.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def best(self) -> int:
+        """Index of the mask with the highest predicted IoU."""
+        return int(np.argmax(self.scores))
