@@ -1,0 +1,110 @@
+"""predict / embed latency: napari-promptseg versus Meta's SamPredictor, same random vit_b weights.
+
+    python benchmarks/bench_predict.py            # writes its section of docs/benchmarks.md
+
+Each predict is one positive point, multimask, full-resolution masks; ours and the official
+call alternate so that both see the same machine state. Also checks that the masks agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import napari_promptseg as ps  # noqa: E402
+from _report import machine, write_section  # noqa: E402
+from napari_promptseg.models.sam import build_sam  # noqa: E402
+
+
+def synthetic_rgb(size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size // 32 + 1, size // 32 + 1, 3)).astype(np.uint8)
+    img = np.kron(small, np.ones((32, 32, 1), np.uint8))[:size, :size]
+    return np.ascontiguousarray(img)
+
+
+def timed(fn, *args, **kwargs) -> float:
+    t = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--embed-repeats", type=int, default=3)
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args(argv)
+
+    from segment_anything import SamPredictor, sam_model_registry
+
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
+    torch.save(build_sam("vit_b").state_dict(), tmp)
+    ours = ps.load_model("vit_b", checkpoint=tmp, device="cpu")
+    official = SamPredictor(sam_model_registry["vit_b"](checkpoint=str(tmp)).eval())
+
+    rows = []
+    img = synthetic_rgb(1024)
+    t_embed, t_set = [], []
+    for _ in range(args.embed_repeats):
+        t_embed.append(timed(ours.embed, img))
+        t_set.append(timed(official.set_image, img))
+    e_ours, e_off = statistics.median(t_embed), statistics.median(t_set)
+    print(f"embed 1024: ours {e_ours:.2f} s, set_image {e_off:.2f} s", flush=True)
+
+    for size in args.sizes:
+        img = synthetic_rgb(size, seed=size)
+        emb = ours.embed(img)
+        official.set_image(img)
+        rc = np.array([[0.45 * size, 0.55 * size]])
+        first = timed(ours.predict, emb, points=rc)
+        t_ours, t_off = [], []
+        for _ in range(args.repeats):
+            t_ours.append(timed(ours.predict, emb, points=rc))
+            t_off.append(timed(official.predict, rc[:, ::-1], np.array([1])))
+        a, b = ours.predict(emb, points=rc), official.predict(rc[:, ::-1], np.array([1]))
+        iou = min(
+            np.logical_and(x, y).sum() / max(1, np.logical_or(x, y).sum()) for x, y in zip(a.masks, b[0])
+        )
+        m_ours, m_off = statistics.median(t_ours) * 1e3, statistics.median(t_off) * 1e3
+        rows.append((size, m_ours, m_off, first * 1e3, iou))
+        print(f"predict {size}: ours {m_ours:.1f} ms, official {m_off:.1f} ms, "
+              f"first call {first * 1e3:.1f} ms, min IoU {iou:.5f}", flush=True)
+
+    lines = [
+        "## predict and embed (bench_predict.py)",
+        "",
+        f"`python benchmarks/bench_predict.py` on {machine()}; random vit_b weights, CPU, float32.",
+        f"predict: one positive point, multimask (3 masks at full resolution), median of "
+        f"{args.repeats} alternating calls. First call = our first predict on a new embedding "
+        "(it caches the prompt-independent decoder work).",
+        "",
+        "| image | ours predict (ms) | SamPredictor.predict (ms) | speed-up | our first call (ms) "
+        "| min mask IoU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size, m_ours, m_off, first, iou in rows:
+        lines.append(f"| {size}² | {m_ours:.1f} | {m_off:.1f} | {m_off / m_ours:.2f}x | {first:.1f} "
+                     f"| {iou:.5f} |")
+    lines += [
+        "",
+        f"embed vs set_image at 1024² (median of {args.embed_repeats}): ours {e_ours:.2f} s, "
+        f"SamPredictor.set_image {e_off:.2f} s (ratio {e_off / e_ours:.2f}).",
+    ]
+    if not args.no_write:
+        write_section("bench_predict", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Shared fixtures: random-weight SAM checkpoints (tiny and vit_b) and an isolated cache."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never touch the user's cache or the network by accident."""
+    monkeypatch.setenv("PROMPTSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PROMPTSEG_OFFLINE", raising=False)
+
+
+def sha256_of(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def random_sam_checkpoint(arch: str, path, seed: int = 0):
+    """Save a randomly initialised SAM state dict (the official ``torch.save(state_dict)`` form)."""
+    import torch
+
+    from napari_promptseg.models.sam import build_sam
+
+    torch.manual_seed(seed)
+    sam = build_sam(arch).eval()
+    torch.save(sam.state_dict(), path)
+    return sam
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "sam_tiny.pth"
+    random_sam_checkpoint("vit_tiny", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_ckpt):
+    from napari_promptseg.models.registry import ModelSpec
+
+    return ModelSpec(
+        name="sam_tiny_test", family="sam", arch="vit_tiny",
+        url="http://127.0.0.1:9/sam_tiny_test.pth",
+        known_hash="sha256:" + sha256_of(tiny_ckpt), size_mb=0.5, params="0.1M",
+        description="tiny random SAM for tests", licence="test",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_spec, tiny_ckpt):
+    import napari_promptseg as ps
+
+    return ps.load_model(tiny_spec, checkpoint=tiny_ckpt, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_official(tiny_model):
+    from segment_anything import SamPredictor
+
+    return SamPredictor(tiny_model.sam)
+
+
+def blobs_image(shape=(700, 1300), seed=0, n=12) -> np.ndarray:
+    """A deterministic uint8 RGB image of bright ellipses on a textured background."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    rr, cc = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 3), np.float32) + rng.normal(30, 8, (h, w, 1))
+    for _ in range(n):
+        r, c = rng.uniform(0, h), rng.uniform(0, w)
+        a, b = rng.uniform(0.04, 0.15) * h, rng.uniform(0.04, 0.15) * w
+        inside = ((rr - r) / a) ** 2 + ((cc - c) / b) ** 2 < 1
+        img[inside] += rng.uniform(60, 200, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

@@ -1,0 +1,59 @@
+"""The banded mask upscaling equals SAM's two bilinear resizes followed by ``> 0``."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_promptseg.models.upscale import resize_operator, upscale_masks
+
+from .conftest import mask_iou
+
+
+def _official(low, input_size, original_size, padded):
+    x = F.interpolate(low[None], (padded, padded), mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    x = F.interpolate(x, original_size, mode="bilinear", align_corners=False)
+    return (x[0] > 0).numpy()
+
+
+def _input_size(h, w, padded):
+    s = padded / max(h, w)
+    return int(h * s + 0.5), int(w * s + 0.5)
+
+
+@pytest.mark.parametrize(
+    "original", [(700, 1300), (1024, 1024), (2048, 1536), (5, 7), (30, 2000), (333, 257)]
+)
+def test_matches_official_on_noisy_logits(original):
+    torch.manual_seed(0)
+    low = torch.randn(3, 256, 256)
+    size = _input_size(*original, 1024)
+    ours = upscale_masks(low, size, original, 1024)
+    ref = _official(low, size, original, 1024)
+    assert ours.shape == ref.shape == (3, *original)
+    assert min(mask_iou(a, b) for a, b in zip(ours, ref)) >= 0.999
+
+
+def test_matches_official_on_a_local_object_and_skips_the_rest():
+    low = torch.full((2, 256, 256), -5.0)
+    low[0, 100:120, 30:60] = 4.0
+    low[1, 10:12, 100:150] = 1.0
+    original = (3000, 2000)
+    size = _input_size(*original, 1024)
+    ours = upscale_masks(low, size, original, 1024)
+    np.testing.assert_array_equal(ours, _official(low, size, original, 1024))
+    assert ours[0].any() and ours[1].any()
+
+
+def test_all_negative_logits_give_empty_masks():
+    out = upscale_masks(torch.full((1, 64, 64), -1.0), (256, 200), (512, 400), 256)
+    assert out.shape == (1, 512, 400) and not out.any()
+
+
+def test_resize_operator_rows_are_convex_combinations():
+    R = resize_operator(256, 1024, 700, 1300)
+    assert R.shape == (1300, 256)
+    assert (R >= 0).all()
+    torch.testing.assert_close(R.sum(1), torch.ones(1300))
+    assert int((R != 0).sum(1).max()) <= 4
