@@ -58,10 +58,16 @@ def tiny_model(tiny_spec, tiny_ckpt):
 
 
 @pytest.fixture(scope="session")
-def tiny_official(tiny_model):
+def tiny_official(tiny_ckpt):
+    """Meta's predictor on its own, untouched copy of the tiny weights."""
+    import torch
     from segment_anything import SamPredictor
 
-    return SamPredictor(tiny_model.sam)
+    from napari_promptseg.models.sam import build_sam
+
+    sam = build_sam("vit_tiny").eval()
+    sam.load_state_dict(torch.load(tiny_ckpt, weights_only=True))
+    return SamPredictor(sam)
 
 
 def blobs_image(shape=(700, 1300), seed=0, n=12) -> np.ndarray:

@@ -60,7 +60,7 @@ def _check_model(model, predictor, image):
     emb = model.embed(image)
     rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
     predictor.set_image(rgb)
-    torch.testing.assert_close(emb.features["image_embed"], predictor.features)
+    assert torch.equal(emb.features["image_embed"], predictor.features)  # bit-identical
     assert emb.original_size == predictor.original_size
     assert emb.input_size == predictor.input_size
     h, w = image.shape[:2]
@@ -96,12 +96,13 @@ def test_uint16_goes_through_the_window_then_equals_official(tiny_model, tiny_of
 
 @pytest.fixture(scope="module")
 def vit_b(tmp_path_factory):
-    from segment_anything import SamPredictor
+    from segment_anything import SamPredictor, sam_model_registry
 
     path = tmp_path_factory.mktemp("vit_b") / "sam_vit_b_random.pth"
     random_sam_checkpoint("vit_b", path, seed=1)
     model = ps.load_model("vit_b", checkpoint=path, device="cpu")
-    return model, SamPredictor(model.sam)
+    official = sam_model_registry["vit_b"](checkpoint=str(path)).eval()  # Meta's own loader
+    return model, SamPredictor(official)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 Coordinates: our API's ``(row, col)`` becomes SAM's ``(x, y) = (col, row)`` here and nowhere
 else. The encoder path is the official ``SamPredictor.set_image`` path (same resize, same
-normalisation, same network), so embeddings are identical; the decoder path is
+normalisation, same network; attention computed in place by :mod:`.sam_encoder`), so embeddings
+are bit-identical; the decoder path is
 :class:`~.sam_decoder.FastMaskDecoder` plus :func:`~.upscale.upscale_masks`, equal to
 ``SamPredictor.predict`` up to float rounding (tests/test_sam_parity.py).
 """
@@ -21,6 +22,7 @@ from ..results import Embedding, Prediction
 from .base import PromptableModel
 from .registry import ModelSpec
 from .sam_decoder import FastMaskDecoder
+from .sam_encoder import use_lean_attention
 from .upscale import upscale_masks
 
 __all__ = ["SamArch", "SAM_ARCHS", "build_sam", "SamModel", "build_sam_model"]
@@ -118,13 +120,18 @@ def _guess_arch(state: dict) -> str:
 
 
 class SamModel(PromptableModel):
-    """A SAM ready for ``embed``/``predict`` (see :class:`~.base.PromptableModel`)."""
+    """A SAM ready for ``embed``/``predict`` (see :class:`~.base.PromptableModel`).
+
+    Takes ownership of ``sam``: it is moved to ``device`` and its encoder attention switched
+    to :class:`~.sam_encoder.LeanAttention` in place.
+    """
 
     def __init__(self, spec: ModelSpec, sam, checkpoint_id: str, device) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
         super().__init__(spec, checkpoint_id, device)
         self.sam = sam.to(device).eval()
+        use_lean_attention(self.sam.image_encoder)  # in place; same weights, same numbers
         self.image_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.image_size)
         self.decoder = FastMaskDecoder(self.sam)
