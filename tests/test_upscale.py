@@ -57,3 +57,11 @@ def test_resize_operator_rows_are_convex_combinations():
     assert (R >= 0).all()
     torch.testing.assert_close(R.sum(1), torch.ones(1300))
     assert int((R != 0).sum(1).max()) <= 4
+
+
+def test_positive_logits_only_in_the_padding():
+    low = torch.full((1, 64, 64), -3.0)
+    low[0, :, 60:] = 2.0  # columns beyond the valid input width (image is 3:1 tall)
+    out = upscale_masks(low, (256, 85), (600, 200), 256)
+    np.testing.assert_array_equal(out, _official(low, (256, 85), (600, 200), 256))
+    assert not out.any()

@@ -123,7 +123,7 @@ def test_hash_mismatch_removes_the_file(server, tiny_spec):
 
 def test_interrupted_transfer_leaves_nothing(server, tiny_spec):
     spec = _spec(tiny_spec, server, "cut")
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError, match="interrupted"):
         fetch_weights(spec, progress=False)
     assert not weights_path(spec).exists() and _leftovers(weights_path(spec)) == []
 
@@ -165,3 +165,19 @@ def test_offline_mode_never_touches_the_network(server, tiny_spec, monkeypatch):
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch, tiny_spec):
     monkeypatch.setenv("PROMPTSEG_CACHE_DIR", str(tmp_path / "elsewhere"))
     assert weights_path(tiny_spec) == tmp_path / "elsewhere" / "weights" / "sam_tiny_test.pth"
+
+
+def test_xxh128_hashes_as_used_by_micro_sam(server, tiny_spec):
+    import xxhash
+
+    digest = xxhash.xxh128(server.payload).hexdigest()
+    spec = dataclasses.replace(_spec(tiny_spec, server, "good"), name="tiny_xxh",
+                               known_hash=f"xxh128:{digest}")
+    assert fetch_weights(spec, progress=False).read_bytes() == server.payload
+    bad = dataclasses.replace(spec, name="tiny_xxh_bad", known_hash="xxh128:" + "0" * 32)
+    with pytest.raises(WeightsError, match="does not match"):
+        fetch_weights(bad, progress=False)
+
+
+def test_micro_sam_models_are_xxh128():
+    assert ps.models.get_spec("vit_b_lm").known_hash.startswith("xxh128:")

@@ -33,16 +33,23 @@ def _operator_cpu(n_low: int, padded: int, valid: int, n_out: int) -> torch.Tens
     return x[0, 0].contiguous()
 
 
-def resize_operator(n_low: int, padded: int, valid: int, n_out: int) -> torch.Tensor:
-    """``(n_out, n_low)`` float32 matrix of SAM's resize chain along one axis.
+@lru_cache(maxsize=32)
+def _operator_on(n_low: int, padded: int, valid: int, n_out: int, device: str) -> torch.Tensor:
+    return _operator_cpu(n_low, padded, valid, n_out).to(device)
+
+
+def resize_operator(
+    n_low: int, padded: int, valid: int, n_out: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """``(n_out, n_low)`` float32 matrix of SAM's resize chain along one axis, on ``device``.
 
     ``n_low`` -> ``padded`` (bilinear), keep the first ``valid``, -> ``n_out`` (bilinear).
     """
-    return _operator_cpu(int(n_low), int(padded), int(valid), int(n_out))
+    return _operator_on(int(n_low), int(padded), int(valid), int(n_out), str(device))
 
 
 def _band(op: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """First and last non-zero column of every row of ``op``."""
+    """First and last non-zero column of every row of ``op`` (a CPU tensor)."""
     nz = (op != 0).numpy()
     first = nz.argmax(axis=1)
     last = op.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)
@@ -51,7 +58,19 @@ def _band(op: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=32)
 def _bands(n_low: int, padded: int, valid: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    return _band(resize_operator(n_low, padded, valid, n_out))
+    return _band(_operator_cpu(n_low, padded, valid, n_out))
+
+
+def _columns(low, C, first, last, x0: int, x1: int, width: int = 512) -> torch.Tensor:
+    """``low @ C[x0:x1].T`` in bands of ``width`` output columns (C has a few taps per row)."""
+    k, h, _ = low.shape
+    M = torch.empty((k, h, x1 - x0), dtype=low.dtype, device=low.device)
+    for s in range(x0, x1, width):
+        e = min(x1, s + width)
+        a, b = int(first[s:e].min()), int(last[s:e].max()) + 1
+        ct = C[s:e, a:b].t()
+        M[:, :, s - x0 : e - x0] = torch.matmul(low[:, :, a:b], ct)
+    return M
 
 
 def upscale_masks(
@@ -68,23 +87,23 @@ def upscale_masks(
     """
     k, h, w = low.shape
     H, W = original_size
+    dev = low.device
     pos = low > 0
     rows_any = pos.any(dim=2).any(dim=0).cpu().numpy()
     cols_any = pos.any(dim=1).any(dim=0).cpu().numpy()
     if not rows_any.any():
         return np.zeros((k, H, W), dtype=bool)
-    dev = low.device
-    R = resize_operator(h, padded_size, input_size[0], H)
-    C = resize_operator(w, padded_size, input_size[1], W)
+    R = resize_operator(h, padded_size, input_size[0], H, dev)
+    C = resize_operator(w, padded_size, input_size[1], W, dev)
     r_first, r_last = _bands(h, padded_size, input_size[0], H)
     c_first, c_last = _bands(w, padded_size, input_size[1], W)
     # Output columns that can be positive: those touching a low-res column with a positive logit.
     cpos = np.flatnonzero(cols_any)
     x_ok = np.flatnonzero((c_last >= cpos[0]) & (c_first <= cpos[-1]))
+    if x_ok.size == 0:  # positive logits only in the padding, which is cropped away
+        return np.zeros((k, H, W), dtype=bool)
     x0, x1 = int(x_ok[0]), int(x_ok[-1]) + 1
-    j0, j1 = int(c_first[x0:x1].min()), int(c_last[x0:x1].max()) + 1
-    Ct = C[x0:x1, j0:j1].t().to(dev)
-    M = torch.matmul(low[:, :, j0:j1].float(), Ct)  # (K, h, W'): L @ C.T on useful columns
+    M = _columns(low.float(), C, c_first, c_last, x0, x1)  # (K, h, W') = L @ C.T, useful columns
     # Prefix sums of positive rows: a band of low-res rows is skipped when it has none.
     pos_rows = np.concatenate([[0], np.cumsum(rows_any)])
     if dev.type == "cpu":
@@ -98,7 +117,6 @@ def upscale_masks(
     if x1 < W:
         out_t[:, :, x1:] = False
     block = max(4, _BLOCK_FLOATS // max(1, k * (x1 - x0)))
-    Rd = R.to(dev)
     # One reused buffer: a fresh multi-MB temporary per band would page-fault every time.
     buf = torch.empty((k, block, x1 - x0), dtype=torch.float32, device=dev)
     for y0 in range(0, H, block):
@@ -109,6 +127,6 @@ def upscale_masks(
             target.fill_(False)
         else:
             vals = buf if y1 - y0 == block else buf[:, : y1 - y0].contiguous()
-            torch.matmul(Rd[y0:y1, a:b], M[:, a:b], out=vals)
+            torch.matmul(R[y0:y1, a:b], M[:, a:b], out=vals)
             torch.gt(vals, 0, out=target)
     return out_t.cpu().numpy()
