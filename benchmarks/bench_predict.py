@@ -42,7 +42,7 @@ def _embed_peak_rss(which: str, ckpt: Path) -> float:
     import subprocess
 
     code = (
-        "import resource, sys, numpy as np, torch\n"
+        "import sys\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from bench_predict import synthetic_rgb\n"
         "img = synthetic_rgb(1024)\n"
@@ -52,10 +52,11 @@ def _embed_peak_rss(which: str, ckpt: Path) -> float:
         "else:\n"
         "    from segment_anything import SamPredictor, sam_model_registry\n"
         f"    SamPredictor(sam_model_registry['vit_b'](checkpoint={str(ckpt)!r})).set_image(img)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1]) / 2**20
+    return int(out.stdout.split()[-1]) / 2**20  # kB -> GB
 
 
 def main(argv=None) -> None:

@@ -142,7 +142,7 @@ class SamModel(PromptableModel):
     def low_res_shape(self) -> tuple[int, int]:
         return self._low_res
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: embeddings must stay usable by ordinary torch code
     def _embed_rgb(self, rgb: np.ndarray) -> Embedding:
         resized = self.transform.apply_image(rgb)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
