@@ -22,26 +22,28 @@ def _input_size(h, w, padded):
     return int(h * s + 0.5), int(w * s + 0.5)
 
 
+@pytest.mark.parametrize("use_numpy", [True, False])  # False: the cuda/mps code path, on the CPU
 @pytest.mark.parametrize(
     "original", [(700, 1300), (1024, 1024), (2048, 1536), (5, 7), (30, 2000), (333, 257)]
 )
-def test_matches_official_on_noisy_logits(original):
+def test_matches_official_on_noisy_logits(original, use_numpy):
     torch.manual_seed(0)
     low = torch.randn(3, 256, 256)
     size = _input_size(*original, 1024)
-    ours = upscale_masks(low, size, original, 1024)
+    ours = upscale_masks(low, size, original, 1024, use_numpy=use_numpy)
     ref = _official(low, size, original, 1024)
     assert ours.shape == ref.shape == (3, *original)
     assert min(mask_iou(a, b) for a, b in zip(ours, ref)) >= 0.999
 
 
-def test_matches_official_on_a_local_object_and_skips_the_rest():
+@pytest.mark.parametrize("use_numpy", [True, False])
+def test_matches_official_on_a_local_object_and_skips_the_rest(use_numpy):
     low = torch.full((2, 256, 256), -5.0)
     low[0, 100:120, 30:60] = 4.0
     low[1, 10:12, 100:150] = 1.0
     original = (3000, 2000)
     size = _input_size(*original, 1024)
-    ours = upscale_masks(low, size, original, 1024)
+    ours = upscale_masks(low, size, original, 1024, use_numpy=use_numpy)
     np.testing.assert_array_equal(ours, _official(low, size, original, 1024))
     assert ours[0].any() and ours[1].any()
 
