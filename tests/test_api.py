@@ -66,9 +66,10 @@ def test_embedding_from_another_model_is_refused(tiny_model, emb):
         tiny_model.predict(np.zeros((1, 64, 64, 64)), points=[[10, 10]])
 
 
-def test_embedding_round_trips_through_a_file(tiny_model, emb, tmp_path):
-    emb.save(tmp_path / "e.npz")
-    back = ps.Embedding.load(tmp_path / "e.npz")
+@pytest.mark.parametrize("name", ["e.npz", "embedding_without_suffix"])
+def test_embedding_round_trips_through_a_file(tiny_model, emb, tmp_path, name):
+    emb.save(tmp_path / name)
+    back = ps.Embedding.load(tmp_path / name)
     assert (back.model, back.checkpoint_id, back.original_size, back.input_size) == (
         emb.model, emb.checkpoint_id, emb.original_size, emb.input_size)
     a = tiny_model.predict(emb, points=[[30, 40]], labels=[1])
@@ -83,9 +84,15 @@ def test_cached_decoder_state_does_not_change_results(tiny_model):
     e = tiny_model.embed(blobs_image((90, 60), seed=7))
     first = tiny_model.predict(e, points=[[40, 30]])
     assert "sam_decoder" in e.derived
-    e.derived.clear()
+    # a mask prompt takes the uncached path; it must not disturb the cache
+    refined = tiny_model.predict(e, points=[[40, 30]], mask_input=first.logits[0])
+    assert not np.array_equal(refined.logits, first.logits)
     again = tiny_model.predict(e, points=[[40, 30]])
     np.testing.assert_array_equal(first.masks, again.masks)
+    np.testing.assert_array_equal(first.logits, again.logits)
+    e.derived.clear()
+    fresh = tiny_model.predict(e, points=[[40, 30]])
+    np.testing.assert_array_equal(first.logits, fresh.logits)
 
 
 def test_refinement_changes_nothing_of_the_inputs(tiny_model, emb):
@@ -93,6 +100,13 @@ def test_refinement_changes_nothing_of_the_inputs(tiny_model, emb):
     logits = p.logits.copy()
     tiny_model.predict(emb, points=[[60, 80]], mask_input=p.logits[p.best])
     np.testing.assert_array_equal(p.logits, logits)
+
+
+def test_too_elongated_images_get_a_clear_error(tiny_model):
+    # the tiny model's input is 256 px: a 2 x 1100 strip would shrink to 0 rows
+    with pytest.raises(ValueError, match="too elongated"):
+        tiny_model.embed(np.zeros((2, 1100), np.uint8))
+    assert tiny_model.embed(np.zeros((3, 1100), np.uint8)).input_size[0] >= 1
 
 
 def test_devices():
@@ -111,7 +125,7 @@ def test_model_knows_its_device(tiny_model):
 
 
 # -- checkpoint files -------------------------------------------------------------------------
-def test_wrapped_and_prefixed_state_dicts_load(tiny_spec, tiny_ckpt, tmp_path, emb):
+def test_wrapped_and_prefixed_state_dicts_load(tiny_spec, tiny_ckpt, tmp_path):
     state = torch.load(tiny_ckpt, weights_only=True)
     wrapped = {"model_state": {f"sam.{k}": v for k, v in state.items()}, "epoch": 3}
     torch.save(wrapped, tmp_path / "wrapped.pt")

@@ -97,6 +97,23 @@ def test_huge_images_are_subsampled_for_the_window():
     assert lo == 0 and hi == 1000
 
 
+def test_subsampled_window_sees_every_channel():
+    # 1000 x 1000 x 3 float: a flat stride of 3 would read channel 0 only
+    img = np.zeros((1000, 1000, 3), np.float32)
+    img[..., 0] = np.linspace(0, 1, 1000)[None]
+    img[..., 1] = np.linspace(0, 1000, 1000)[:, None]
+    lo, hi = intensity_window(img)
+    assert hi > 900
+    out = to_rgb_uint8(img)
+    assert out[..., 1].max() == 255 and out[..., 1].min() == 0 and len(np.unique(out[..., 1])) > 200
+
+
+def test_window_keeps_precision_for_large_offsets():
+    img = (1e8 + np.arange(101, dtype=np.float64)).reshape(1, -1).repeat(3, 0)
+    out = to_rgb_uint8(img, contrast_limits=(1e8, 1e8 + 100))[0, :, 0]
+    assert len(np.unique(out)) == 101 and out[0] == 0 and out[-1] == 255
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -105,6 +122,8 @@ def test_huge_images_are_subsampled_for_the_window():
         (np.zeros((0, 5)), "empty"),
         (np.zeros((5, 5), complex), "complex"),
         (np.zeros((3, 40, 50)), "channel-first"),
+        (np.zeros((4, 40, 50)), "stack of slices"),
+        (np.zeros((40, 50, 2)), "2 channels"),
         (np.zeros((10, 40, 50)), "z-stack"),
         (np.zeros((1, 50)), "too small"),
         (np.array([["a", "b"], ["c", "d"]]), "not a real numeric"),

@@ -181,3 +181,17 @@ def test_xxh128_hashes_as_used_by_micro_sam(server, tiny_spec):
 
 def test_micro_sam_models_are_xxh128():
     assert ps.models.get_spec("vit_b_lm").known_hash.startswith("xxh128:")
+
+
+def test_offline_checks_a_file_placed_by_hand(server, tiny_spec, monkeypatch):
+    spec = dataclasses.replace(_spec(tiny_spec, server, "good"), name="tiny_by_hand")
+    path = weights_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("PROMPTSEG_OFFLINE", "1")
+    hits = dict(server.hits)
+    path.write_bytes(b"not the checkpoint")
+    with pytest.raises(WeightsError, match="does not match the expected hash"):
+        fetch_weights(spec, progress=False)
+    path.write_bytes(server.payload)
+    assert fetch_weights(spec, progress=False) == path
+    assert server.hits == hits  # never downloaded

@@ -6,15 +6,16 @@ __all__ = ["resolve_device"]
 
 
 def resolve_device(device=None):
-    """Return a ``torch.device``; raise ``ValueError`` for an unknown or unavailable device."""
+    """Return an indexed ``torch.device`` (``cuda:0``, not ``cuda``: it compares equal to a
+    tensor's ``.device``); raise ``ValueError`` for an unknown or unavailable device."""
     import torch
 
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
-            return torch.device("mps")
+            return torch.device("mps", 0)
         return torch.device("cpu")
     try:
         dev = torch.device(device)
@@ -29,10 +30,13 @@ def resolve_device(device=None):
             raise ValueError(
                 f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
+        if dev.index is None:  # tensors report "cuda:0": compare equal to them
+            dev = torch.device("cuda", torch.cuda.current_device())
     elif dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise ValueError("device 'mps' requested but MPS is not available; use 'auto' or 'cpu'")
+        dev = torch.device("mps", 0)
     elif dev.type != "cpu":
         raise ValueError(f"device type {dev.type!r} is not supported; use 'auto', 'cpu', 'cuda' or 'mps'")
     return dev

@@ -41,10 +41,16 @@ def _channels_last(arr: np.ndarray) -> np.ndarray:
         return arr[..., None]
     if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
         return arr
+    if arr.ndim == 3 and arr.shape[-1] == 2:
+        raise ValueError(
+            f"image of shape {arr.shape} has 2 channels; pick one (image[..., 0]) or make an RGB "
+            "composite (H, W, 3) first"
+        )
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4):
         raise ValueError(
-            f"image of shape {arr.shape} looks channel-first; pass np.moveaxis(image, 0, -1) "
-            "so that the channel axis (1, 3 or 4 channels) comes last"
+            f"image of shape {arr.shape} is either channel-first (then pass np.moveaxis(image, 0, -1) "
+            "so that the 1, 3 or 4 channels come last) or a stack of slices (then embed one at a "
+            "time, e.g. image[0])"
         )
     if arr.ndim == 3:
         raise ValueError(
@@ -65,9 +71,12 @@ def intensity_window(
     Use the window of a whole stack for each of its slices so that intensities do not jump.
     """
     arr = np.asarray(image)
-    flat = arr.reshape(-1)
-    if flat.size > _MAX_SAMPLES:
-        flat = flat[:: flat.size // _MAX_SAMPLES + 1]
+    # Sample whole pixels (a stride over the flat array could hit one channel only).
+    channels = arr.shape[-1] if arr.ndim == 3 and arr.shape[-1] in (3, 4) else 1
+    pixels = arr.reshape(-1, channels)
+    if pixels.shape[0] > _MAX_SAMPLES:
+        pixels = pixels[:: pixels.shape[0] // _MAX_SAMPLES + 1]
+    flat = pixels.reshape(-1)
     flat = flat[np.isfinite(flat)] if flat.dtype.kind == "f" else flat
     if flat.size == 0:
         raise ValueError("image has no finite values (all NaN or inf); nothing to segment")
@@ -116,12 +125,18 @@ def _check_limits(limits) -> tuple[float, float]:
 
 
 def _apply_window(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    x = arr.astype(np.float32)
-    if hi > lo:
-        x -= np.float32(lo)
-        x *= np.float32(255.0 / (hi - lo))
-    else:  # flat window: a threshold at lo
-        x = np.where(x > lo, np.float32(255), np.float32(0))
-    np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-    np.clip(x, 0, 255, out=x)
-    return np.rint(x).astype(np.uint8)
+    """Map through the window in float64 (exact for large offsets), a band of rows at a time."""
+    out = np.empty(arr.shape, np.uint8)
+    rows = max(1, (1 << 22) // max(1, arr[0].size))
+    for r in range(0, arr.shape[0], rows):
+        x = arr[r : r + rows].astype(np.float64)
+        if hi > lo:
+            x -= lo
+            x *= 255.0
+            x /= hi - lo  # after the product: window edges and midpoints land exactly
+        else:  # flat window: a threshold at lo
+            x = np.where(x > lo, 255.0, 0.0)
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        np.clip(x, 0, 255, out=x)
+        out[r : r + rows] = np.rint(x)
+    return out

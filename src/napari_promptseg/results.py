@@ -63,7 +63,8 @@ class Embedding:
         state = self.to_state()
         arrays = {f"features/{k}": v for k, v in state.pop("features").items()}
         meta = np.array(repr(state))
-        np.savez(path, __meta__=meta, **arrays)
+        with open(path, "wb") as f:  # a file handle: np.savez would append ".npz" to a bare path
+            np.savez(f, __meta__=meta, **arrays)
 
     @classmethod
     def load(cls, path: str | Path, device: Any = "cpu") -> Embedding:

@@ -144,6 +144,12 @@ class SamModel(PromptableModel):
 
     @torch.no_grad()  # not inference_mode: embeddings must stay usable by ordinary torch code
     def _embed_rgb(self, rgb: np.ndarray) -> Embedding:
+        h, w = rgb.shape[:2]
+        if min(self.transform.get_preprocess_shape(h, w, self.image_size)) < 1:
+            raise ValueError(
+                f"image of shape ({h}, {w}) is too elongated for the model's {self.image_size}-pixel "
+                "input (its short side would shrink to 0 pixels); crop it into shorter pieces or pad it"
+            )
         resized = self.transform.apply_image(rgb)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         input_size = tuple(int(v) for v in x.shape[-2:])
@@ -178,8 +184,8 @@ class SamModel(PromptableModel):
     @torch.inference_mode()
     def _predict(self, embedding: Embedding, prompt: Prompt, multimask: bool) -> Prediction:
         feats = embedding.features["image_embed"]
-        if feats.device != self.device:
-            feats = feats.to(self.device)
+        if feats.device != self.device:  # e.g. loaded from disk: move once, keep it there
+            feats = embedding.features["image_embed"] = feats.to(self.device)
         points, box, mask = self._sam_inputs(prompt, embedding.original_size)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=mask)
         if mask is None:

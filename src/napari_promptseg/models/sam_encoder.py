@@ -4,8 +4,9 @@ The official ``Attention.forward`` builds the attention matrix (for a global blo
 1024²: 12 heads x 4096 x 4096 floats = 805 MB), then adds the decomposed relative positions
 out of place twice and takes an out-of-place softmax: four such tensors are allocated and
 page-faulted per block. :class:`LeanAttention` does the same arithmetic in the same order,
-in place, in chunks of heads bounded by ``max_bytes``: on a 2-core CPU ``embed`` is ~1.5x faster
-than ``SamPredictor.set_image`` and peaks ~1.5 GB lower (docs/benchmarks.md).
+in place, in chunks of heads bounded by ``max_bytes``: on a 2-core CPU vit_b's ``embed`` is
+~1.5-1.9x faster than ``SamPredictor.set_image`` and its process peaks at 1.8 GB instead of 3.6 GB
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

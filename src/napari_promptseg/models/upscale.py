@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 __all__ = ["resize_operator", "upscale_masks"]
 
-_BLOCK_FLOATS = 1 << 16  # ~256 KB of float32 per band: stays in L2
+_BLOCK_FLOATS = 1 << 16  # CPU: ~256 KB of float32 per band, stays in L2
+_DEVICE_BLOCK_FLOATS = 1 << 24  # GPU: 64 MB per band, few kernel launches
 
 
 @lru_cache(maxsize=32)
@@ -96,16 +97,16 @@ def _rows_numpy(R, M, r_first, r_last, pos_rows, view, x0, x1, block) -> None:
 
 
 def _rows_torch(R, M, r_first, r_last, pos_rows, view, x0, x1, block) -> None:
-    """Same as :func:`_rows_numpy` on any torch device (cuda, mps)."""
+    """Same as :func:`_rows_numpy` with torch ops (cuda, mps): few large bands, since each
+    band costs kernel launches; results are assigned, not written through ``out=`` views."""
     H, k = view.shape[:2]
     for y0 in range(0, H, block):
         y1 = min(H, y0 + block)
         a, b = int(r_first[y0:y1].min()), int(r_last[y0:y1].max()) + 1
-        target = view[y0:y1, :, x0:x1]
         if pos_rows[b] == pos_rows[a]:
-            target.fill_(False)
+            view[y0:y1, :, x0:x1] = False
         else:
-            torch.gt(torch.mm(R[y0:y1, a:b], M[a:b]).reshape(y1 - y0, k, -1), 0, out=target)
+            view[y0:y1, :, x0:x1] = (torch.mm(R[y0:y1, a:b], M[a:b]) > 0).reshape(y1 - y0, k, -1)
 
 
 def upscale_masks(
@@ -143,9 +144,9 @@ def upscale_masks(
     M = _columns(low.float(), C, c_first, c_last, x0, x1)  # (h, K * W'): L @ C.T, useful columns
     # Prefix sums of positive rows: a band of low-res rows is skipped when it has none.
     pos_rows = np.concatenate([[0], np.cumsum(rows_any)])
-    block = max(1, _BLOCK_FLOATS // M.shape[1])
     if use_numpy is None:
         use_numpy = dev.type == "cpu"
+    block = max(1, (_BLOCK_FLOATS if use_numpy else _DEVICE_BLOCK_FLOATS) // M.shape[1])
     if use_numpy:
         R, M = R.cpu(), M.cpu()
         out = np.empty((k, H, W), dtype=bool)  # numpy asks for huge pages: cheap first touch

@@ -102,11 +102,19 @@ def fetch_weights(
     path = weights_path(spec)
     if path.is_file() and _verified(path, spec.known_hash):
         return path
-    if os.environ.get("PROMPTSEG_OFFLINE", "") not in ("", "0") and not path.is_file():
-        raise WeightsError(
-            f"model {spec.name!r} is not in the cache and PROMPTSEG_OFFLINE is set. "
-            + _manual_hint(spec, path)
-        )
+    if os.environ.get("PROMPTSEG_OFFLINE", "") not in ("", "0"):
+        if not path.is_file():
+            raise WeightsError(
+                f"model {spec.name!r} is not in the cache and PROMPTSEG_OFFLINE is set. "
+                + _manual_hint(spec, path)
+            )
+        if not pooch.hashes.hash_matches(str(path), spec.known_hash):  # placed by hand: check here
+            raise WeightsError(
+                f"{path} does not match the expected hash of model {spec.name!r} and "
+                "PROMPTSEG_OFFLINE forbids downloading it again. " + _manual_hint(spec, path)
+            )
+        _marker(path).write_text(json.dumps(_stamp(path, spec.known_hash)))
+        return path
     bar = _CallbackProgress(progress) if callable(progress) else bool(progress)
     downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout)
     path.parent.mkdir(parents=True, exist_ok=True)
