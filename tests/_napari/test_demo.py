@@ -52,3 +52,15 @@ def test_removing_all_points_clears_the_mask(session):
     s, spy = session
     s.points_layer.data = np.zeros((0, 2))
     assert not s.mask_layer.data.any()
+
+
+def test_a_failing_model_load_is_reported_not_raised(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, _ = nuclei_image((64, 64), n=2, seed=2)
+
+    def offline():
+        raise RuntimeError("could not reach https://example.invalid/w.pth")
+
+    s = DemoSession(viewer, image, offline)
+    qtbot.waitUntil(lambda: "could not reach" in viewer.status, timeout=10000)
+    assert s.embedding is None and not s.mask_layer.data.any()

@@ -31,24 +31,32 @@ class DemoSession:
         self.points_layer = viewer.add_points(
             np.asarray(pts, float).reshape(-1, 2), name="prompts", face_color="lime", size=12
         )
+        self.points_layer.mode = "add"  # a click adds a point right away
         self.model = None
         self.embedding = None
 
         @thread_worker(progress={"total": 2, "desc": "Loading model and embedding image"})
         def _prepare():
-            model = model_factory()
-            yield ("model", model)
-            limits = tuple(self.image_layer.contrast_limits)
-            yield ("embedding", model.embed(image, contrast_limits=limits))
+            # Errors are yielded, not raised: superqt swallows a RuntimeError raised in a
+            # worker (it assumes a deleted Qt object), and WeightsError is one.
+            try:
+                model = model_factory()
+                yield ("model", model)
+                limits = tuple(self.image_layer.contrast_limits)
+                yield ("embedding", model.embed(image, contrast_limits=limits))
+            except Exception as err:  # noqa: BLE001 - shown to the user
+                yield ("error", err)
 
         self.worker = _prepare()
         self.worker.yielded.connect(self._on_yielded)
-        self.worker.errored.connect(self._on_error)
         self.points_layer.events.data.connect(self._on_points)
         self.worker.start()
 
     def _on_yielded(self, item):
         kind, value = item
+        if kind == "error":
+            self._on_error(value)
+            return
         setattr(self, kind, value)
         if kind == "model":
             self.viewer.status = f"promptseg: {value.name} loaded, embedding the image..."
@@ -57,7 +65,10 @@ class DemoSession:
             self.update()
 
     def _on_error(self, err):
+        from napari.utils.notifications import show_error
+
         self.viewer.status = f"promptseg: {err}"
+        show_error(f"promptseg could not prepare the model: {err}")
 
     def _on_points(self, event=None):
         if getattr(event, "action", "changed") in ("adding", "removing", "changing"):
