@@ -11,9 +11,11 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 
 from __future__ import annotations
 
-from .models import ModelSpec, list_models, load_model
+from .models import ModelSpec, PromptableModel, list_models, load_model
 from .prompts import Prompt
 from .results import Embedding, Prediction
 
 __version__ = "0.1.0"
-__all__ = ["ModelSpec", "list_models", "load_model", "Embedding", "Prediction", "Prompt"]
+__all__ = [
+    "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
+]

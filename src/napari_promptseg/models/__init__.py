@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from .base import PromptableModel
 from .registry import BACKENDS, REGISTRY, ModelSpec, get_spec, list_models
 
-__all__ = ["ModelSpec", "REGISTRY", "list_models", "get_spec", "load_model"]
+__all__ = ["ModelSpec", "PromptableModel", "REGISTRY", "list_models", "get_spec", "load_model"]
 
 
 def load_model(
@@ -15,7 +16,7 @@ def load_model(
     checkpoint: str | Path | None = None,
     device: str = "auto",
     progress=True,
-):
+) -> PromptableModel:
     """Load a promptable model by registry name (or :class:`ModelSpec`).
 
     checkpoint: None downloads the official weights into the cache (once) and verifies their
