@@ -99,12 +99,13 @@ class FastMaskDecoder:
         wo = attn.out_proj.weight.reshape(attn.out_proj.weight.shape[0], n, -1)  # (C, n, d)
         return torch.bmm(v, wo.permute(1, 2, 0)).reshape(-1, wo.shape[0])
 
-    @staticmethod
-    def _img_to_tok_probs(scores_t: Tensor, n: int, d: int) -> Tensor:
-        """Softmax over the tokens of each head; scores_t ``(n*T, hw)`` (image axis last, which
-        vectorises: a softmax over a last axis of ~7 tokens is slow) -> same shape."""
+    def _img_to_tok_out(self, attn, scores_t: Tensor, n: int, d: int, v_tok: Tensor) -> Tensor:
+        """Attention output (hw, C) from raw scores ``(n*T, hw)``: softmax over each head's
+        tokens, taken with the image axis last (which vectorises; a softmax over a last axis
+        of ~7 tokens is slow), then the folded token values."""
         s = scores_t.mul_(1.0 / math.sqrt(d)).reshape(n, -1, scores_t.shape[-1])
-        return torch.softmax(s, dim=1).reshape(scores_t.shape)
+        p_t = torch.softmax(s, dim=1).reshape(scores_t.shape)
+        return torch.addmm(attn.out_proj.bias, p_t.t(), self._img_to_tok_values(attn, v_tok))
 
     def _img_to_tok(self, attn, img_k: Tensor, q_tok: Tensor, v_tok: Tensor) -> Tensor:
         """The image attends to the tokens; ``img_k = keys + pe`` (hw, C); returns (hw, C)."""
@@ -115,16 +116,14 @@ class FastMaskDecoder:
         b = torch.bmm(wq.transpose(1, 2), k.transpose(1, 2))  # (n, C, T)
         b = b.permute(1, 0, 2).reshape(wq.shape[-1], -1)  # (C, n*T)
         c = torch.bmm(k, attn.q_proj.bias.reshape(n, d, 1)).reshape(-1, 1)  # (n*T, 1)
-        p_t = self._img_to_tok_probs(torch.addmm(c, b.t(), img_k.t()), n, d)  # (n*T, hw)
-        return torch.addmm(attn.out_proj.bias, p_t.t(), self._img_to_tok_values(attn, v_tok))
+        return self._img_to_tok_out(attn, torch.addmm(c, b.t(), img_k.t()), n, d, v_tok)
 
     def _img_to_tok_cached(self, attn, q_heads: Tensor, q_tok: Tensor, v_tok: Tensor) -> Tensor:
         """As :meth:`_img_to_tok` with projected image queries ``q_heads`` (n, d, hw)."""
         n = attn.num_heads
         k = _heads(F.linear(q_tok, attn.k_proj.weight, attn.k_proj.bias), n)  # (n, T, d)
         scores_t = torch.bmm(k, q_heads).reshape(-1, q_heads.shape[-1])  # (n*T, hw)
-        p_t = self._img_to_tok_probs(scores_t, n, k.shape[-1])
-        return torch.addmm(attn.out_proj.bias, p_t.t(), self._img_to_tok_values(attn, v_tok))
+        return self._img_to_tok_out(attn, scores_t, n, k.shape[-1], v_tok)
 
     # -- public ----------------------------------------------------------------------------
     @torch.inference_mode()

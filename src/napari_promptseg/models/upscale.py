@@ -8,8 +8,8 @@ each with a few non-zeros per row. We build R and C by pushing identity matrices
 same ``F.interpolate`` calls (so the weights are PyTorch's own), then evaluate the product in
 bands of a few output rows, thresholding each band while it is still in L2 cache, and skipping rows
 and columns where no contributing logit is positive (bilinear weights are non-negative, so such
-pixels cannot be in the mask). On a 2-core CPU, 3 masks at 4096 x 4096 take ~25-30 ms instead of
-~120 ms for SAM's interpolate-then-threshold (docs/benchmarks.md).
+pixels cannot be in the mask). On a 2-core CPU, 3 masks at 4096 x 4096 take ~15-30 ms instead of
+~150 ms for SAM's interpolate-then-threshold (docs/benchmarks.md).
 """
 
 from __future__ import annotations
