@@ -19,6 +19,7 @@ IMAGES = {
     "rgb_700x1300": lambda: blobs_image((700, 1300), seed=1),
     "gray_900x500": lambda: blobs_image((900, 500), seed=2)[..., 1],
 }
+SMALL = {"rgb_60x90_smaller_than_input": lambda: blobs_image((60, 90), seed=4)}
 
 
 def _prompts(h, w):
@@ -78,9 +79,9 @@ def _check_model(model, predictor, image):
         _assert_same(ours, m, s, lg)
 
 
-@pytest.mark.parametrize("image_name", list(IMAGES))
+@pytest.mark.parametrize("image_name", list(IMAGES) + list(SMALL))
 def test_tiny_sam_equals_official(tiny_model, tiny_official, image_name):
-    _check_model(tiny_model, tiny_official, IMAGES[image_name]())
+    _check_model(tiny_model, tiny_official, {**IMAGES, **SMALL}[image_name]())
 
 
 def test_uint16_goes_through_the_window_then_equals_official(tiny_model, tiny_official):

@@ -67,3 +67,18 @@ def test_positive_logits_only_in_the_padding():
     out = upscale_masks(low, (256, 85), (600, 200), 256)
     np.testing.assert_array_equal(out, _official(low, (256, 85), (600, 200), 256))
     assert not out.any()
+
+
+def test_matches_official_on_random_shapes():
+    rng = np.random.default_rng(0)
+    torch.manual_seed(1)
+    for _ in range(12):
+        original = (int(rng.integers(2, 3000)), int(rng.integers(2, 3000)))
+        padded = int(rng.choice([256, 1024]))
+        low = torch.randn(2, padded // 4, padded // 4) + float(rng.normal(0, 1))
+        size = _input_size(*original, padded)
+        if min(size) < 1:
+            continue
+        ours = upscale_masks(low, size, original, padded)
+        ref = _official(low, size, original, padded)
+        assert min(mask_iou(a, b) for a, b in zip(ours, ref)) >= 0.999, original
