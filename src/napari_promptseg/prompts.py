@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Prompt", "make_prompt"]
+__all__ = ["Prompt", "make_prompt", "inside_image"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,14 @@ class Prompt:
     labels: np.ndarray
     box: np.ndarray | None
     mask_input: np.ndarray | None
+
+
+def inside_image(points, shape: tuple[int, int]) -> np.ndarray:
+    """``(N,)`` bool: which ``(row, col)`` points lie on the image of ``shape = (H, W)``
+    (pixel edges included: ``-0.5 <= row <= H - 0.5``)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    h, w = shape
+    return (pts[:, 0] >= -0.5) & (pts[:, 0] <= h - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= w - 0.5)
 
 
 def _points(points, labels, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -57,8 +65,7 @@ def _points(points, labels, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndar
         lab = lab_raw.astype(np.int32)
         if len(lab) != len(pts):
             raise ValueError(f"got {len(pts)} points but {len(lab)} labels")
-    h, w = shape
-    outside = (pts[:, 0] < -0.5) | (pts[:, 0] > h - 0.5) | (pts[:, 1] < -0.5) | (pts[:, 1] > w - 0.5)
+    outside = ~inside_image(pts, shape)
     if outside.any():
         bad = pts[outside][0].tolist()
         raise ValueError(

@@ -12,6 +12,8 @@ import argparse
 
 import numpy as np
 
+from napari_promptseg.prompts import inside_image
+
 __all__ = ["DemoSession", "main"]
 
 
@@ -84,8 +86,7 @@ class DemoSession:
             self.mask_layer.data = np.zeros_like(self.mask_layer.data)
             return
         rc = np.stack([self.image_layer.world_to_data(p) for p in data])
-        h, w = self.image_layer.data.shape[:2]
-        inside = (rc[:, 0] >= -0.5) & (rc[:, 0] <= h - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] <= w - 0.5)
+        inside = inside_image(rc, self.image_layer.data.shape[:2])
         if not inside.any():
             return
         pred = self.model.predict(self.embedding, points=rc[inside])

@@ -78,17 +78,24 @@ def _columns(low, C, first, last, x0: int, x1: int, width: int = 512) -> torch.T
     return M.reshape(h, -1)
 
 
-def _rows_numpy(R, M, r_first, r_last, pos_rows, view, x0, x1, block) -> None:
-    """CPU: bands of output rows with numpy, whose per-call overhead is ~10x lower than torch's
-    for these small products; the band's floats stay in L2 before thresholding."""
-    R, M = R.numpy(), M.numpy()
-    H, k = view.shape[:2]
-    buf = np.empty((block, M.shape[1]), dtype=np.float32)
+def _row_bands(r_first, r_last, pos_rows, H: int, block: int):
+    """Yield ``(y0, y1, a, b, live)``: output rows ``y0:y1`` read low-res rows ``a:b``; ``live``
+    is False when none of those rows holds a positive logit (the band is all False)."""
     for y0 in range(0, H, block):
         y1 = min(H, y0 + block)
         a, b = int(r_first[y0:y1].min()), int(r_last[y0:y1].max()) + 1
+        yield y0, y1, a, b, pos_rows[b] != pos_rows[a]
+
+
+def _rows_numpy(R, M, bands, view, x0, x1, block) -> None:
+    """CPU: bands of output rows with numpy, whose per-call overhead is ~10x lower than torch's
+    for these small products; the band's floats stay in L2 before thresholding."""
+    R, M = R.numpy(), M.numpy()
+    k = view.shape[1]
+    buf = np.empty((block, M.shape[1]), dtype=np.float32)
+    for y0, y1, a, b, live in bands:
         target = view[y0:y1, :, x0:x1]
-        if pos_rows[b] == pos_rows[a]:
+        if not live:
             target[...] = False
             continue
         vals = buf[: y1 - y0]
@@ -96,14 +103,12 @@ def _rows_numpy(R, M, r_first, r_last, pos_rows, view, x0, x1, block) -> None:
         np.greater(vals.reshape(y1 - y0, k, -1), 0, out=target)
 
 
-def _rows_torch(R, M, r_first, r_last, pos_rows, view, x0, x1, block) -> None:
+def _rows_torch(R, M, bands, view, x0, x1, block) -> None:
     """Same as :func:`_rows_numpy` with torch ops (cuda, mps): few large bands, since each
     band costs kernel launches; results are assigned, not written through ``out=`` views."""
-    H, k = view.shape[:2]
-    for y0 in range(0, H, block):
-        y1 = min(H, y0 + block)
-        a, b = int(r_first[y0:y1].min()), int(r_last[y0:y1].max()) + 1
-        if pos_rows[b] == pos_rows[a]:
+    k = view.shape[1]
+    for y0, y1, a, b, live in bands:
+        if not live:
             view[y0:y1, :, x0:x1] = False
         else:
             view[y0:y1, :, x0:x1] = (torch.mm(R[y0:y1, a:b], M[a:b]) > 0).reshape(y1 - y0, k, -1)
@@ -147,17 +152,17 @@ def upscale_masks(
     if use_numpy is None:
         use_numpy = dev.type == "cpu"
     block = max(1, (_BLOCK_FLOATS if use_numpy else _DEVICE_BLOCK_FLOATS) // M.shape[1])
+    bands = _row_bands(r_first, r_last, pos_rows, H, block)
     if use_numpy:
-        R, M = R.cpu(), M.cpu()
         out = np.empty((k, H, W), dtype=bool)  # numpy asks for huge pages: cheap first touch
         view = out.transpose(1, 0, 2)  # (H, K, W)
-        view[:, :, :x0] = False
-        view[:, :, x1:] = False
-        _rows_numpy(R, M, r_first, r_last, pos_rows, view, x0, x1, block)
-        return out
-    out_t = torch.empty((k, H, W), dtype=torch.bool, device=dev)
-    view = out_t.permute(1, 0, 2)
+    else:
+        out = torch.empty((k, H, W), dtype=torch.bool, device=dev)
+        view = out.permute(1, 0, 2)
     view[:, :, :x0] = False
     view[:, :, x1:] = False
-    _rows_torch(R, M, r_first, r_last, pos_rows, view, x0, x1, block)
-    return out_t.cpu().numpy()
+    if use_numpy:
+        _rows_numpy(R.cpu(), M.cpu(), bands, view, x0, x1, block)
+        return out
+    _rows_torch(R, M, bands, view, x0, x1, block)
+    return out.cpu().numpy()
