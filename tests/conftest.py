@@ -7,6 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
+from napari_promptseg.models.triton_guard import guard_triton
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
@@ -61,6 +63,7 @@ def tiny_model(tiny_spec, tiny_ckpt):
 def tiny_official(tiny_ckpt):
     """Meta's predictor on its own, untouched copy of the tiny weights."""
     import torch
+    guard_triton()  # napari tests may have loaded Mesa's LLVM already
     from segment_anything import SamPredictor
 
     from napari_promptseg.models.sam import build_sam

@@ -48,3 +48,22 @@ def test_package_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_triton_is_hidden_only_next_to_an_opengl_llvm():
+    """Loading triton next to Mesa's libLLVM segfaults napari; the guard hides it only then."""
+    code = (
+        "import sys, ctypes, ctypes.util\n"
+        "from napari_promptseg.models.triton_guard import guard_triton, _llvm_loaded\n"
+        "before = guard_triton()\n"
+        "assert not before and 'triton' not in sys.modules, 'no LLVM loaded: nothing hidden'\n"
+        "name = ctypes.util.find_library('LLVM-15') or ctypes.util.find_library('LLVM')\n"
+        "if name is None: print('skip'); raise SystemExit\n"
+        "ctypes.CDLL(name)\n"
+        "assert _llvm_loaded() and guard_triton() and sys.modules['triton'] is None\n"
+        "import segment_anything  # torchvision -> torch._dynamo -> triton: must not crash\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] in ("ok", "skip")

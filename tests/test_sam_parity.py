@@ -97,6 +97,9 @@ def test_uint16_goes_through_the_window_then_equals_official(tiny_model, tiny_of
 
 @pytest.fixture(scope="module")
 def vit_b(tmp_path_factory):
+    from napari_promptseg.models.triton_guard import guard_triton
+
+    guard_triton()
     from segment_anything import SamPredictor, sam_model_registry
 
     path = tmp_path_factory.mktemp("vit_b") / "sam_vit_b_random.pth"

@@ -23,6 +23,9 @@ class PromptableModel(ABC):
 
     #: bump when the image preparation changes, so cached embeddings are invalidated
     preprocessing: str = "rgb8-v1"
+    #: side of the square model input in pixels (the image is resized into its top-left corner;
+    #: the low-resolution logits cover the whole square)
+    image_size: int
 
     def __init__(self, spec: ModelSpec, checkpoint_id: str, device) -> None:
         self.spec = spec
@@ -73,6 +76,29 @@ class PromptableModel(ABC):
             embedding.original_size, self.low_res_shape, points, labels, box, mask_input
         )
         return self._predict(embedding, prompt, bool(multimask))
+
+    def mask_prompt(self, embedding: Embedding, mask, strength: float = 8.0) -> np.ndarray:
+        """Low-resolution logits ``(h, w)`` float32 that encode ``mask`` as a ``mask_input``.
+
+        mask: ``(H, W)`` bool at the embedded image's resolution (e.g. a mask painted by the
+        user). Inside the mask the logits are ``+strength``, outside ``-strength``, with the
+        resize's soft edge in between; the padding beyond the image is ``-strength``.
+        """
+        from skimage.transform import resize
+
+        m = np.asarray(mask)
+        if m.shape != tuple(embedding.original_size):
+            raise ValueError(
+                f"mask shape {m.shape} does not match the embedded image {tuple(embedding.original_size)}"
+            )
+        h_lr, w_lr = self.low_res_shape
+        h_in, w_in = embedding.input_size
+        rh = min(h_lr, max(1, round(h_in * h_lr / self.image_size)))
+        rw = min(w_lr, max(1, round(w_in * w_lr / self.image_size)))
+        p = resize((m > 0).astype(np.float32), (rh, rw), order=1, anti_aliasing=True)
+        out = np.full((h_lr, w_lr), -strength, np.float32)
+        out[:rh, :rw] = (2 * strength) * (p - 0.5)
+        return out
 
     def _check_embedding(self, embedding: Embedding) -> None:
         if not isinstance(embedding, Embedding):

@@ -23,6 +23,7 @@ from .base import PromptableModel
 from .registry import ModelSpec
 from .sam_decoder import FastMaskDecoder
 from .sam_encoder import use_lean_attention
+from .triton_guard import guard_triton
 from .upscale import upscale_masks
 
 __all__ = ["SamArch", "SAM_ARCHS", "build_sam", "SamModel", "build_sam_model"]
@@ -61,6 +62,7 @@ SAM_ARCHS: dict[str, SamArch] = {
 
 def build_sam(arch: SamArch | str):
     """A ``segment_anything.modeling.Sam`` with ``arch``'s configuration and untrained weights."""
+    guard_triton()  # segment_anything imports torchvision -> torch._dynamo -> triton
     from segment_anything.modeling import (
         ImageEncoderViT,
         MaskDecoder,
@@ -127,6 +129,7 @@ class SamModel(PromptableModel):
     """
 
     def __init__(self, spec: ModelSpec, sam, checkpoint_id: str, device) -> None:
+        guard_triton()
         from segment_anything.utils.transforms import ResizeLongestSide
 
         super().__init__(spec, checkpoint_id, device)

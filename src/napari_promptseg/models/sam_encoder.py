@@ -12,7 +12,11 @@ in place, in chunks of heads bounded by ``max_bytes``: on a 2-core CPU vit_b's `
 from __future__ import annotations
 
 import torch
-from segment_anything.modeling.image_encoder import Attention, get_rel_pos
+
+from .triton_guard import guard_triton
+
+guard_triton()  # segment_anything -> torchvision -> torch._dynamo -> triton: see triton_guard
+from segment_anything.modeling.image_encoder import Attention, get_rel_pos  # noqa: E402
 
 __all__ = ["LeanAttention", "use_lean_attention"]
 

@@ -1,0 +1,123 @@
+"""The layers the widget creates, and prompt coordinates from world to image pixels.
+
+napari keeps every layer's data in its own coordinates; clicks happen in world coordinates.
+Prompts go data (prompt layer) -> world -> data (image layer), through each layer's full
+transform (scale, translate, rotate, shear, affine), so any transform of the image is respected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "POINTS_NAME", "BOXES_NAME", "PREVIEW_NAME", "LABELS_NAME", "POSITIVE", "NEGATIVE",
+    "transform_kwargs", "copy_transform", "image_plane_shape", "add_points_layer", "add_boxes_layer",
+    "add_preview_layer", "add_labels_layer", "points_in_image", "boxes_in_image",
+]
+
+POINTS_NAME = "promptseg points"
+BOXES_NAME = "promptseg boxes"
+PREVIEW_NAME = "promptseg preview"
+LABELS_NAME = "promptseg labels"
+POSITIVE, NEGATIVE = "lime", "red"
+
+
+def transform_kwargs(layer) -> dict:
+    """The full data-to-world transform of ``layer`` as layer constructor arguments."""
+    return {
+        "scale": layer.scale, "translate": layer.translate, "rotate": layer.rotate,
+        "shear": layer.shear, "affine": layer.affine.affine_matrix,
+    }
+
+
+def copy_transform(src, dst) -> None:
+    """Give ``dst`` the same data-to-world transform as ``src`` (same ndim)."""
+    for k, v in transform_kwargs(src).items():
+        setattr(dst, k, v)
+
+
+def image_plane_shape(image_layer) -> tuple[int, ...]:
+    """Shape of the image layer's data without the RGB(A) channel axis (level 0 if multiscale)."""
+    data = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    return tuple(data.shape[:-1]) if image_layer.rgb else tuple(data.shape)
+
+
+def _size(image_layer) -> float:
+    return max(3.0, 0.012 * max(image_plane_shape(image_layer)[-2:]))
+
+
+def add_points_layer(viewer, image_layer):
+    """Points for prompts: feature ``label`` 1 (positive, green) or 0 (negative, red)."""
+    import pandas as pd
+
+    layer = viewer.add_points(
+        np.zeros((0, len(image_plane_shape(image_layer)))),
+        name=POINTS_NAME,
+        features=pd.DataFrame({"label": pd.Series([], dtype=np.int64)}),
+        face_color="label",
+        face_color_cycle={1: POSITIVE, 0: NEGATIVE},
+        border_color="white",
+        size=_size(image_layer),
+        **transform_kwargs(image_layer),
+    )
+    layer.feature_defaults["label"] = 1
+    layer.mode = "add"
+    return layer
+
+
+def add_boxes_layer(viewer, image_layer):
+    """Shapes whose rectangles are box prompts (one object per rectangle)."""
+    return viewer.add_shapes(
+        ndim=len(image_plane_shape(image_layer)),
+        name=BOXES_NAME,
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=max(1.0, _size(image_layer) / 4),
+        **transform_kwargs(image_layer),
+    )
+
+
+def add_preview_layer(viewer, image_layer):
+    """Labels that show the current, uncommitted object(s)."""
+    return viewer.add_labels(
+        np.zeros(image_plane_shape(image_layer), np.int32), name=PREVIEW_NAME, opacity=0.55,
+        **transform_kwargs(image_layer),
+    )
+
+
+def add_labels_layer(viewer, image_layer):
+    """Labels that receive committed objects."""
+    return viewer.add_labels(
+        np.zeros(image_plane_shape(image_layer), np.int32), name=LABELS_NAME,
+        **transform_kwargs(image_layer),
+    )
+
+
+def _to_image(coords_in_layer: np.ndarray, layer, image_layer) -> np.ndarray:
+    """``(N, D)`` data coordinates of ``layer`` -> ``(N, image ndim)`` image data coordinates."""
+    out = [np.asarray(image_layer.world_to_data(layer.data_to_world(p)), float) for p in coords_in_layer]
+    return np.asarray(out, float).reshape(len(coords_in_layer), -1)
+
+
+def points_in_image(points_layer, image_layer) -> tuple[np.ndarray, np.ndarray]:
+    """All prompt points as image data coordinates ``(N, ndim)`` and their labels ``(N,)`` (1/0)."""
+    data = np.asarray(points_layer.data, float)
+    if len(data) == 0:
+        return np.zeros((0, len(image_plane_shape(image_layer)))), np.zeros(0, np.int32)
+    feats = points_layer.features
+    labels = np.asarray(feats["label"], np.int32) if "label" in feats else None
+    if labels is None or len(labels) != len(data):
+        labels = np.ones(len(data), np.int32)
+    return _to_image(data, points_layer, image_layer), labels
+
+
+def boxes_in_image(shapes_layer, image_layer) -> np.ndarray:
+    """Rectangles of ``shapes_layer`` as ``(B, 4)`` boxes ``(row0, col0, row1, col1)`` in the image's
+    last two data axes (the bounding box of the corners when the transforms rotate them)."""
+    boxes = []
+    for verts, kind in zip(shapes_layer.data, shapes_layer.shape_type, strict=True):
+        if kind != "rectangle":
+            continue
+        rc = _to_image(np.asarray(verts, float), shapes_layer, image_layer)[:, -2:]
+        boxes.append([rc[:, 0].min(), rc[:, 1].min(), rc[:, 0].max(), rc[:, 1].max()])
+    return np.asarray(boxes, float).reshape(-1, 4)

@@ -1,0 +1,690 @@
+"""The dock widget: pick an image and a model, click, see the mask, commit it.
+
+Everything slow runs off the UI thread: the model download/load and the image encoder in napari
+workers (progress bar, cancel), decodes in a :class:`~.decoding.LatestOnlyRunner` (newest prompt
+state wins, stale results are dropped). The segmentation logic itself lives in the Qt-free core
+(:mod:`napari_promptseg.interactive`, :mod:`napari_promptseg.commits`).
+
+Scripting::
+
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-promptseg", "Segment Anything")
+    widget.set_model(ps.load_model("vit_b", checkpoint="sam_vit_b.pth"))
+    widget.set_image(viewer.layers["cells"])
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..commits import CommitHistory, commit_masks
+from ..embeddings import EmbeddingCache, embed_cached
+from ..interactive import bounding_box, compose_preview, decode_objects, group_prompts
+from ..prompts import inside_image
+from . import layers as L
+from .decoding import LatestOnlyRunner
+
+__all__ = ["PromptSegWidget", "KEYS"]
+
+LOCAL_CHECKPOINT = "local checkpoint…"
+NEW_LABELS = "(new) " + L.LABELS_NAME
+
+#: key -> (method name, help text); bound on the viewer while the widget is open
+KEYS = {
+    "K": ("commit", "commit (keep) the object"),
+    "Q": ("clear", "clear the prompts"),
+    "J": ("next_mask", "next candidate mask"),
+    "N": ("toggle_negative", "toggle negative points"),
+    "G": ("refine_from_preview", "refine from the painted preview"),
+    "U": ("undo", "undo the last commit"),
+    "Shift-U": ("redo", "redo"),
+}
+
+
+class PromptSegWidget(QWidget):
+    """Interactive Segment Anything for one napari viewer (see the module docstring)."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        # napari hands plugins a public-only proxy; keep the real viewer so that layers from its
+        # events and from the user compare by identity
+        self.viewer = _unwrap(napari_viewer)
+        self.model = None
+        self.embedding = None
+        self.image_layer = None
+        self.points_layer = None
+        self.boxes_layer = None
+        self.preview_layer = None
+        self.predictions: list = []  # last accepted Prediction per object
+        self.choices: list[int] = []  # mask index shown per object
+        self._logits: dict[int, np.ndarray] = {}  # per object: low-res logits for refinement
+        self._negative = False
+        self._generation = 0  # bumped by every prompt change: older decode results are stale
+        self._embed_token = None
+        self._embed_worker = None
+        self._load_worker = None
+        self._cancel_load = False
+        self._cache = EmbeddingCache(8)
+        self._histories: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._runner = LatestOnlyRunner(self)
+        self._runner.finished.connect(self._on_decoded)
+        self._reembed_timer = QTimer(self)
+        self._reembed_timer.setSingleShot(True)
+        self._reembed_timer.setInterval(800)
+        self._reembed_timer.timeout.connect(self._start_embedding)
+        self._build_ui()
+        self._connect_viewer()
+        self._bind_keys()
+        self._refresh_layer_choices()
+        self._auto_image()
+
+    # ---------------------------------------------------------------- UI
+    def _build_ui(self) -> None:
+        from ..models.registry import REGISTRY
+
+        self.image_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.model_combo.addItems([*REGISTRY, LOCAL_CHECKPOINT])
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.load_button = QPushButton("Load model")
+        self.labels_combo = QComboBox()
+        self.overwrite_check = QCheckBox("overwrite other objects")
+        self.negative_check = QCheckBox("negative points (N)")
+        self.status = QLabel("Choose a model, then an image.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("device", self.device_combo)
+        form.addRow("", self.load_button)
+        form.addRow("commit to", self.labels_combo)
+        form.addRow("", self.overwrite_check)
+        form.addRow("", self.negative_check)
+
+        self.buttons = {}
+        grid = QGridLayout()
+        specs = [("commit", "Commit (K)"), ("clear", "Clear (Q)"), ("next_mask", "Next mask (J)"),
+                 ("undo", "Undo (U)"), ("redo", "Redo (Shift-U)"), ("refine_from_preview", "Refine (G)"),
+                 ("cancel", "Cancel")]
+        for i, (name, text) in enumerate(specs):
+            b = QPushButton(text)
+            b.clicked.connect(getattr(self, name))
+            grid.addWidget(b, i // 3, i % 3)
+            self.buttons[name] = b
+
+        help_text = QLabel(
+            "Click: positive point · Shift-click or right-click: negative point · "
+            "draw rectangles in 'promptseg boxes': one object per box.\n"
+            + " · ".join(f"{k}: {v[1]}" for k, v in KEYS.items())
+        )
+        help_text.setWordWrap(True)
+
+        root = QVBoxLayout(self)
+        root.addLayout(form)
+        root.addLayout(grid)
+        root.addWidget(self.status)
+        root.addWidget(help_text)
+        root.addStretch(1)
+
+        self.image_combo.activated.connect(self._on_image_chosen)
+        self.model_combo.activated.connect(self._on_model_chosen)
+        self.load_button.clicked.connect(self._on_model_chosen)
+        self.negative_check.toggled.connect(self._set_negative)
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+        self.viewer.status = f"promptseg: {text}"
+
+    def _connect_viewer(self) -> None:
+        ev = self.viewer.layers.events
+        ev.inserted.connect(self._refresh_layer_choices)
+        ev.removed.connect(self._on_layer_removed)
+        ev.reordered.connect(self._refresh_layer_choices)
+
+    def _bind_keys(self) -> None:
+        for key, (method, _) in KEYS.items():
+            self.viewer.bind_key(key, self._key_handler(method), overwrite=True)
+
+    def _key_handler(self, method: str):
+        ref = weakref.ref(self)
+
+        def handler(viewer):
+            w = ref()
+            if w is not None:
+                getattr(w, method)()
+
+        handler.__name__ = f"promptseg_{method}"
+        return handler
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        self.close_session()
+        super().closeEvent(event)
+
+    def close_session(self) -> None:
+        """Stop workers and unbind keys (called when the dock closes)."""
+        self._runner.close()
+        self._cancel_load = True
+        for key in KEYS:
+            self.viewer.bind_key(key, None, overwrite=True)
+
+    def _refresh_layer_choices(self, event=None) -> None:
+        import napari.layers
+
+        images = [ly.name for ly in self.viewer.layers if isinstance(ly, napari.layers.Image)]
+        labels = [
+            ly.name for ly in self.viewer.layers
+            if isinstance(ly, napari.layers.Labels) and ly is not self.preview_layer
+        ]
+        current = self.image_layer.name if self.image_layer is not None else None
+        _set_items(self.image_combo, images, current)
+        target = self.labels_combo.currentText() or NEW_LABELS
+        _set_items(self.labels_combo, [NEW_LABELS, *labels], target)
+        if self.image_layer is None and images and event is not None:
+            QTimer.singleShot(0, self._auto_image)  # not inside napari's layer event
+
+    def _auto_image(self) -> None:
+        """Pick the active (else the first) 2D image layer when none is chosen yet."""
+        import napari.layers
+
+        if self.image_layer is not None:
+            return
+        active = self.viewer.layers.selection.active
+        candidates = ([active] if active is not None else []) + list(self.viewer.layers)
+        for ly in candidates:
+            if isinstance(ly, napari.layers.Image) and len(L.image_plane_shape(ly)) == 2:
+                self.set_image(ly)
+                return
+
+    # ---------------------------------------------------------------- model
+    def set_model(self, model, checkpoint=None, device: str | None = None) -> None:
+        """Use ``model``: a loaded model (from ``ps.load_model``) is used at once; a registry name
+        is loaded (downloaded once) in a worker. The current image is embedded again."""
+        if isinstance(model, str):
+            self._load_model(model, checkpoint, device or self.device_combo.currentText())
+            return
+        self.model = model
+        _set_items(self.model_combo, _items(self.model_combo),
+                   model.name)
+        self._set_status(f"model {model.name} on {model.device}.")
+        self._forget_embedding()
+        self._start_embedding()
+
+    def _on_model_chosen(self, *args) -> None:
+        name = self.model_combo.currentText()
+        checkpoint = None
+        if name == LOCAL_CHECKPOINT:
+            path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "Checkpoints (*.pth *.pt)")
+            if not path:
+                return
+            name, checkpoint = _guess_registry_name(path), path
+        self._load_model(name, checkpoint, self.device_combo.currentText())
+
+    def _load_model(self, name: str, checkpoint, device: str) -> None:
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        import napari_promptseg as ps
+
+        self._cancel_load = False
+        pbar = progress(total=0, desc=f"promptseg: loading {name}")
+
+        def on_bytes(done, total):
+            if self._cancel_load:
+                raise KeyboardInterrupt("cancelled by the user")
+            worker.yielded.emit(("bytes", done, total))
+
+        @thread_worker
+        def load():
+            try:
+                yield ("model", ps.load_model(name, checkpoint=checkpoint, device=device, progress=on_bytes))
+            except BaseException as err:  # noqa: BLE001 - shown to the user (KeyboardInterrupt: cancel)
+                yield ("error", err)
+
+        def on_yielded(item):
+            if item[0] == "bytes":
+                _, done, total = item
+                if total and pbar.total != total:
+                    pbar.total = total
+                pbar.n = done
+                pbar.refresh()
+                self._set_status(f"downloading {name}: {done / 1e6:.0f} / {(total or 0) / 1e6:.0f} MB")
+            elif item[0] == "model":
+                pbar.close()
+                self.set_model(item[1])
+            else:
+                pbar.close()
+                self._set_status(f"could not load {name}: {item[1]}")
+
+        worker = load()
+        worker.yielded.connect(on_yielded)
+        worker.finished.connect(pbar.close)
+        self._load_worker = worker
+        self._set_status(f"loading {name}…")
+        worker.start()
+
+    # ---------------------------------------------------------------- image and embedding
+    def set_image(self, layer) -> None:
+        """Segment ``layer`` (a napari Image layer, 2D gray or RGB(A)); embedding starts at once."""
+        import napari.layers
+
+        layer = _unwrap(layer)
+        if not isinstance(layer, napari.layers.Image):
+            raise TypeError(f"set_image needs a napari Image layer, got {type(layer).__name__}")
+        plane = L.image_plane_shape(layer)
+        if len(plane) != 2:
+            raise ValueError(
+                f"layer {layer.name!r} has {len(plane)} spatial axes {plane}; this widget segments 2D "
+                "images (gray or RGB). Select one plane, e.g. viewer.add_image(stack[z])"
+            )
+        if self.image_layer is not None:
+            self._disconnect_image(self.image_layer)
+        self.image_layer = layer
+        self._forget_embedding()
+        self._ensure_layers(reset=True)
+        layer.events.contrast_limits.connect(self._on_contrast)
+        layer.events.data.connect(self._on_image_data)
+        for name in ("scale", "translate", "rotate", "shear", "affine"):
+            getattr(layer.events, name).connect(self._on_transform)
+        _set_items(self.image_combo, _items(self.image_combo),
+                   layer.name)
+        self._start_embedding()
+
+    def _disconnect_image(self, layer) -> None:
+        for ev in ("contrast_limits", "data", "scale", "translate", "rotate", "shear", "affine"):
+            for cb in (self._on_contrast, self._on_image_data, self._on_transform):
+                try:
+                    getattr(layer.events, ev).disconnect(cb)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+
+    def _on_image_chosen(self, *args) -> None:
+        name = self.image_combo.currentText()
+        if name and name in self.viewer.layers and self.viewer.layers[name] is not self.image_layer:
+            try:
+                self.set_image(self.viewer.layers[name])
+            except (TypeError, ValueError) as err:
+                self._set_status(str(err))
+
+    def _forget_embedding(self) -> None:
+        self.embedding = None
+        self._embed_token = None
+        self._generation += 1  # any decode in flight is now stale
+        self.predictions, self.choices, self._logits = [], [], {}
+
+    def _on_contrast(self, event=None) -> None:
+        data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
+        if np.dtype(data.dtype) != np.uint8:  # uint8 goes to the model unchanged
+            self._reembed_timer.start()
+
+    def _on_image_data(self, event=None) -> None:
+        self._forget_embedding()
+        self._ensure_layers(reset=True)
+        self._start_embedding()
+
+    def _on_transform(self, event=None) -> None:
+        for ly in (self.points_layer, self.boxes_layer, self.preview_layer):
+            if ly is not None:
+                L.copy_transform(self.image_layer, ly)
+
+    def _start_embedding(self) -> None:
+        from napari.qt.threading import thread_worker
+
+        if self.model is None or self.image_layer is None:
+            if self.image_layer is not None:
+                self._set_status("choose a model: the image is embedded as soon as one is loaded.")
+            return
+        layer, model, cache = self.image_layer, self.model, self._cache
+        data = layer.data[0] if layer.multiscale else layer.data
+        limits = tuple(float(v) for v in layer.contrast_limits)
+        token = self._embed_token = object()
+
+        @thread_worker(progress={"total": 0, "desc": f"promptseg: embedding {layer.name}"})
+        def embed():
+            try:
+                yield ("ok", embed_cached(model, np.asarray(data), limits, cache))
+            except Exception as err:  # noqa: BLE001 - shown to the user
+                yield ("error", err)
+
+        def on_yielded(item):
+            if token is not self._embed_token or layer is not self.image_layer or model is not self.model:
+                return  # the image, window or model changed meanwhile: drop
+            if item[0] == "error":
+                self._set_status(f"could not embed {layer.name}: {item[1]}")
+                return
+            self.embedding = item[1]
+            self._logits.clear()
+            self._set_status(f"{layer.name}: ready ({model.name}). Click on an object.")
+            self.request_decode()
+
+        worker = embed()
+        worker.yielded.connect(on_yielded)
+        self._embed_worker = worker
+        self._set_status(f"embedding {layer.name} with {model.name}…")
+        worker.start()
+
+    def cancel(self) -> None:
+        """Cancel a download/model load and drop an embedding in progress."""
+        self._cancel_load = True
+        if self._embed_token is not None and self.embedding is None:
+            self._embed_token = None
+            self._set_status("cancelled.")
+
+    @property
+    def ready(self) -> bool:
+        """True when an embedding of the current image is ready for prompts."""
+        return self.embedding is not None
+
+    # ---------------------------------------------------------------- layers
+    def _ensure_layers(self, reset: bool = False) -> None:
+        if self.image_layer is None:
+            return
+        v, img = self.viewer, self.image_layer
+        shape = L.image_plane_shape(img)
+        if self.points_layer is None or self.points_layer not in v.layers:
+            self.points_layer = L.add_points_layer(v, img)
+            self.points_layer.events.data.connect(self._on_points)
+            self.points_layer.mouse_drag_callbacks.insert(0, self._on_press)
+        if self.boxes_layer is None or self.boxes_layer not in v.layers:
+            self.boxes_layer = L.add_boxes_layer(v, img)
+            self.boxes_layer.events.data.connect(self._on_boxes)
+        if self.preview_layer is None or self.preview_layer not in v.layers or (
+            self.preview_layer.data.shape != shape
+        ):
+            if self.preview_layer is not None and self.preview_layer in v.layers:
+                v.layers.remove(self.preview_layer)
+            self.preview_layer = L.add_preview_layer(v, img)
+        if reset:
+            self._clear_prompts()
+            self._on_transform()
+        self._set_negative(self._negative)
+        v.layers.selection.active = self.points_layer
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if layer is self.image_layer:
+            self._disconnect_image(layer)
+            self.image_layer = None
+            self._forget_embedding()
+            self._set_status(f"image {layer.name!r} was removed.")
+        elif layer is self.points_layer:
+            self.points_layer = None
+        elif layer is self.boxes_layer:
+            self.boxes_layer = None
+        elif layer is self.preview_layer:
+            self.preview_layer = None
+            self._generation += 1
+        self._refresh_layer_choices()
+
+    def target_labels(self, create: bool = True):
+        """The Labels layer that receives commits (created, aligned with the image, if needed)."""
+        name = self.labels_combo.currentText()
+        if name and name != NEW_LABELS and name in self.viewer.layers:
+            return self.viewer.layers[name]
+        if not create or self.image_layer is None:
+            return None
+        layer = L.add_labels_layer(self.viewer, self.image_layer)
+        _set_items(self.labels_combo, _items(self.labels_combo)
+                   + [layer.name], layer.name)
+        self.viewer.layers.selection.active = self.points_layer
+        return layer
+
+    # ---------------------------------------------------------------- prompts and decoding
+    def _on_press(self, layer, event):
+        """Shift-click or right-click in add mode adds a negative point (napari adds on release)."""
+        if layer.mode == "add":
+            negative = self._negative ^ ("Shift" in event.modifiers or event.button == 2)
+            layer.feature_defaults["label"] = 0 if negative else 1
+
+    def _set_negative(self, negative: bool) -> None:
+        self._negative = bool(negative)
+        if self.negative_check.isChecked() != self._negative:
+            self.negative_check.setChecked(self._negative)
+        if self.points_layer is not None:
+            self.points_layer.feature_defaults["label"] = 0 if self._negative else 1
+
+    def toggle_negative(self) -> None:
+        """New points are negative (background) until toggled back."""
+        self._set_negative(not self._negative)
+        self._set_status("new points are " + ("negative (background)." if self._negative else "positive."))
+
+    def _on_points(self, event=None) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action.endswith("ing") or "ING" in action:
+            return  # wait for the past-tense event
+        if "add" not in action.lower():
+            self._logits.clear()  # a point moved or removed: the old mask is no longer this prompt's
+        self.request_decode()
+
+    def _on_boxes(self, event=None) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action.endswith("ing") or "ING" in action:
+            return
+        self._logits.clear()
+        self.request_decode()
+
+    def current_objects(self):
+        """The objects the current prompts describe (see ``interactive.group_prompts``)."""
+        if self.image_layer is None or self.points_layer is None or self.boxes_layer is None:
+            return []
+        shape = L.image_plane_shape(self.image_layer)
+        pts, labels = L.points_in_image(self.points_layer, self.image_layer)
+        keep = inside_image(pts[:, -2:], shape[-2:]) if len(pts) else np.zeros(0, bool)
+        boxes = L.boxes_in_image(self.boxes_layer, self.image_layer)
+        return group_prompts(pts[keep][:, -2:], labels[keep], boxes)
+
+    def request_decode(self) -> None:
+        """Decode the current prompts in the background; the preview updates when it is done."""
+        self._generation += 1
+        gen = self._generation
+        if self.embedding is None or self.preview_layer is None:
+            if self.image_layer is not None and self.model is not None:
+                self._set_status("still embedding: your prompts are used as soon as it is ready.")
+            return
+        objects = self.current_objects()
+        if not objects:
+            self._show([], [], gen)
+            return
+        model, emb, shape = self.model, self.embedding, tuple(self.embedding.original_size)
+        mask_inputs = dict(self._logits)
+
+        def work():
+            preds = decode_objects(model, emb, objects, mask_inputs)
+            choices = [p.best for p in preds]
+            return preds, choices, compose_preview([p.masks[c] for p, c in zip(preds, choices, strict=True)],
+                                                   shape)
+
+        self._runner.submit((gen, emb), work)
+
+    def _on_decoded(self, token, result, error) -> None:
+        gen, emb = token
+        if gen != self._generation or emb is not self.embedding:
+            return  # stale: the prompts, image or model changed since
+        if error is not None:
+            self._set_status(f"decode failed: {error}")
+            return
+        preds, choices, preview = result
+        self._show(preds, choices, gen, preview)
+
+    def _show(self, preds, choices, gen, preview=None) -> None:
+        if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
+            return
+        self.predictions, self.choices = list(preds), list(choices)
+        self._logits = {i: p.logits[c] for i, (p, c) in enumerate(zip(preds, choices, strict=True))}
+        if preview is None:
+            preview = compose_preview([p.masks[c] for p, c in zip(preds, choices, strict=True)],
+                                      self.preview_layer.data.shape)
+        self.preview_layer.data = preview
+        self._set_status(self._describe())
+
+    def _describe(self) -> str:
+        if not self.predictions:
+            return "no object: click on one (Shift-click: background) or draw a box."
+        parts = []
+        for p, c in zip(self.predictions, self.choices, strict=True):
+            if len(p.scores) > 1:
+                order = np.argsort(-p.scores)
+                parts.append("masks " + " ".join(
+                    (f"[{p.scores[i]:.2f}]" if i == c else f"{p.scores[i]:.2f}") for i in order
+                ) + " (J: next)")
+            else:
+                parts.append(f"score {p.scores[0]:.2f}")
+        n = len(self.predictions)
+        return f"{n} object{'s' * (n > 1)}: " + "; ".join(parts) + ". K: commit."
+
+    def next_mask(self) -> None:
+        """Show the next candidate mask (by score) of each ambiguous object."""
+        if not any(len(p.scores) > 1 for p in self.predictions):
+            self._set_status("only one candidate mask: add a point or a box to change it.")
+            return
+        choices = []
+        for p, c in zip(self.predictions, self.choices, strict=True):
+            order = list(np.argsort(-p.scores))
+            choices.append(int(order[(order.index(c) + 1) % len(order)]))
+        self._generation += 1
+        self._show(self.predictions, choices, self._generation)
+
+    def refine_from_preview(self) -> None:
+        """Use the (painted) preview as a mask prompt, with its bounding box and the points."""
+        if self.embedding is None or self.preview_layer is None:
+            return
+        mask = np.asarray(self.preview_layer.data) > 0
+        box = bounding_box(mask)
+        if box is None:
+            self._set_status("the preview is empty: paint the object into it first.")
+            return
+        self._generation += 1
+        gen = self._generation
+        model, emb = self.model, self.embedding
+        pts, labels = L.points_in_image(self.points_layer, self.image_layer)
+        keep = inside_image(pts[:, -2:], mask.shape) if len(pts) else np.zeros(0, bool)
+        pts, labels = pts[keep][:, -2:], labels[keep]
+
+        def work():
+            mi = model.mask_prompt(emb, mask)
+            pred = model.predict(emb, points=pts if len(pts) else None, labels=labels if len(pts) else None,
+                                 box=box, mask_input=mi, multimask=False)
+            return [pred], [0], compose_preview([pred.masks[0]], mask.shape)
+
+        self._runner.submit((gen, emb), work)
+
+    # ---------------------------------------------------------------- commit, undo, clear
+    def _clear_prompts(self) -> None:
+        if self.points_layer is not None and len(self.points_layer.data):
+            self.points_layer.data = np.zeros((0, self.points_layer.ndim))
+        if self.boxes_layer is not None and len(self.boxes_layer.data):
+            self.boxes_layer.data = []
+        self._logits.clear()
+        self._generation += 1
+        self._show([], [], self._generation)
+
+    def clear(self) -> None:
+        """Remove the prompts and the preview (nothing committed changes)."""
+        self._clear_prompts()
+        self._set_status("cleared.")
+
+    def commit(self) -> tuple[int, ...]:
+        """Write the preview's objects into the target labels with new ids; clear the prompts.
+
+        Other objects are kept unless "overwrite other objects" is checked. Returns the new ids.
+        """
+        if self.preview_layer is None or self.image_layer is None:
+            return ()
+        preview = np.asarray(self.preview_layer.data)
+        ids = [i for i in np.unique(preview) if i != 0]
+        if not ids:
+            self._set_status("nothing to commit: the preview is empty.")
+            return ()
+        target = self.target_labels()
+        if target.data.shape != preview.shape:
+            self._set_status(
+                f"cannot commit into {target.name!r}: its shape {target.data.shape} is not the image's "
+                f"{preview.shape}; choose another labels layer or '{NEW_LABELS}'."
+            )
+            return ()
+        if not isinstance(target.data, np.ndarray) or not target.data.flags.c_contiguous:
+            target.data = np.ascontiguousarray(target.data)
+        try:
+            overwrite = self.overwrite_check.isChecked()
+            c = commit_masks(target.data, [preview == i for i in ids], overwrite=overwrite)
+        except (TypeError, ValueError, OverflowError) as err:
+            self._set_status(f"cannot commit into {target.name!r}: {err}")
+            return ()
+        if not c.ids:
+            self._set_status("nothing committed: every pixel already belongs to another object "
+                             "(check 'overwrite other objects' to replace them).")
+            return ()
+        self._history(target).record(c)
+        target.refresh()
+        self._clear_prompts()
+        self._set_status(f"committed object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))} "
+                         f"to {target.name!r}. U: undo.")
+        return c.ids
+
+    def _history(self, layer) -> CommitHistory:
+        h = self._histories.get(layer)
+        if h is None:
+            h = self._histories[layer] = CommitHistory()
+        return h
+
+    def undo(self) -> None:
+        """Undo the last commit into the target labels (exactly restores the earlier values)."""
+        self._replay("undo", "undid", " Shift-U: redo.")
+
+    def redo(self) -> None:
+        """Redo the last undone commit."""
+        self._replay("redo", "redid", "")
+
+    def _replay(self, which: str, verb: str, hint: str) -> None:
+        target = self.target_labels(create=False)
+        c = getattr(self._history(target), which)(target.data) if target is not None else None
+        if c is None:
+            self._set_status(f"nothing to {which}.")
+            return
+        target.refresh()
+        self._set_status(f"{verb} object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))}.{hint}")
+
+
+def _unwrap(obj):
+    return getattr(obj, "__wrapped__", obj)
+
+
+def _items(combo: QComboBox) -> list[str]:
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def _set_items(combo: QComboBox, items: list[str], current: str | None) -> None:
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(items)
+    if current is not None and current in items:
+        combo.setCurrentIndex(items.index(current))
+    combo.blockSignals(False)
+
+
+def _guess_registry_name(path: str) -> str:
+    """The registry architecture that fits a local checkpoint (by its encoder width)."""
+    from ..models.checkpoint import read_state_dict
+    from ..models.registry import REGISTRY
+    from ..models.sam import SAM_ARCHS
+
+    w = read_state_dict(path).get("image_encoder.patch_embed.proj.weight")
+    for name, spec in REGISTRY.items():
+        arch = SAM_ARCHS.get(spec.arch)
+        if w is not None and arch is not None and w.shape[0] == arch.encoder_embed_dim:
+            return name
+    return "vit_b"

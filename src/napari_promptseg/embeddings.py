@@ -1,0 +1,67 @@
+"""Embedding cache keyed by what went into the model (never by layer names or object ids).
+
+The key hashes the model-input pixels (the uint8 RGB image after the intensity window) with the
+model name, checkpoint id and preprocessing version, so a changed image, window or model never
+reuses a stale embedding.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from .image import to_rgb_uint8
+from .results import Embedding
+
+__all__ = ["embedding_key", "EmbeddingCache", "embed_cached"]
+
+
+def embedding_key(model, rgb: np.ndarray) -> str:
+    """Cache key for ``model`` encoding the ``(H, W, 3)`` uint8 image ``rgb``."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    h.update(repr((model.name, model.checkpoint_id, model.preprocessing, rgb.shape)).encode())
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """A thread-safe in-memory LRU of embeddings (``max_items`` most recently used)."""
+
+    def __init__(self, max_items: int = 8) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, Embedding] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Embedding | None:
+        with self._lock:
+            emb = self._items.get(key)
+            if emb is not None:
+                self._items.move_to_end(key)
+            return emb
+
+    def put(self, key: str, embedding: Embedding) -> None:
+        with self._lock:
+            self._items[key] = embedding
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def embed_cached(model, image, contrast_limits=None, cache: EmbeddingCache | None = None) -> Embedding:
+    """``model.embed(image, contrast_limits)``, reusing ``cache`` when the same pixels were encoded."""
+    rgb = to_rgb_uint8(image, contrast_limits)
+    if cache is None:
+        return model.embed(rgb)
+    key = embedding_key(model, rgb)
+    emb = cache.get(key)
+    if emb is None:
+        emb = model.embed(rgb)  # uint8 RGB goes to the model unchanged
+        cache.put(key, emb)
+    return emb

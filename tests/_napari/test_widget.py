@@ -1,0 +1,330 @@
+"""The dock widget in a real viewer, driven through real layer events, with a deterministic backend."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_promptseg._napari.demo import WIDGET_NAME
+from tests.component_model import ComponentModel, blob_image
+
+
+def settle(qtbot, w, timeout=10000):
+    """Wait until no decode runs and its result has reached the UI thread."""
+    qtbot.waitUntil(lambda: not w._runner.busy, timeout=timeout)
+    qtbot.wait(30)
+
+
+@pytest.fixture
+def env(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    layer = viewer.add_image(img, name="cells")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    model = ComponentModel()
+    w.set_model(model)
+    assert w.image_layer is layer  # the only image is picked at once
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    return SimpleNamespace(viewer=viewer, w=w, layer=layer, truth=truth, model=model)
+
+
+def test_point_in_points_layer_gives_the_mask_under_it(env, qtbot):
+    w = env.w
+    w.points_layer.add([[25, 30]])  # inside object 1
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, env.truth == 1)
+    assert env.model.calls[-1]["multimask"] and env.model.calls[-1]["mask_input"] is None
+    assert "0.90" in w.status.text()
+
+
+def test_scale_and_translate_of_the_image_are_respected(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    layer = viewer.add_image(img, name="cells", scale=(1, 0.25), translate=(5, -7))
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(ComponentModel())
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    world = np.array([5 + 80, -7 + 0.25 * 40])  # world position of image pixel (80, 40): object 2
+    w.points_layer.add(w.points_layer.world_to_data(world))
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 2)
+    np.testing.assert_allclose(w.preview_layer.scale, layer.scale)
+    # the user moves the image afterwards: the prompt layers follow, a click still lands right
+    layer.translate = (0, 0)
+    w.clear()
+    w.points_layer.add(w.points_layer.world_to_data(np.array([45, 0.25 * 115])))  # pixel (45, 115)
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 3)
+
+
+def test_prompt_layer_with_its_own_transform_is_converted_through_world(env, qtbot):
+    w = env.w
+    w.points_layer.scale = (2.0, 2.0)  # the user rescaled the points layer, not the image
+    w.points_layer.add([[20, 57]])  # points-layer data (20, 57) -> world (40, 114) = image pixel
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, env.truth == 3)
+
+
+def test_negative_points_boxes_and_several_boxes(env, qtbot):
+    w, truth = env.w, env.truth
+    w.boxes_layer.add_rectangles(np.array([[[75, 145], [5, 5]]]))  # any drag direction
+    settle(qtbot, w)
+    in_box = np.zeros_like(truth, bool)
+    in_box[5:76, 5:146] = True
+    np.testing.assert_array_equal(w.preview_layer.data > 0, (truth > 0) & in_box)
+    # Shift-click makes a negative point: napari's add mode runs our press callback first
+    w._on_press(w.points_layer, SimpleNamespace(modifiers=("Shift",), button=1))
+    w.points_layer.add([[45, 115]])
+    settle(qtbot, w)
+    assert list(w.points_layer.features["label"]) == [0]
+    np.testing.assert_array_equal(w.preview_layer.data > 0, (truth > 0) & in_box & (truth != 3))
+    w._on_press(w.points_layer, SimpleNamespace(modifiers=(), button=1))
+    assert w.points_layer.feature_defaults["label"][0] == 1  # only that click was negative
+    w._on_press(w.points_layer, SimpleNamespace(modifiers=(), button=2))  # right click
+    assert w.points_layer.feature_defaults["label"][0] == 0
+    # a second box: two objects at once, each with its own id in the preview
+    w.clear()
+    w.boxes_layer.add_rectangles(np.array([[[8, 8], [42, 52]], [[58, 18], [102, 62]]]))
+    settle(qtbot, w)
+    assert len(w.predictions) == 2
+    np.testing.assert_array_equal(w.preview_layer.data, np.where(truth == 1, 1, np.where(truth == 2, 2, 0)))
+
+
+def test_toggle_negative_mode_key(env, qtbot):
+    w = env.w
+    w.toggle_negative()
+    assert w.negative_check.isChecked()
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    assert list(w.points_layer.features["label"]) == [0]
+    assert not w.preview_layer.data.any()  # only a negative point: no object
+    w.toggle_negative()
+    w.points_layer.add([[80, 40]])
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, env.truth == 2)
+
+
+def test_commit_ids_preserve_others_undo_redo(env, qtbot):
+    w, truth = env.w, env.truth
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    assert w.commit() == (1,)
+    target = env.viewer.layers["promptseg labels"]
+    np.testing.assert_array_equal(target.data, np.where(truth == 1, 1, 0))
+    assert len(w.points_layer.data) == 0 and not w.preview_layer.data.any()  # ready for the next
+    after_first = target.data.copy()
+    # a box over everything: the committed object is kept
+    w.boxes_layer.add_rectangles(np.array([[[0, 0], [119, 159]]]))
+    settle(qtbot, w)
+    assert w.commit() == (2,)
+    np.testing.assert_array_equal(target.data, np.where(truth == 1, 1, np.where(truth > 0, 2, 0)))
+    after_second = target.data.copy()
+    w.undo()
+    np.testing.assert_array_equal(target.data, after_first)
+    w.redo()
+    np.testing.assert_array_equal(target.data, after_second)
+    w.undo()
+    w.undo()
+    assert not target.data.any()
+    w.undo()  # nothing left: no error
+    assert "nothing to undo" in w.status.text()
+    # overwrite on request
+    w.redo()
+    w.overwrite_check.setChecked(True)
+    w.boxes_layer.add_rectangles(np.array([[[0, 0], [119, 159]]]))
+    settle(qtbot, w)
+    assert w.commit() == (2,)
+    np.testing.assert_array_equal(target.data, np.where(truth > 0, 2, 0))
+
+
+def test_commit_into_a_chosen_layer_of_the_wrong_shape_is_refused(env, qtbot):
+    w = env.w
+    env.viewer.add_labels(np.zeros((10, 10), np.int32), name="small")
+    w.labels_combo.setCurrentText("small")
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    assert w.commit() == ()
+    assert "shape" in w.status.text()
+    assert not env.viewer.layers["small"].data.any()
+
+
+def test_clear_removes_prompts_and_preview_only(env, qtbot):
+    w = env.w
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    w.commit()
+    w.points_layer.add([[80, 40]])
+    settle(qtbot, w)
+    w.clear()
+    settle(qtbot, w)
+    assert len(w.points_layer.data) == 0 and not w.preview_layer.data.any()
+    np.testing.assert_array_equal(env.viewer.layers["promptseg labels"].data, np.where(env.truth == 1, 1, 0))
+
+
+def test_cycling_candidate_masks(env, qtbot):
+    w, truth = env.w, env.truth
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 1)  # best (0.90) first
+    w.next_mask()
+    assert (w.preview_layer.data > 0).sum() > (truth == 1).sum()  # the grown mask (0.60)
+    assert "[0.60]" in w.status.text()
+    w.next_mask()
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth > 0)  # all bright pixels (0.30)
+    w.next_mask()
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 1)
+
+
+def test_refinement_logits_belong_to_one_object(env, qtbot):
+    w, model = env.w, env.model
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    w.next_mask()  # the user prefers candidate 1: its logits refine the next click
+    chosen = w.predictions[0].logits[1].copy()
+    w.points_layer.add([[35, 45]])
+    settle(qtbot, w)
+    call = model.calls[-1]
+    np.testing.assert_array_equal(call["mask_input"][0], chosen)
+    assert not call["multimask"]
+    w.commit()
+    w.points_layer.add([[80, 40]])  # a new object starts without the old logits
+    settle(qtbot, w)
+    assert model.calls[-1]["mask_input"] is None
+    w.points_layer.add([[85, 45]])
+    settle(qtbot, w)
+    assert model.calls[-1]["mask_input"] is not None
+    w.points_layer.selected_data = {1}
+    w.points_layer.remove_selected()  # removing a point resets the logits
+    settle(qtbot, w)
+    assert model.calls[-1]["mask_input"] is None
+
+
+def test_painted_preview_refines_the_object(env, qtbot):
+    w, truth = env.w, env.truth
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    painted = np.zeros_like(truth)
+    painted[20:70, 90:140] = 1  # the user paints object 3 into the preview
+    w.preview_layer.data = painted
+    w.refine_from_preview()
+    settle(qtbot, w)
+    call = env.model.calls[-1]
+    assert call["mask_input"] is not None and call["box"] is not None
+    np.testing.assert_allclose(call["box"], [20, 90, 69, 139])
+    assert (w.preview_layer.data[truth == 3] > 0).all()
+
+
+def test_stale_results_are_dropped_under_rapid_edits(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    viewer.add_image(img, name="cells")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    model = ComponentModel(delay=0.15)
+    w.set_model(model)
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    shown = []
+    w.preview_layer.events.data.connect(lambda e: shown.append((w.preview_layer.data > 0).copy()))
+    for p in ([25, 30], [80, 40], [45, 115], [85, 45], [30, 100]):
+        w.points_layer.data = np.array([p], float)  # each edit replaces the previous prompt
+    settle(qtbot, w)
+    assert len(model.calls) < 5  # edits made while a decode ran were coalesced
+    assert len(shown) <= 2  # the first in-flight result is stale and dropped (or the only one shown)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 3)  # the newest state won
+
+
+def test_layers_removed_while_a_decode_runs(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, _ = blob_image()
+    layer = viewer.add_image(img, name="cells")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(ComponentModel(delay=0.3))
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    preview = w.preview_layer
+    w.points_layer.add([[25, 30]])
+    viewer.layers.remove(layer)
+    settle(qtbot, w)
+    assert not preview.data.any()  # nothing written
+    assert w.image_layer is None and not w.ready
+    w.commit()  # no image: nothing happens, no exception
+    # the preview layer removed mid-run
+    layer = viewer.add_image(img, name="cells2")
+    w.set_image(layer)
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    w.points_layer.add([[25, 30]])
+    viewer.layers.remove(w.preview_layer)
+    settle(qtbot, w)
+    assert w.preview_layer is None
+
+
+def test_contrast_limits_reach_the_model_and_a_new_window_re_embeds(env, qtbot):
+    w, model = env.w, env.model
+    emb = w.embedding
+    assert emb.features["components"].max() == 3  # 1000 vs 30000 through the layer's window
+    env.layer.contrast_limits = (0, 65535)  # 30000 maps below 127: nothing is bright any more
+    qtbot.waitUntil(lambda: w.embedding is not emb and w.embedding is not None, timeout=10000)
+    assert w.embedding.features["components"].max() == 0
+    calls = model.embed_calls
+    env.layer.contrast_limits = (1000, 30000)  # back to a window seen before: from the cache
+    qtbot.waitUntil(lambda: w.embedding is not None and w.embedding.features["components"].max() == 3,
+                    timeout=10000)
+    assert model.embed_calls == calls
+
+
+def test_keys_pressed_on_the_canvas(env, qtbot):
+    from qtpy.QtCore import Qt
+
+    w = env.w
+    canvas = env.viewer.window._qt_viewer.canvas.native
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    qtbot.keyClick(canvas, Qt.Key_J)
+    assert "[0.60]" in w.status.text()
+    qtbot.keyClick(canvas, Qt.Key_K)
+    target = env.viewer.layers["promptseg labels"]
+    assert target.data.max() == 1
+    qtbot.keyClick(canvas, Qt.Key_U)
+    assert not target.data.any()
+    qtbot.keyClick(canvas, Qt.Key_U, Qt.ShiftModifier)
+    assert target.data.max() == 1
+    qtbot.keyClick(canvas, Qt.Key_N)
+    assert w.negative_check.isChecked()
+    w.points_layer.add([[80, 40]])
+    qtbot.keyClick(canvas, Qt.Key_Q)
+    assert len(w.points_layer.data) == 0
+
+
+def test_nd_image_gets_a_clear_error(env):
+    stack = env.viewer.add_image(np.zeros((3, 20, 20), np.uint16), name="stack")
+    with pytest.raises(ValueError, match="2D"):
+        env.w.set_image(stack)
+
+
+def test_failed_model_load_is_reported_not_raised(env, qtbot, monkeypatch):
+    monkeypatch.setenv("PROMPTSEG_OFFLINE", "1")
+    env.w.set_model("vit_b")
+    qtbot.waitUntil(lambda: "could not load vit_b" in env.w.status.text(), timeout=20000)
+    assert env.w.model is env.model  # the previous model stays usable
+
+
+def test_sample_data_contribution(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-promptseg", "nuclei")
+    layer = viewer.layers["nuclei"]
+    assert layer.data.dtype == np.uint16 and layer.data.ndim == 2
+
+
+def test_real_sam_end_to_end(make_napari_viewer, qtbot, tiny_model):
+    """The widget with the real SAM backend (tiny random weights): the preview is SAM's best mask."""
+    viewer = make_napari_viewer()
+    img, _ = blob_image()
+    layer = viewer.add_image(img, name="cells", scale=(2, 2))
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(tiny_model)
+    qtbot.waitUntil(lambda: w.ready, timeout=30000)
+    w.points_layer.add(w.points_layer.world_to_data(np.array([2 * 25, 2 * 30])))
+    settle(qtbot, w, timeout=30000)
+    expected = tiny_model.embed(img, contrast_limits=tuple(layer.contrast_limits))
+    pred = tiny_model.predict(expected, points=[[25, 30]])
+    np.testing.assert_array_equal(w.preview_layer.data > 0, pred.masks[pred.best])
+    w.commit()
+    np.testing.assert_array_equal(viewer.layers["promptseg labels"].data > 0, pred.masks[pred.best])
