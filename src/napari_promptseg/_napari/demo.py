@@ -17,6 +17,7 @@ def open_demo(viewer, model: str | None = "vit_b", checkpoint=None, device: str 
     viewer.open_sample("napari-promptseg", "nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
     widget.set_image(viewer.layers["nuclei"])
+    viewer.reset_view()  # the dock narrowed the canvas
     if model is not None:
         widget.set_model(model, checkpoint=checkpoint, device=device)
     return widget

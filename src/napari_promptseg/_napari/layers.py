@@ -43,14 +43,25 @@ def image_plane_shape(image_layer) -> tuple[int, ...]:
 
 
 def _size(image_layer) -> float:
-    return max(3.0, 0.012 * max(image_plane_shape(image_layer)[-2:]))
+    return max(3.0, 0.02 * max(image_plane_shape(image_layer)[-2:]))
 
 
 def add_points_layer(viewer, image_layer):
     """Points for prompts: feature ``label`` 1 (positive, green) or 0 (negative, red)."""
+    import warnings
+
     import pandas as pd
 
-    layer = viewer.add_points(
+    with warnings.catch_warnings():  # "looks like categorical": it is, on purpose
+        warnings.filterwarnings("ignore", "Feature 'label' looks like categorical", RuntimeWarning)
+        layer = _add_points(viewer, image_layer, pd)
+    layer.feature_defaults["label"] = 1
+    layer.mode = "add"
+    return layer
+
+
+def _add_points(viewer, image_layer, pd):
+    return viewer.add_points(
         np.zeros((0, len(image_plane_shape(image_layer)))),
         name=POINTS_NAME,
         features=pd.DataFrame({"label": pd.Series([], dtype=np.int64)}),
@@ -60,9 +71,6 @@ def add_points_layer(viewer, image_layer):
         size=_size(image_layer),
         **transform_kwargs(image_layer),
     )
-    layer.feature_defaults["label"] = 1
-    layer.mode = "add"
-    return layer
 
 
 def add_boxes_layer(viewer, image_layer):

@@ -134,6 +134,7 @@ class PromptSegWidget(QWidget):
         )
         help_text.setWordWrap(True)
 
+        self.setMaximumWidth(440)  # leave the canvas room; texts wrap
         root = QVBoxLayout(self)
         root.addLayout(form)
         root.addLayout(grid)

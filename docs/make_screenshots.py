@@ -1,0 +1,78 @@
+"""Make the user guide's screenshots by driving a real napari viewer (run under Xvfb).
+
+    xvfb-run -a python docs/make_screenshots.py [--model promptseg_demo] [--checkpoint PATH]
+
+Opens the nuclei sample, docks the widget, loads the model, clicks like a user would (by adding
+to the prompt layers' data, which is what a click does), and saves PNGs into docs/images/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).parent / "images"
+
+
+def wait(app, cond, timeout=600.0):
+    t0 = time.time()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.time() - t0 > timeout:
+            raise TimeoutError("the viewer did not get there in time")
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def shot(viewer, app, name):
+    for _ in range(10):
+        app.processEvents()
+    viewer.window.screenshot(str(OUT / name), canvas_only=False, flash=False)
+    print("wrote", OUT / name)
+
+
+def main(argv=None) -> None:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_promptseg._napari.demo import open_demo
+    from napari_promptseg.sample import nuclei_image
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="promptseg_demo")
+    p.add_argument("--checkpoint", default=None)
+    args = p.parse_args(argv)
+    OUT.mkdir(exist_ok=True)
+
+    viewer = napari.Viewer(title="napari-promptseg")
+    viewer.window._qt_window.resize(1400, 850)
+    app = QApplication.instance()
+    w = open_demo(viewer, args.model, args.checkpoint, "cpu")
+    wait(app, lambda: w.ready)
+    _, truth = nuclei_image()
+    ids = [i for i in np.unique(truth) if i][:6]
+    centres = [np.argwhere(truth == i).mean(0) for i in ids]
+
+    w.points_layer.add(centres[0])  # one click on a nucleus
+    wait(app, lambda: not w._runner.busy and w.preview_layer.data.any())
+    shot(viewer, app, "click.png")
+
+    w.commit()
+    for c in centres[1:4]:
+        w.points_layer.add(c)
+        wait(app, lambda: not w._runner.busy)
+        w.commit()
+    r, c = centres[4]
+    w.boxes_layer.add_rectangles(np.array([[[r - 18, c - 18], [r + 18, c + 18]]]))
+    wait(app, lambda: not w._runner.busy and w.preview_layer.data.any())
+    shot(viewer, app, "committed_and_box.png")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
