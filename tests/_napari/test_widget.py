@@ -328,3 +328,38 @@ def test_real_sam_end_to_end(make_napari_viewer, qtbot, tiny_model):
     np.testing.assert_array_equal(w.preview_layer.data > 0, pred.masks[pred.best])
     w.commit()
     np.testing.assert_array_equal(viewer.layers["promptseg labels"].data > 0, pred.masks[pred.best])
+
+
+def test_model_download_in_a_worker_with_progress(env, qtbot, monkeypatch, tiny_spec, tiny_ckpt):
+    """A registry name downloads (local server) and loads in a worker; the image is embedded."""
+    import dataclasses
+
+    from napari_promptseg.models import registry
+    from tests.test_weights import _Server
+
+    server = _Server(tiny_ckpt.read_bytes())
+    try:
+        spec = dataclasses.replace(tiny_spec, name="tiny_download", url=f"{server.url}/good.pth")
+        monkeypatch.setitem(registry.REGISTRY, spec.name, spec)
+        statuses = []
+        monkeypatch.setattr(env.w, "_set_status", lambda text: statuses.append(text))
+        env.w.set_model("tiny_download", device="cpu")
+        qtbot.waitUntil(lambda: env.w.model is not env.model and env.w.ready, timeout=60000)
+        assert env.w.model.name == "tiny_download" and env.w.embedding.model == "tiny_download"
+        assert any(s.startswith("downloading tiny_download") for s in statuses)
+        assert server.hits == {"good": 1}
+    finally:
+        server.close()
+
+
+def test_image_removed_while_embedding(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, _ = blob_image()
+    layer = viewer.add_image(img, name="cells")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    model = ComponentModel(embed_delay=0.4)
+    w.set_model(model)
+    assert model.embed_calls <= 1 and not w.ready
+    viewer.layers.remove(layer)
+    qtbot.wait(800)
+    assert w.embedding is None and w.image_layer is None  # the late result was dropped

@@ -606,7 +606,7 @@ class PromptSegWidget(QWidget):
         if self.preview_layer is None or self.image_layer is None:
             return ()
         preview = np.asarray(self.preview_layer.data)
-        ids = [i for i in np.unique(preview) if i != 0]
+        ids = [int(i) for i in np.flatnonzero(np.bincount(preview.ravel().clip(0)))[1:]]
         if not ids:
             self._set_status("nothing to commit: the preview is empty.")
             return ()
