@@ -76,3 +76,12 @@ def test_bad_labels_and_masks_are_clear_errors():
         commit_masks(np.zeros((3, 3), np.int32), [np.ones((4, 3), bool)])
     with pytest.raises(OverflowError, match="wider"):
         commit_masks(np.full((3, 3), 255, np.uint8), [np.ones((3, 3), bool)], overwrite=True)
+    full = np.full((3, 3), 254, np.uint8)  # 255 still fits
+    assert commit_masks(full, [np.ones((3, 3), bool)], overwrite=True).ids == (255,)
+
+
+def test_history_refuses_an_array_it_did_not_commit_into():
+    labels = np.zeros((4, 4), np.int32)
+    h = CommitHistory()
+    h.record(commit_masks(labels, [np.ones((4, 4), bool)]), labels)
+    assert h.tracks(labels) and not h.tracks(labels.copy())

@@ -6,6 +6,7 @@ values, so undo and redo restore the array exactly (and touch nothing else).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +59,9 @@ def commit_masks(
     _check_labels(labels)
     flat = labels.reshape(-1)
     next_id = next_free_id(labels) if first_id is None else int(first_id)
-    if np.iinfo(labels.dtype).max < next_id + len(masks):
+    if np.iinfo(labels.dtype).max < next_id + len(masks) - 1:
         raise OverflowError(
-            f"labels of dtype {labels.dtype} cannot hold id {next_id + len(masks)}; "
+            f"labels of dtype {labels.dtype} cannot hold id {next_id + len(masks) - 1}; "
             "convert the labels layer to a wider integer type (e.g. int32)"
         )
     taken = np.zeros(flat.shape, bool)
@@ -96,6 +97,7 @@ class CommitHistory:
     def __init__(self) -> None:
         self._done: list[Commit] = []
         self._undone: list[Commit] = []
+        self._array = None  # weak reference to the array the commits were made in
 
     @property
     def can_undo(self) -> bool:
@@ -105,11 +107,21 @@ class CommitHistory:
     def can_redo(self) -> bool:
         return bool(self._undone)
 
-    def record(self, commit: Commit) -> None:
-        """Remember a commit that was just applied (a new commit clears the redo stack)."""
-        if commit.ids:
-            self._done.append(commit)
-            self._undone.clear()
+    def record(self, commit: Commit, labels: np.ndarray | None = None) -> None:
+        """Remember a commit that was just applied to ``labels`` (a new commit clears the redo
+        stack; a commit into another array than before starts a new history)."""
+        if not commit.ids:
+            return
+        if labels is not None and not self.tracks(labels):
+            self.clear()
+        if labels is not None:
+            self._array = weakref.ref(labels)
+        self._done.append(commit)
+        self._undone.clear()
+
+    def tracks(self, labels: np.ndarray) -> bool:
+        """False when the recorded commits were made in another array than ``labels``."""
+        return self._array is None or self._array() is labels
 
     def undo(self, labels: np.ndarray) -> Commit | None:
         """Undo the last commit in ``labels``; None when there is nothing to undo."""
@@ -131,3 +143,4 @@ class CommitHistory:
     def clear(self) -> None:
         self._done.clear()
         self._undone.clear()
+        self._array = None

@@ -1,5 +1,6 @@
 """The dock widget in a real viewer, driven through real layer events, with a deterministic backend."""
 
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,6 +8,32 @@ import pytest
 
 from napari_promptseg._napari.demo import WIDGET_NAME
 from tests.component_model import ComponentModel, blob_image
+
+
+@dataclass
+class MouseEvent:
+    """What napari's mouse callbacks read from a vispy event (as in napari's own tests)."""
+
+    type: str
+    position: tuple
+    modifiers: list = field(default_factory=list)
+    button: int = 1
+    is_dragging: bool = False
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    view_direction: list | None = None
+    up_direction: list | None = None
+    dims_displayed: list = field(default_factory=lambda: [0, 1])
+    handled: bool = False
+
+
+def click(layer, world, modifiers=(), button=1):
+    """A mouse click at ``world`` through napari's callback chain (press, then release)."""
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    for kind, run in (("mouse_press", mouse_press_callbacks), ("mouse_release", mouse_release_callbacks)):
+        ev = MouseEvent(kind, tuple(world), list(modifiers), button)
+        run(layer, ReadOnlyWrapper(ev, exceptions=("handled",)))
 
 
 def settle(qtbot, w, timeout=10000):
@@ -72,16 +99,16 @@ def test_negative_points_boxes_and_several_boxes(env, qtbot):
     in_box = np.zeros_like(truth, bool)
     in_box[5:76, 5:146] = True
     np.testing.assert_array_equal(w.preview_layer.data > 0, (truth > 0) & in_box)
-    # Shift-click makes a negative point: napari's add mode runs our press callback first
-    w._on_press(w.points_layer, SimpleNamespace(modifiers=("Shift",), button=1))
-    w.points_layer.add([[45, 115]])
+    # Shift-click makes a negative point (through napari's own mouse callbacks)
+    click(w.points_layer, (45, 115), modifiers=["Shift"])
     settle(qtbot, w)
     assert list(w.points_layer.features["label"]) == [0]
     np.testing.assert_array_equal(w.preview_layer.data > 0, (truth > 0) & in_box & (truth != 3))
-    w._on_press(w.points_layer, SimpleNamespace(modifiers=(), button=1))
-    assert w.points_layer.feature_defaults["label"][0] == 1  # only that click was negative
-    w._on_press(w.points_layer, SimpleNamespace(modifiers=(), button=2))  # right click
-    assert w.points_layer.feature_defaults["label"][0] == 0
+    click(w.points_layer, (30, 20))  # a plain click is positive again
+    click(w.points_layer, (25, 120), button=2)  # right click: negative
+    settle(qtbot, w)
+    assert list(w.points_layer.features["label"]) == [0, 1, 0]
+    np.testing.assert_array_equal(w.points_layer.data, [[45, 115], [30, 20], [25, 120]])
     # a second box: two objects at once, each with its own id in the preview
     w.clear()
     w.boxes_layer.add_rectangles(np.array([[[8, 8], [42, 52]], [[58, 18], [102, 62]]]))
@@ -227,8 +254,8 @@ def test_stale_results_are_dropped_under_rapid_edits(make_napari_viewer, qtbot):
     for p in ([25, 30], [80, 40], [45, 115], [85, 45], [30, 100]):
         w.points_layer.data = np.array([p], float)  # each edit replaces the previous prompt
     settle(qtbot, w)
-    assert len(model.calls) < 5  # edits made while a decode ran were coalesced
-    assert len(shown) <= 2  # the first in-flight result is stale and dropped (or the only one shown)
+    assert len(model.calls) == 2  # the first edit, then only the newest: the others were coalesced
+    assert len(shown) == 1  # the first (stale) result was dropped
     np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 3)  # the newest state won
 
 
@@ -241,6 +268,7 @@ def test_layers_removed_while_a_decode_runs(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: w.ready, timeout=10000)
     preview = w.preview_layer
     w.points_layer.add([[25, 30]])
+    assert w._runner.busy  # the decode is running while the image goes
     viewer.layers.remove(layer)
     settle(qtbot, w)
     assert not preview.data.any()  # nothing written
@@ -250,10 +278,14 @@ def test_layers_removed_while_a_decode_runs(make_napari_viewer, qtbot):
     layer = viewer.add_image(img, name="cells2")
     w.set_image(layer)
     qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    preview = w.preview_layer
     w.points_layer.add([[25, 30]])
-    viewer.layers.remove(w.preview_layer)
+    viewer.layers.remove(preview)
     settle(qtbot, w)
-    assert w.preview_layer is None
+    assert w.preview_layer is None and not preview.data.any()  # nothing written into it
+    w.points_layer.add([[80, 40]])  # the next edit brings a new preview layer
+    settle(qtbot, w)
+    assert w.preview_layer is not None and w.preview_layer.data.any()
 
 
 def test_contrast_limits_reach_the_model_and_a_new_window_re_embeds(env, qtbot):
@@ -363,3 +395,121 @@ def test_image_removed_while_embedding(make_napari_viewer, qtbot):
     viewer.layers.remove(layer)
     qtbot.wait(800)
     assert w.embedding is None and w.image_layer is None  # the late result was dropped
+
+
+def test_commit_while_the_newest_prompts_decode_commits_their_mask(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    viewer.add_image(img, name="cells")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(ComponentModel(delay=0.3))
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    w.points_layer.add([[80, 40]])  # object 2 joins: decoding
+    assert w.commit() == ()  # deferred, not the old preview
+    settle(qtbot, w)
+    target = viewer.layers["promptseg labels"]
+    np.testing.assert_array_equal(target.data, np.where((truth == 1) | (truth == 2), 1, 0))
+
+
+def test_next_mask_during_a_decode_keeps_the_newest_result(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    viewer.add_image(img, name="cells")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(ComponentModel(delay=0.3))
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    w.points_layer.data = np.array([[80, 40]], float)
+    w.next_mask()
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 2)
+
+
+def test_closing_the_dock_ends_the_session(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    img, _ = blob_image()
+    viewer.add_image(img, name="cells")
+    dock, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(ComponentModel())
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    points = w.points_layer
+    viewer.window.remove_dock_widget(dock)
+    assert w._closed and w._on_press not in points.mouse_drag_callbacks
+    assert all(k not in viewer.keymap for k in ("K", "U", "Shift-U"))
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_K)
+    assert "promptseg labels" not in viewer.layers  # K no longer commits
+    points.add([[80, 40]])  # no decode any more, no error
+    assert points in viewer.layers and len(points.data) == 2  # the layers and their data stay
+
+
+def test_rotated_and_affine_images(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    affine = np.array([[1.0, 0.3, 4.0], [0.0, 2.0, -3.0], [0.0, 0.0, 1.0]])
+    layer = viewer.add_image(img, name="cells", rotate=30, affine=affine)
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(ComponentModel())
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    world = layer.data_to_world(np.array([80.0, 40.0]))  # where pixel (80, 40) is on screen
+    click(w.points_layer, world)
+    settle(qtbot, w)
+    np.testing.assert_allclose(w.points_layer.world_to_data(world), [80, 40], atol=1e-6)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 2)
+
+
+def test_rgb_image(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    rgb = np.stack([(img > 5000) * 200] * 3, -1).astype(np.uint8)
+    viewer.add_image(rgb, name="rgb")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(ComponentModel())
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    assert w.preview_layer.data.shape == truth.shape and w.points_layer.ndim == 2
+    click(w.points_layer, (45, 115))
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 3)
+
+
+def test_a_box_off_the_image_does_not_break_the_others(env, qtbot):
+    w = env.w
+    w.boxes_layer.add_rectangles(np.array([[[8, 8], [42, 52]], [[500, 500], [600, 600]]]))
+    settle(qtbot, w)
+    np.testing.assert_array_equal(w.preview_layer.data > 0, env.truth == 1)
+
+
+def test_renamed_target_keeps_receiving_commits_and_undo(env, qtbot):
+    w = env.w
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    w.commit()
+    target = env.viewer.layers["promptseg labels"]
+    target.name = "my cells"
+    assert w.labels_combo.currentText() == "my cells"
+    w.points_layer.add([[80, 40]])
+    settle(qtbot, w)
+    assert w.commit() == (2,)
+    assert target.data.max() == 2 and "promptseg labels" not in env.viewer.layers
+    w.undo()
+    assert target.data.max() == 1
+
+
+def test_painting_the_preview_wins_over_a_decode_in_flight(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    viewer.add_image(img, name="cells")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(ComponentModel(delay=0.3))
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    w.points_layer.add([[25, 30]])
+    w.preview_layer.brush_size = 5
+    w.preview_layer.paint((100, 150), 1)  # the user paints while the decode runs
+    settle(qtbot, w)
+    assert w.preview_layer.data[100, 150] == 1 and not w.preview_layer.data[truth == 1].any()

@@ -47,21 +47,26 @@ class LatestOnlyRunner(QObject):
             with self._lock:
                 if self._pending is None or self._closed:
                     self._pending = None
-                    self._busy = False
+                    self._busy = False  # under the lock: a submit() now starts a new thread
                     self._idle.set()
                     return
                 token, fn = self._pending
                 self._pending = None
             try:
                 result, error = fn(), None
-            except Exception as err:  # noqa: BLE001 - handed to the UI thread
+            except BaseException as err:  # noqa: BLE001 - handed to the UI thread
                 result, error = None, err
-            if not self._closed:
-                self.finished.emit(token, result, error)
+            with self._lock:  # close() cannot slip in between the check and the emit
+                if not self._closed:
+                    self.finished.emit(token, result, error)  # queued to the UI thread
 
     @property
     def busy(self) -> bool:
         return self._busy
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no decode runs (for scripts and benchmarks; not for the UI thread)."""

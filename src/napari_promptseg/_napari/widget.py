@@ -17,7 +17,7 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -68,19 +68,27 @@ class PromptSegWidget(QWidget):
         self.points_layer = None
         self.boxes_layer = None
         self.preview_layer = None
-        self.predictions: list = []  # last accepted Prediction per object
+        self.predictions: list = []  # last shown Prediction per object
         self.choices: list[int] = []  # mask index shown per object
         self._logits: dict[int, np.ndarray] = {}  # per object: low-res logits for refinement
         self._negative = False
         self._generation = 0  # bumped by every prompt change: older decode results are stale
+        self._submitted = -1  # generation of the newest decode submitted
+        self._shown = -1  # generation whose result the preview shows
+        self._commit_after_decode = False
         self._embed_token = None
-        self._embed_worker = None
-        self._load_worker = None
+        self._embed_pbar = None
+        self._load_token = None
         self._cancel_load = False
+        self._target = None  # the Labels layer that receives commits (None: create one)
+        self._had_parent = False
+        self._closed = False
         self._cache = EmbeddingCache(8)
         self._histories: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._runner = LatestOnlyRunner(self)
         self._runner.finished.connect(self._on_decoded)
+        self._embedder = LatestOnlyRunner(self)  # one encoder at a time; the newest request wins
+        self._embedder.finished.connect(self._on_embedded)
         self._reembed_timer = QTimer(self)
         self._reembed_timer.setSingleShot(True)
         self._reembed_timer.setInterval(800)
@@ -143,8 +151,9 @@ class PromptSegWidget(QWidget):
         root.addStretch(1)
 
         self.image_combo.activated.connect(self._on_image_chosen)
+        self.labels_combo.currentIndexChanged.connect(self._on_target_chosen)
         self.model_combo.activated.connect(self._on_model_chosen)
-        self.load_button.clicked.connect(self._on_model_chosen)
+        self.load_button.clicked.connect(self._on_load_clicked)
         self.negative_check.toggled.connect(self._set_negative)
 
     def _set_status(self, text: str) -> None:
@@ -166,26 +175,60 @@ class PromptSegWidget(QWidget):
 
         def handler(viewer):
             w = ref()
-            if w is not None:
+            if w is not None and not w._closed:
                 getattr(w, method)()
 
         handler.__name__ = f"promptseg_{method}"
         return handler
+
+    def event(self, e) -> bool:  # noqa: D102 - Qt override
+        # napari closes a dock widget by taking it out of the dock (setParent(None)), without a
+        # closeEvent: that is when the session ends.
+        if e.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._had_parent = True
+            elif self._had_parent:
+                self.close_session()
+        return super().event(e)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         self.close_session()
         super().closeEvent(event)
 
     def close_session(self) -> None:
-        """Stop workers and unbind keys (called when the dock closes)."""
+        """Stop workers, unbind keys, disconnect from the viewer (the dock was closed).
+        The layers stay, with their data."""
+        if self._closed:
+            return
+        self._closed = True
         self._runner.close()
+        self._embedder.close()
         self._cancel_load = True
+        self._close_pbar()
         for key in KEYS:
             self.viewer.bind_key(key, None, overwrite=True)
+        ev = self.viewer.layers.events
+        for emitter, cb in ((ev.inserted, self._refresh_layer_choices), (ev.removed, self._on_layer_removed),
+                            (ev.reordered, self._refresh_layer_choices)):
+            _disconnect(emitter, cb)
+        if self.image_layer is not None:
+            self._disconnect_image(self.image_layer)
+        if self.points_layer is not None:
+            _disconnect(self.points_layer.events.data, self._on_points)
+            if self._on_press in self.points_layer.mouse_drag_callbacks:
+                self.points_layer.mouse_drag_callbacks.remove(self._on_press)
+        if self.boxes_layer is not None:
+            _disconnect(self.boxes_layer.events.data, self._on_boxes)
+        if self.preview_layer is not None:
+            _disconnect(self.preview_layer.events.paint, self._on_paint)
 
     def _refresh_layer_choices(self, event=None) -> None:
         import napari.layers
 
+        if self._closed:
+            return
+        for ly in self.viewer.layers:  # a renamed layer must show its new name
+            ly.events.name.connect(self._refresh_layer_choices)
         images = [ly.name for ly in self.viewer.layers if isinstance(ly, napari.layers.Image)]
         labels = [
             ly.name for ly in self.viewer.layers
@@ -193,8 +236,10 @@ class PromptSegWidget(QWidget):
         ]
         current = self.image_layer.name if self.image_layer is not None else None
         _set_items(self.image_combo, images, current)
-        target = self.labels_combo.currentText() or NEW_LABELS
-        _set_items(self.labels_combo, [NEW_LABELS, *labels], target)
+        if self._target is not None and self._target not in self.viewer.layers:
+            self._target = None
+        _set_items(self.labels_combo, [NEW_LABELS, *labels],
+                   self._target.name if self._target is not None else NEW_LABELS)
         if self.image_layer is None and images and event is not None:
             QTimer.singleShot(0, self._auto_image)  # not inside napari's layer event
 
@@ -202,7 +247,7 @@ class PromptSegWidget(QWidget):
         """Pick the active (else the first) 2D image layer when none is chosen yet."""
         import napari.layers
 
-        if self.image_layer is not None:
+        if self.image_layer is not None or self._closed:
             return
         active = self.viewer.layers.selection.active
         candidates = ([active] if active is not None else []) + list(self.viewer.layers)
@@ -214,68 +259,83 @@ class PromptSegWidget(QWidget):
     # ---------------------------------------------------------------- model
     def set_model(self, model, checkpoint=None, device: str | None = None) -> None:
         """Use ``model``: a loaded model (from ``ps.load_model``) is used at once; a registry name
-        is loaded (downloaded once) in a worker. The current image is embedded again."""
-        if isinstance(model, str):
+        (or a local ``checkpoint`` file) is loaded, downloaded once if needed, in a worker.
+        The current image is embedded again."""
+        if isinstance(model, str) or model is None:
             self._load_model(model, checkpoint, device or self.device_combo.currentText())
             return
+        self._load_token = None  # a load still running must not replace this model
         self.model = model
-        _set_items(self.model_combo, _items(self.model_combo),
-                   model.name)
+        _set_items(self.model_combo, _items(self.model_combo), model.name)
         self._set_status(f"model {model.name} on {model.device}.")
         self._forget_embedding()
         self._start_embedding()
 
     def _on_model_chosen(self, *args) -> None:
+        if self.model_combo.currentText() == LOCAL_CHECKPOINT:
+            self._on_load_clicked()
+        else:
+            name = self.model_combo.currentText()
+            self._set_status(f"press 'Load model' to use {name}.")
+
+    def _on_load_clicked(self, *args) -> None:
         name = self.model_combo.currentText()
         checkpoint = None
         if name == LOCAL_CHECKPOINT:
             path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "Checkpoints (*.pth *.pt)")
             if not path:
                 return
-            name, checkpoint = _guess_registry_name(path), path
+            name, checkpoint = None, path  # the architecture is read from the file, in the worker
         self._load_model(name, checkpoint, self.device_combo.currentText())
 
-    def _load_model(self, name: str, checkpoint, device: str) -> None:
+    def _load_model(self, name: str | None, checkpoint, device: str) -> None:
         from napari.qt.threading import thread_worker
         from napari.utils import progress
 
         import napari_promptseg as ps
 
         self._cancel_load = False
-        pbar = progress(total=0, desc=f"promptseg: loading {name}")
+        token = self._load_token = object()
+        label = name or str(checkpoint)
+        pbar = progress(total=0, desc=f"promptseg: loading {label}")
 
         def on_bytes(done, total):
-            if self._cancel_load:
-                raise KeyboardInterrupt("cancelled by the user")
+            if self._cancel_load or token is not self._load_token:
+                raise KeyboardInterrupt("cancelled")
             worker.yielded.emit(("bytes", done, total))
 
         @thread_worker
         def load():
             try:
-                yield ("model", ps.load_model(name, checkpoint=checkpoint, device=device, progress=on_bytes))
+                arch = name if name is not None else _guess_registry_name(checkpoint)
+                yield ("model", ps.load_model(arch, checkpoint=checkpoint, device=device, progress=on_bytes))
             except BaseException as err:  # noqa: BLE001 - shown to the user (KeyboardInterrupt: cancel)
                 yield ("error", err)
 
         def on_yielded(item):
+            if token is not self._load_token or self._closed:
+                pbar.close()
+                return  # another model was chosen meanwhile
             if item[0] == "bytes":
                 _, done, total = item
                 if total and pbar.total != total:
                     pbar.total = total
                 pbar.n = done
                 pbar.refresh()
-                self._set_status(f"downloading {name}: {done / 1e6:.0f} / {(total or 0) / 1e6:.0f} MB")
+                self._set_status(f"downloading {label}: {done / 1e6:.0f} / {(total or 0) / 1e6:.0f} MB")
             elif item[0] == "model":
                 pbar.close()
                 self.set_model(item[1])
             else:
                 pbar.close()
-                self._set_status(f"could not load {name}: {item[1]}")
+                self._load_token = None
+                err = "cancelled" if isinstance(item[1], KeyboardInterrupt) else item[1]
+                self._set_status(f"could not load {label}: {err}")
 
         worker = load()
         worker.yielded.connect(on_yielded)
         worker.finished.connect(pbar.close)
-        self._load_worker = worker
-        self._set_status(f"loading {name}…")
+        self._set_status(f"loading {label}…")
         worker.start()
 
     # ---------------------------------------------------------------- image and embedding
@@ -299,19 +359,16 @@ class PromptSegWidget(QWidget):
         self._ensure_layers(reset=True)
         layer.events.contrast_limits.connect(self._on_contrast)
         layer.events.data.connect(self._on_image_data)
-        for name in ("scale", "translate", "rotate", "shear", "affine"):
+        for name in _TRANSFORMS:
             getattr(layer.events, name).connect(self._on_transform)
-        _set_items(self.image_combo, _items(self.image_combo),
-                   layer.name)
+        _set_items(self.image_combo, _items(self.image_combo), layer.name)
         self._start_embedding()
 
     def _disconnect_image(self, layer) -> None:
-        for ev in ("contrast_limits", "data", "scale", "translate", "rotate", "shear", "affine"):
-            for cb in (self._on_contrast, self._on_image_data, self._on_transform):
-                try:
-                    getattr(layer.events, ev).disconnect(cb)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
+        _disconnect(layer.events.contrast_limits, self._on_contrast)
+        _disconnect(layer.events.data, self._on_image_data)
+        for name in _TRANSFORMS:
+            _disconnect(getattr(layer.events, name), self._on_transform)
 
     def _on_image_chosen(self, *args) -> None:
         name = self.image_combo.currentText()
@@ -326,6 +383,7 @@ class PromptSegWidget(QWidget):
         self._embed_token = None
         self._generation += 1  # any decode in flight is now stale
         self.predictions, self.choices, self._logits = [], [], {}
+        self._commit_after_decode = False
 
     def _on_contrast(self, event=None) -> None:
         data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
@@ -343,47 +401,50 @@ class PromptSegWidget(QWidget):
                 L.copy_transform(self.image_layer, ly)
 
     def _start_embedding(self) -> None:
-        from napari.qt.threading import thread_worker
+        from napari.utils import progress
 
-        if self.model is None or self.image_layer is None:
-            if self.image_layer is not None:
+        if self.model is None or self.image_layer is None or self._closed:
+            if self.image_layer is not None and self.model is None:
                 self._set_status("choose a model: the image is embedded as soon as one is loaded.")
             return
         layer, model, cache = self.image_layer, self.model, self._cache
         data = layer.data[0] if layer.multiscale else layer.data
         limits = tuple(float(v) for v in layer.contrast_limits)
-        token = self._embed_token = object()
-
-        @thread_worker(progress={"total": 0, "desc": f"promptseg: embedding {layer.name}"})
-        def embed():
-            try:
-                yield ("ok", embed_cached(model, np.asarray(data), limits, cache))
-            except Exception as err:  # noqa: BLE001 - shown to the user
-                yield ("error", err)
-
-        def on_yielded(item):
-            if token is not self._embed_token or layer is not self.image_layer or model is not self.model:
-                return  # the image, window or model changed meanwhile: drop
-            if item[0] == "error":
-                self._set_status(f"could not embed {layer.name}: {item[1]}")
-                return
-            self.embedding = item[1]
-            self._logits.clear()
-            self._set_status(f"{layer.name}: ready ({model.name}). Click on an object.")
-            self.request_decode()
-
-        worker = embed()
-        worker.yielded.connect(on_yielded)
-        self._embed_worker = worker
+        token = self._embed_token = (object(), layer, model)
+        self._close_pbar()
+        self._embed_pbar = progress(total=0, desc=f"promptseg: embedding {layer.name}")
         self._set_status(f"embedding {layer.name} with {model.name}…")
-        worker.start()
+        # an embedding request not started yet is replaced, so encoders never pile up
+        self._embedder.submit(token, lambda: embed_cached(model, np.asarray(data), limits, cache))
+
+    def _on_embedded(self, token, result, error) -> None:
+        if token is not self._embed_token:
+            return  # the image, window or model changed meanwhile: drop
+        self._close_pbar()
+        _, layer, model = token
+        if layer is not self.image_layer or model is not self.model:
+            return
+        if error is not None:
+            self._set_status(f"could not embed {layer.name}: {error}")
+            return
+        self.embedding = result
+        self._logits.clear()
+        self._set_status(f"{layer.name}: ready ({model.name}). Click on an object.")
+        self.request_decode()
+
+    def _close_pbar(self) -> None:
+        if self._embed_pbar is not None:
+            self._embed_pbar.close()
+            self._embed_pbar = None
 
     def cancel(self) -> None:
         """Cancel a download/model load and drop an embedding in progress."""
         self._cancel_load = True
+        self._load_token = None
         if self._embed_token is not None and self.embedding is None:
             self._embed_token = None
-            self._set_status("cancelled.")
+            self._close_pbar()
+        self._set_status("cancelled.")
 
     @property
     def ready(self) -> bool:
@@ -392,7 +453,8 @@ class PromptSegWidget(QWidget):
 
     # ---------------------------------------------------------------- layers
     def _ensure_layers(self, reset: bool = False) -> None:
-        if self.image_layer is None:
+        """(Re)create the prompt and preview layers, aligned with the image."""
+        if self.image_layer is None or self._closed:
             return
         v, img = self.viewer, self.image_layer
         shape = L.image_plane_shape(img)
@@ -400,20 +462,23 @@ class PromptSegWidget(QWidget):
             self.points_layer = L.add_points_layer(v, img)
             self.points_layer.events.data.connect(self._on_points)
             self.points_layer.mouse_drag_callbacks.insert(0, self._on_press)
+            self._set_negative(self._negative)
+            v.layers.selection.active = self.points_layer
         if self.boxes_layer is None or self.boxes_layer not in v.layers:
             self.boxes_layer = L.add_boxes_layer(v, img)
             self.boxes_layer.events.data.connect(self._on_boxes)
+            v.layers.selection.active = self.points_layer
         if self.preview_layer is None or self.preview_layer not in v.layers or (
             self.preview_layer.data.shape != shape
         ):
             if self.preview_layer is not None and self.preview_layer in v.layers:
                 v.layers.remove(self.preview_layer)
             self.preview_layer = L.add_preview_layer(v, img)
+            self.preview_layer.events.paint.connect(self._on_paint)
+            v.layers.selection.active = self.points_layer
         if reset:
             self._clear_prompts()
             self._on_transform()
-        self._set_negative(self._negative)
-        v.layers.selection.active = self.points_layer
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -421,6 +486,7 @@ class PromptSegWidget(QWidget):
             self._disconnect_image(layer)
             self.image_layer = None
             self._forget_embedding()
+            self._close_pbar()
             self._set_status(f"image {layer.name!r} was removed.")
         elif layer is self.points_layer:
             self.points_layer = None
@@ -431,18 +497,20 @@ class PromptSegWidget(QWidget):
             self._generation += 1
         self._refresh_layer_choices()
 
+    def _on_target_chosen(self, *args) -> None:
+        name = self.labels_combo.currentText()
+        self._target = self.viewer.layers[name] if name in self.viewer.layers else None
+
     def target_labels(self, create: bool = True):
         """The Labels layer that receives commits (created, aligned with the image, if needed)."""
-        name = self.labels_combo.currentText()
-        if name and name != NEW_LABELS and name in self.viewer.layers:
-            return self.viewer.layers[name]
+        if self._target is not None and self._target in self.viewer.layers:
+            return self._target
         if not create or self.image_layer is None:
             return None
-        layer = L.add_labels_layer(self.viewer, self.image_layer)
-        _set_items(self.labels_combo, _items(self.labels_combo)
-                   + [layer.name], layer.name)
+        self._target = L.add_labels_layer(self.viewer, self.image_layer)
+        self._refresh_layer_choices()
         self.viewer.layers.selection.active = self.points_layer
-        return layer
+        return self._target
 
     # ---------------------------------------------------------------- prompts and decoding
     def _on_press(self, layer, event):
@@ -478,21 +546,32 @@ class PromptSegWidget(QWidget):
         self._logits.clear()
         self.request_decode()
 
+    def _on_paint(self, event=None) -> None:
+        self._generation += 1  # the user painted the preview: a decode in flight must not overwrite it
+        self._shown = self._generation
+
     def current_objects(self):
-        """The objects the current prompts describe (see ``interactive.group_prompts``)."""
+        """The objects the current prompts describe (see ``interactive.group_prompts``).
+        Points off the image and boxes that do not overlap it are left out."""
         if self.image_layer is None or self.points_layer is None or self.boxes_layer is None:
             return []
-        shape = L.image_plane_shape(self.image_layer)
+        h, w = L.image_plane_shape(self.image_layer)[-2:]
         pts, labels = L.points_in_image(self.points_layer, self.image_layer)
-        keep = inside_image(pts[:, -2:], shape[-2:]) if len(pts) else np.zeros(0, bool)
+        keep = inside_image(pts[:, -2:], (h, w)) if len(pts) else np.zeros(0, bool)
         boxes = L.boxes_in_image(self.boxes_layer, self.image_layer)
+        lo = np.maximum(boxes[:, :2], -0.5)
+        hi = np.minimum(boxes[:, 2:], [h - 0.5, w - 0.5])
+        boxes = boxes[((hi - lo) > 0).all(1)]
         return group_prompts(pts[keep][:, -2:], labels[keep], boxes)
 
     def request_decode(self) -> None:
         """Decode the current prompts in the background; the preview updates when it is done."""
+        if self._closed:
+            return
+        self._ensure_layers()
         self._generation += 1
         gen = self._generation
-        if self.embedding is None or self.preview_layer is None:
+        if self.embedding is None:
             if self.image_layer is not None and self.model is not None:
                 self._set_status("still embedding: your prompts are used as soon as it is ready.")
             return
@@ -509,17 +588,25 @@ class PromptSegWidget(QWidget):
             return preds, choices, compose_preview([p.masks[c] for p, c in zip(preds, choices, strict=True)],
                                                    shape)
 
+        self._submit(gen, emb, work)
+
+    def _submit(self, gen: int, emb, work) -> None:
+        self._submitted = gen
         self._runner.submit((gen, emb), work)
 
     def _on_decoded(self, token, result, error) -> None:
         gen, emb = token
-        if gen != self._generation or emb is not self.embedding:
+        if self._closed or gen != self._generation or emb is not self.embedding:
             return  # stale: the prompts, image or model changed since
         if error is not None:
+            self._commit_after_decode = False
             self._set_status(f"decode failed: {error}")
             return
         preds, choices, preview = result
         self._show(preds, choices, gen, preview)
+        if self._commit_after_decode:
+            self._commit_after_decode = False
+            self.commit()
 
     def _show(self, preds, choices, gen, preview=None) -> None:
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
@@ -530,6 +617,7 @@ class PromptSegWidget(QWidget):
             preview = compose_preview([p.masks[c] for p, c in zip(preds, choices, strict=True)],
                                       self.preview_layer.data.shape)
         self.preview_layer.data = preview
+        self._shown = gen
         self._set_status(self._describe())
 
     def _describe(self) -> str:
@@ -556,32 +644,37 @@ class PromptSegWidget(QWidget):
         for p, c in zip(self.predictions, self.choices, strict=True):
             order = list(np.argsort(-p.scores))
             choices.append(int(order[(order.index(c) + 1) % len(order)]))
-        self._generation += 1
-        self._show(self.predictions, choices, self._generation)
+        # not a new prompt state: a decode in flight for newer prompts still lands
+        self._show(self.predictions, choices, self._shown)
 
     def refine_from_preview(self) -> None:
-        """Use the (painted) preview as a mask prompt, with its bounding box and the points."""
-        if self.embedding is None or self.preview_layer is None:
+        """Use each object of the (painted) preview as a mask prompt, with its bounding box and
+        the points inside that box (all points when there is one object)."""
+        if self.embedding is None or self.preview_layer is None or self._closed:
             return
-        mask = np.asarray(self.preview_layer.data) > 0
-        box = bounding_box(mask)
-        if box is None:
+        preview = np.asarray(self.preview_layer.data)
+        ids = _ids(preview)
+        if not ids:
             self._set_status("the preview is empty: paint the object into it first.")
             return
+        masks = [preview == i for i in ids]
+        boxes = np.array([bounding_box(m) for m in masks])
+        if self.points_layer is not None and self.image_layer is not None:
+            pts, labels = L.points_in_image(self.points_layer, self.image_layer)
+            keep = inside_image(pts[:, -2:], preview.shape) if len(pts) else np.zeros(0, bool)
+            pts, labels = pts[keep][:, -2:], labels[keep]
+        else:
+            pts, labels = np.zeros((0, 2)), np.zeros(0, np.int32)
+        objects = group_prompts(pts, labels, boxes)
         self._generation += 1
-        gen = self._generation
         model, emb = self.model, self.embedding
-        pts, labels = L.points_in_image(self.points_layer, self.image_layer)
-        keep = inside_image(pts[:, -2:], mask.shape) if len(pts) else np.zeros(0, bool)
-        pts, labels = pts[keep][:, -2:], labels[keep]
 
         def work():
-            mi = model.mask_prompt(emb, mask)
-            pred = model.predict(emb, points=pts if len(pts) else None, labels=labels if len(pts) else None,
-                                 box=box, mask_input=mi, multimask=False)
-            return [pred], [0], compose_preview([pred.masks[0]], mask.shape)
+            mask_inputs = {i: model.mask_prompt(emb, m) for i, m in enumerate(masks)}
+            preds = decode_objects(model, emb, objects, mask_inputs)
+            return preds, [0] * len(preds), compose_preview([p.masks[0] for p in preds], preview.shape)
 
-        self._runner.submit((gen, emb), work)
+        self._submit(self._generation, emb, work)
 
     # ---------------------------------------------------------------- commit, undo, clear
     def _clear_prompts(self) -> None:
@@ -590,6 +683,7 @@ class PromptSegWidget(QWidget):
         if self.boxes_layer is not None and len(self.boxes_layer.data):
             self.boxes_layer.data = []
         self._logits.clear()
+        self._commit_after_decode = False
         self._generation += 1
         self._show([], [], self._generation)
 
@@ -601,12 +695,18 @@ class PromptSegWidget(QWidget):
     def commit(self) -> tuple[int, ...]:
         """Write the preview's objects into the target labels with new ids; clear the prompts.
 
-        Other objects are kept unless "overwrite other objects" is checked. Returns the new ids.
+        Other objects are kept unless "overwrite other objects" is checked. When the newest
+        prompts are still being decoded, the commit happens as soon as their mask is shown.
+        Returns the new ids (``()`` when nothing was written now).
         """
-        if self.preview_layer is None or self.image_layer is None:
+        if self.preview_layer is None or self.image_layer is None or self._closed:
+            return ()
+        if self._submitted == self._generation and self._shown != self._generation:
+            self._commit_after_decode = True  # commit what the newest prompts give, not older
+            self._set_status("committing as soon as the decode finishes…")
             return ()
         preview = np.asarray(self.preview_layer.data)
-        ids = [int(i) for i in np.flatnonzero(np.bincount(preview.ravel().clip(0)))[1:]]
+        ids = _ids(preview)
         if not ids:
             self._set_status("nothing to commit: the preview is empty.")
             return ()
@@ -629,7 +729,7 @@ class PromptSegWidget(QWidget):
             self._set_status("nothing committed: every pixel already belongs to another object "
                              "(check 'overwrite other objects' to replace them).")
             return ()
-        self._history(target).record(c)
+        self._history(target).record(c, target.data)
         target.refresh()
         self._clear_prompts()
         self._set_status(f"committed object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))} "
@@ -652,12 +752,35 @@ class PromptSegWidget(QWidget):
 
     def _replay(self, which: str, verb: str, hint: str) -> None:
         target = self.target_labels(create=False)
-        c = getattr(self._history(target), which)(target.data) if target is not None else None
+        if target is None:
+            self._set_status(f"nothing to {which}.")
+            return
+        h = self._history(target)
+        if not h.tracks(target.data):
+            h.clear()  # the layer's data was replaced: these commits no longer apply to it
+            self._set_status(f"nothing to {which}: the labels' data was replaced since the last commit.")
+            return
+        c = getattr(h, which)(target.data)
         if c is None:
             self._set_status(f"nothing to {which}.")
             return
         target.refresh()
         self._set_status(f"{verb} object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))}.{hint}")
+
+
+_TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
+
+
+def _ids(labels: np.ndarray) -> list[int]:
+    """The non-zero ids present in a small-id labels image."""
+    return [int(i) + 1 for i in np.flatnonzero(np.bincount(labels.ravel().clip(0))[1:])]
+
+
+def _disconnect(emitter, callback) -> None:
+    try:
+        emitter.disconnect(callback)
+    except (TypeError, ValueError, RuntimeError):
+        pass
 
 
 def _unwrap(obj):
