@@ -118,10 +118,13 @@ def main(argv=None) -> None:
         emb = ours.embed(img)
         official.set_image(img)
         rc = np.array([[0.45 * size, 0.55 * size]])
-        first = timed(ours.predict, emb, points=rc)
+        def ours_all_masks(emb=emb, rc=rc):  # masks are lazy: time all three, like the official call
+            return ours.predict(emb, points=rc).masks
+
+        first = timed(ours_all_masks)
         t_ours, t_off = [], []
         for _ in range(args.repeats):
-            t_ours.append(timed(ours.predict, emb, points=rc))
+            t_ours.append(timed(ours_all_masks))
             t_off.append(timed(official.predict, rc[:, ::-1], np.array([1])))
         a, b = ours.predict(emb, points=rc), official.predict(rc[:, ::-1], np.array([1]))
         iou = min(

@@ -79,8 +79,10 @@ def decode_objects(model, embedding: Embedding, objects, mask_inputs=None) -> li
     return out
 
 
-def compose_preview(masks, shape: tuple[int, ...], dtype=np.int32) -> np.ndarray:
-    """One labels image of ``shape`` with object ``i`` of ``masks`` as id ``i + 1`` (earlier wins)."""
+def compose_preview(masks, shape: tuple[int, ...], dtype=None) -> np.ndarray:
+    """One labels image of ``shape`` with object ``i`` of ``masks`` as id ``i + 1`` (earlier wins).
+    dtype: default uint8 (cheap for napari to draw) while the ids fit, else int32."""
+    dtype = dtype or (np.uint8 if len(masks) < 256 else np.int32)
     out = np.zeros(shape, dtype)
     for i, m in enumerate(masks):
         out[np.asarray(m, bool) & (out == 0)] = i + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,18 +80,45 @@ class Embedding:
         return cls.from_state(state, device)
 
 
-@dataclass
 class Prediction:
     """Masks for one prompt.
 
     masks: ``(K, H, W)`` bool at the image's resolution (K = 3 with multimask, else 1);
     scores: ``(K,)`` float32 predicted IoU; logits: ``(K, h, w)`` float32 low-resolution logits
     (256 x 256 for SAM): pass ``logits[i]`` back as ``mask_input`` to refine mask i.
+    Backends may compute the full-resolution masks lazily (``upscale``): :meth:`mask` computes
+    one of them, :attr:`masks` all; both cache what they computed (thread-safe).
     """
 
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray
+    def __init__(self, masks=None, scores=None, logits=None, *, upscale=None) -> None:
+        if masks is None and upscale is None:
+            raise ValueError("a Prediction needs masks or an upscale function")
+        self.scores = np.asarray(scores, np.float32)
+        self.logits = np.asarray(logits, np.float32)
+        self._masks = None if masks is None else np.asarray(masks, bool)
+        self._upscale = upscale  # (indices) -> (len(indices), H, W) bool
+        self._one: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Prediction(scores={self.scores!r}, logits shape {self.logits.shape})"
+
+    @property
+    def masks(self) -> np.ndarray:
+        """``(K, H, W)`` bool: every candidate mask at the image's resolution."""
+        if self._masks is None:
+            self._masks = np.stack([self.mask(i) for i in range(len(self.scores))])
+        return self._masks
+
+    def mask(self, i: int) -> np.ndarray:
+        """``(H, W)`` bool: candidate ``i`` (computed alone when the masks are lazy)."""
+        if self._masks is not None:
+            return self._masks[i]
+        i = int(i) % len(self.scores)
+        with self._lock:
+            if i not in self._one:
+                self._one[i] = self._upscale([i])[0]
+            return self._one[i]
 
     @property
     def best(self) -> int:

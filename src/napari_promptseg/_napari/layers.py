@@ -88,7 +88,7 @@ def add_boxes_layer(viewer, image_layer):
 def add_preview_layer(viewer, image_layer):
     """Labels that show the current, uncommitted object(s)."""
     return viewer.add_labels(
-        np.zeros(image_plane_shape(image_layer), np.int32), name=PREVIEW_NAME, opacity=0.55,
+        np.zeros(image_plane_shape(image_layer), np.uint8), name=PREVIEW_NAME, opacity=0.55,
         **transform_kwargs(image_layer),
     )
 

@@ -14,6 +14,7 @@ Scripting::
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
@@ -585,7 +586,7 @@ class PromptSegWidget(QWidget):
         def work():
             preds = decode_objects(model, emb, objects, mask_inputs)
             choices = [p.best for p in preds]
-            return preds, choices, compose_preview([p.masks[c] for p, c in zip(preds, choices, strict=True)],
+            return preds, choices, compose_preview([p.mask(c) for p, c in zip(preds, choices, strict=True)],
                                                    shape)
 
         self._submit(gen, emb, work)
@@ -604,6 +605,8 @@ class PromptSegWidget(QWidget):
             return
         preds, choices, preview = result
         self._show(preds, choices, gen, preview)
+        if any(len(p.scores) > 1 for p in preds):  # the other candidates, for J, off the UI thread
+            threading.Thread(target=_candidates, args=(preds,), daemon=True).start()
         if self._commit_after_decode:
             self._commit_after_decode = False
             self.commit()
@@ -614,7 +617,7 @@ class PromptSegWidget(QWidget):
         self.predictions, self.choices = list(preds), list(choices)
         self._logits = {i: p.logits[c] for i, (p, c) in enumerate(zip(preds, choices, strict=True))}
         if preview is None:
-            preview = compose_preview([p.masks[c] for p, c in zip(preds, choices, strict=True)],
+            preview = compose_preview([p.mask(c) for p, c in zip(preds, choices, strict=True)],
                                       self.preview_layer.data.shape)
         self.preview_layer.data = preview
         self._shown = gen
@@ -672,7 +675,7 @@ class PromptSegWidget(QWidget):
         def work():
             mask_inputs = {i: model.mask_prompt(emb, m) for i, m in enumerate(masks)}
             preds = decode_objects(model, emb, objects, mask_inputs)
-            return preds, [0] * len(preds), compose_preview([p.masks[0] for p in preds], preview.shape)
+            return preds, [0] * len(preds), compose_preview([p.mask(0) for p in preds], preview.shape)
 
         self._submit(self._generation, emb, work)
 
@@ -774,6 +777,12 @@ _TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
 def _ids(labels: np.ndarray) -> list[int]:
     """The non-zero ids present in a small-id labels image."""
     return [int(i) + 1 for i in np.flatnonzero(np.bincount(labels.ravel().clip(0))[1:])]
+
+
+def _candidates(preds) -> None:
+    for p in preds:
+        for i in range(len(p.scores)):
+            p.mask(i)  # cached in the Prediction
 
 
 def _disconnect(emitter, callback) -> None:

@@ -199,12 +199,13 @@ class SamModel(PromptableModel):
         else:
             cache = self.decoder.prepare(feats, dense)
         low, iou = self.decoder(cache, sparse, multimask)
-        masks = upscale_masks(low, embedding.input_size, embedding.original_size, self.image_size)
-        return Prediction(
-            masks=masks,
-            scores=iou.float().cpu().numpy(),
-            logits=low.float().cpu().numpy(),
-        )
+        geometry = (embedding.input_size, embedding.original_size, self.image_size)
+
+        def upscale(indices):  # full-resolution masks only when asked for, one by one if wanted
+            with torch.inference_mode():
+                return upscale_masks(low[list(indices)], *geometry)
+
+        return Prediction(scores=iou.float().cpu().numpy(), logits=low.float().cpu().numpy(), upscale=upscale)
 
 
 def build_sam_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -> SamModel:
