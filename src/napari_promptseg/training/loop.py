@@ -8,7 +8,7 @@ low-res logits as mask prompt. Images reach the network exactly as at inference:
 
 :func:`train` is a generator: it yields a dict per step (``kind="step"``), per held-out
 evaluation (``kind="eval"``) and per checkpoint written (``kind="checkpoint"``), so it runs the
-same in a script, a CLI or a napari worker. Checkpoints hold the model, optimiser, scheduler, step
+same in a script, a CLI or a napari worker. Checkpoints hold the model, optimiser, step, elapsed time
 and RNG state, are written atomically, and ``train(..., resume=True)`` continues from the last
 one. Every random choice of step ``s`` comes from ``np.random.default_rng([seed, s])``, so an
 interrupted and resumed run sees the same data as an uninterrupted one.
@@ -39,7 +39,7 @@ from .synthetic import synthetic_image
 
 __all__ = [
     "TrainConfig", "SyntheticSource", "train", "evaluate", "held_out_set", "init_key_projections",
-    "new_sam", "load_training_checkpoint", "CHECKPOINT_NAME", "HELD_OUT_SEED_LIMIT",
+    "new_sam", "load_training_checkpoint", "lr_factor", "CHECKPOINT_NAME", "HELD_OUT_SEED_LIMIT",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -258,13 +258,16 @@ def _image_loss(sam, feats, labels: np.ndarray, cfg: TrainConfig, rng: np.random
     return total, n_prompts, final_iou
 
 
-def _lr_lambda(cfg: TrainConfig):
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return max(cfg.final_lr_fraction, 1 - (1 - cfg.final_lr_fraction) * min(1.0, t))
-    return f
+def lr_factor(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then linear decay to ``final_lr_fraction`` at the end
+    of the run: at ``steps`` steps or at ``max_hours`` of training, whichever comes first (so a
+    time-limited run on a slow or shared CPU still ends with a decayed learning rate)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.max_hours:
+        t = max(t, elapsed_s / (cfg.max_hours * 3600))
+    return max(cfg.final_lr_fraction, 1 - (1 - cfg.final_lr_fraction) * min(1.0, t))
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -314,7 +317,7 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def load_training_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint as a dict (model, optimizer, scheduler, step, config, ...)."""
+    """A training checkpoint as a dict (model, optimizer, step, elapsed_s, config, ...)."""
     import torch
 
     return torch.load(Path(path), map_location="cpu", weights_only=True)
@@ -331,7 +334,8 @@ def train(
 ) -> Iterator[dict]:
     """Train ``sam`` (default: a new ``cfg.arch`` network) on ``source`` (default: synthetic).
 
-    Yields progress dicts (see module docstring). ``out_dir``: where ``checkpoint.pt`` is written
+    Yields progress dicts (see module docstring). ``cfg.max_hours`` counts all training time of
+    the run, resumed parts included. ``out_dir``: where ``checkpoint.pt`` is written
     every ``cfg.checkpoint_every_s`` seconds and at the end (None: no files). ``resume``: continue
     from ``out_dir/checkpoint.pt`` if present. ``eval_items``: held-out data for :func:`evaluate`
     (default: :func:`held_out_set`; ``[]`` disables evaluation). Stops after ``cfg.steps`` steps
@@ -354,7 +358,6 @@ def train(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.999),
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     step, elapsed_before, history = 0, 0.0, []
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     if ckpt_path is not None:
@@ -363,7 +366,6 @@ def train(
             ck = load_training_checkpoint(ckpt_path)
             sam.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
             torch.set_rng_state(ck["torch_rng"])
             step, elapsed_before = int(ck["step"]), float(ck["elapsed_s"])
             history = list(ck.get("history", []))
@@ -373,7 +375,7 @@ def train(
 
     def save() -> dict:
         _save_atomic({
-            "model": sam.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "model": sam.state_dict(), "optimizer": opt.state_dict(),
             "step": step, "elapsed_s": elapsed_before + time.monotonic() - t0,
             "torch_rng": torch.get_rng_state(), "config": asdict(cfg), "arch": cfg.arch,
             "history": history,
@@ -386,13 +388,19 @@ def train(
         history.append(res)
         return res
 
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t0
+
     t0 = time.monotonic()
     last_ckpt = last_eval = t0
-    deadline = None if cfg.max_hours is None else t0 + cfg.max_hours * 3600
+    budget = float("inf") if not cfg.max_hours else cfg.max_hours * 3600
     if eval_items and step == 0:
         yield run_eval()
-    while step < cfg.steps and (deadline is None or time.monotonic() < deadline):
+    while step < cfg.steps and elapsed() < budget:
         rng = np.random.default_rng([cfg.seed, step])
+        lr = cfg.lr * lr_factor(cfg, step, elapsed())
+        for g in opt.param_groups:
+            g["lr"] = lr
         batch = [source.sample(rng) for _ in range(cfg.images_per_step)]
         t_step = time.monotonic()
         feats = _encode(sam, [b[0] for b in batch], device, cfg.autocast)
@@ -403,7 +411,6 @@ def train(
                 total, n_prompts, iou_sum = total + loss, n_prompts + n, iou_sum + iou
         if n_prompts == 0:
             step += 1
-            sched.step()
             continue
         loss = total / n_prompts
         opt.zero_grad(set_to_none=True)
@@ -411,12 +418,11 @@ def train(
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(sam.parameters(), cfg.grad_clip)
         opt.step()
-        sched.step()
         step += 1
         now = time.monotonic()
         n_final = n_prompts / (1 + cfg.corrective_iters)
         yield {
-            "kind": "step", "step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
+            "kind": "step", "step": step, "loss": float(loss.detach()), "lr": lr,
             "prompts": n_prompts, "images": len(batch), "final_iou": iou_sum / max(n_final, 1),
             "step_s": now - t_step, "elapsed_s": elapsed_before + now - t0,
         }
