@@ -64,6 +64,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     autocast: bool = True
+    freeze_encoder: bool = False
     device: str = "cpu"
     max_hours: float | None = None
     checkpoint_every_s: float = 300.0
@@ -349,11 +350,14 @@ def train(
     source = source or SyntheticSource()
     sam = sam if sam is not None else new_sam(cfg.arch, cfg.seed)
     sam.to(device).train()
+    if cfg.freeze_encoder:
+        sam.image_encoder.requires_grad_(False)
     def decays(name: str, p) -> bool:  # matrices decay; biases, norms, positional tables do not
         return p.ndim >= 2 and "pos" not in name
 
-    decay = [p for n, p in sam.named_parameters() if decays(n, p)]
-    no_decay = [p for n, p in sam.named_parameters() if not decays(n, p)]
+    params = [(n, p) for n, p in sam.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if decays(n, p)]
+    no_decay = [p for n, p in params if not decays(n, p)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.999),
@@ -403,7 +407,8 @@ def train(
             g["lr"] = lr
         batch = [source.sample(rng) for _ in range(cfg.images_per_step)]
         t_step = time.monotonic()
-        feats = _encode(sam, [b[0] for b in batch], device, cfg.autocast)
+        with torch.no_grad() if cfg.freeze_encoder else contextlib.nullcontext():
+            feats = _encode(sam, [b[0] for b in batch], device, cfg.autocast)
         total, n_prompts, iou_sum = 0.0, 0, 0.0
         for b, (_, labels) in enumerate(batch):
             loss, n, iou = _image_loss(sam, feats[b : b + 1], labels, cfg, rng)
@@ -416,7 +421,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(sam.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
         opt.step()
         step += 1
         now = time.monotonic()

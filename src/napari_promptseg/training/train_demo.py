@@ -12,11 +12,15 @@ Re-running the same command resumes from ``RUN_DIR/checkpoint.pt``. A log line e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: on a shared CPU (a laptop, a CI runner, a
+    # 2-core box running tests beside training) spinning made steps up to 10x slower.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt is written (and resumed) here")
     p.add_argument("--seed", type=int, default=0)
