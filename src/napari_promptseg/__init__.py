@@ -30,7 +30,9 @@ __all__ = [
 ]
 
 
-def finetune(model, images, labels, steps: int = 300, out: str | Path | None = None, **kwargs) -> FinetuneResult:
+def finetune(
+    model, images, labels, steps: int = 300, out: str | Path | None = None, **kwargs
+) -> FinetuneResult:
     """Finetune a SAM-family model (``"vit_b"``, ``"promptseg_demo"``, ...) on labelled images.
 
     images: ``(H, W)``, ``(H, W, 3)`` or stacks ``(Z, H, W)``, one array or a list; labels:

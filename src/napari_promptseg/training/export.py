@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if not a.no_check:
         for label, r in _compare(Path(a.checkpoint), out).items():
-            print(f"{label:>9}: one-click IoU {r['one_click_iou']:.3f}  box IoU {r['box_iou']:.3f}  (n={r['n']})")
+            print(f"{label:>9}: one-click IoU {r['one_click_iou']:.3f}  "
+                  f"box IoU {r['box_iou']:.3f}  (n={r['n']})")
     if a.update_registry:
         print(f"registry updated: {update_registry_hash('promptseg_demo', out)}")
     return 0

@@ -23,7 +23,10 @@ import numpy as np
 
 from ..image import intensity_window, to_rgb_uint8
 
-__all__ = ["finetune", "finetune_iter", "FinetuneResult", "LabelledSource", "prepare_planes", "MIN_SIDE"]
+__all__ = [
+    "finetune", "finetune_iter", "FinetuneResult", "LabelledSource", "prepare_planes", "read_array", "main",
+    "MIN_SIDE",
+]
 
 MIN_SIDE = 32
 
@@ -59,18 +62,24 @@ def prepare_planes(images, labels) -> list[tuple[np.ndarray, np.ndarray]]:
     non-integer or empty labels and too-small images."""
     ims, labs = _as_list(images, "images"), _as_list(labels, "labels")
     if len(ims) != len(labs):
-        raise ValueError(f"got {len(ims)} images but {len(labs)} label images; give one label image per image")
+        raise ValueError(
+            f"got {len(ims)} images but {len(labs)} label images; give one label image per image"
+        )
     planes = []
     for i, (im, lab) in enumerate(zip(ims, labs)):
         name = f"image {i}" if len(ims) > 1 else "the image"
         if lab.dtype.kind not in "iu":
-            hint = " (use labels.astype(np.int32) if they hold whole numbers)" if lab.dtype.kind == "f" else ""
+            hint = ""
+            if lab.dtype.kind == "f":
+                hint = " (use labels.astype(np.int32) if they hold whole numbers)"
             raise ValueError(
                 f"labels of {name} must be integer instance ids (0 = background, 1, 2, ... = objects), "
                 f"got dtype {lab.dtype}{hint}"
             )
         if lab.ndim not in (2, 3):
-            raise ValueError(f"labels of {name} must be 2D (H, W) or a stack (Z, H, W), got shape {lab.shape}")
+            raise ValueError(
+                f"labels of {name} must be 2D (H, W) or a stack (Z, H, W), got shape {lab.shape}"
+            )
         channels = im.ndim == lab.ndim + 1 and im.shape[-1] in (1, 3, 4)
         spatial = im.shape[:-1] if channels else im.shape
         if spatial != lab.shape:
@@ -161,7 +170,9 @@ def _base_sam(model, checkpoint, device):
     elif isinstance(model, SamModel):
         spec, loaded = model.spec, model
     else:
-        raise TypeError(f"model must be a registry name, a ModelSpec or a SAM model, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a registry name, a ModelSpec or a SAM model, got {type(model).__name__}"
+        )
     sam = build_sam(spec.arch)
     sam.load_state_dict({k: v.detach().cpu() for k, v in loaded.sam.state_dict().items()})
     return spec, sam
@@ -212,8 +223,7 @@ def finetune_iter(
         autocast=dev.type == "cuda", device=str(dev), eval_every_s=float("inf"),
         freeze_encoder=freeze_encoder,
     )
-    for ev in train(cfg, LabelledSource(trn, size), out_dir=None, sam=sam, eval_items=[]):
-        yield ev
+    yield from train(cfg, LabelledSource(trn, size), out_dir=None, sam=sam, eval_items=[])
     after = evaluate(sam, val_items, dev)
     yield {"kind": "eval", "step": steps, **after}
     path = None
@@ -225,7 +235,8 @@ def finetune_iter(
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"model": state, "finetune": meta}, tmp)
         tmp.replace(path)
-    result = FinetuneResult(spec.name, path, before, after, steps, len(trn), len(val) if not same else 0, same)
+    n_val = 0 if same else len(val)
+    result = FinetuneResult(spec.name, path, before, after, steps, len(trn), n_val, same)
     yield {"kind": "done", "result": result}
 
 
@@ -266,3 +277,93 @@ def finetune(
         if ev["kind"] == "done":
             result = ev["result"]
     return result
+
+
+# -- command line ---------------------------------------------------------------------------
+_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+
+
+def _files(specs: Sequence[str], what: str) -> list[Path]:
+    out: list[Path] = []
+    for s in specs:
+        p = Path(s).expanduser()
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in _EXTS)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{what}: {p} is neither a file nor a folder")
+    if not out:
+        raise FileNotFoundError(f"{what}: no {'/'.join(_EXTS)} files in {', '.join(specs)}")
+    return out
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """A tif/png/jpg (scikit-image) or npy (numpy) file as an array."""
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        return np.load(p, allow_pickle=False)
+    from skimage.io import imread
+
+    return np.asarray(imread(p))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``napari-promptseg-finetune``: finetune on labelled image files, save a checkpoint."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="napari-promptseg-finetune",
+        description="Finetune a SAM-family model on your labelled images (tif, png, npy; 2D or stacks). "
+        "Images and label files are paired in sorted order.",
+    )
+    p.add_argument("--model", default="promptseg_demo", help="registry name, e.g. promptseg_demo or vit_b")
+    p.add_argument("--checkpoint", default=None, help="start from this weights file, not the registry's")
+    p.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    p.add_argument("--labels", nargs="+", required=True, help="label files or folders (integer instance ids)")
+    p.add_argument("--out", required=True, help="where to save the finetuned weights (.pt)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only (fast on a CPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    a = p.parse_args(argv)
+
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    ims, labs = _files(a.images, "--images"), _files(a.labels, "--labels")
+    if len(ims) != len(labs):
+        p.error(f"{len(ims)} image files but {len(labs)} label files; they are paired in sorted order")
+    for i, lab in zip(ims, labs):
+        print(f"  {i.name}  <->  {lab.name}")
+    try:
+        images = [read_array(f) for f in ims]
+        labels = [read_array(f) for f in labs]
+
+        def show(ev: dict) -> None:
+            if ev["kind"] == "eval":
+                print(f"step {ev['step']}: validation one-click IoU {ev['one_click_iou']:.3f}, "
+                      f"box IoU {ev['box_iou']:.3f} ({ev['n']} objects)", flush=True)
+            elif ev["kind"] == "step" and (ev["step"] % 25 == 0 or ev["step"] == a.steps):
+                print(f"step {ev['step']}/{a.steps}: loss {ev['loss']:.4f}", flush=True)
+
+        res = finetune(
+            a.model, images, labels, a.steps, a.out, checkpoint=a.checkpoint, val_fraction=a.val_fraction,
+            lr=a.lr, freeze_encoder=a.freeze_encoder, device=a.device, seed=a.seed, progress=show,
+        )
+    except ValueError as err:
+        print(f"error: {err}")
+        return 2
+    note = " (validation on the training image: only one plane given)" if res.validation_is_training else ""
+    print(f"saved {res.checkpoint}; validation one-click IoU {res.before['one_click_iou']:.3f} -> "
+          f"{res.after['one_click_iou']:.3f}, box IoU {res.before['box_iou']:.3f} -> "
+          f"{res.after['box_iou']:.3f}{note}")
+    print(f"load it with: ps.load_model({a.model!r}, checkpoint={str(res.checkpoint)!r})")
+    return 0

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt is written (and resumed) here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=7000, help="total optimiser steps (sets the LR schedule)")
-    p.add_argument("--hours", type=float, default=None, help="training time budget in hours, resumed parts included; the LR decays to reach its end")
+    p.add_argument("--hours", type=float, default=None,
+                   help="training time budget in hours (resumed parts included); the LR decays by then")
     p.add_argument("--arch", default="promptseg_demo")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--images-per-step", type=int, default=2)
