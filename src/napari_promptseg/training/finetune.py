@@ -135,9 +135,13 @@ class LabelledSource:
         rgb, lab = self.planes[int(rng.integers(len(self.planes)))]
         if rng.random() < 0.5:
             h, w = lab.shape
-            side = int(min(h, w) * rng.uniform(0.4, 1.0))
-            r, c = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            rgb, lab = rgb[r : r + side, c : c + side], lab[r : r + side, c : c + side]
+            for _ in range(10):  # a crop with some object in it (else the whole plane)
+                side = int(min(h, w) * rng.uniform(0.4, 1.0))
+                r, c = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+                crop = lab[r : r + side, c : c + side]
+                if np.count_nonzero(crop) >= 20:
+                    rgb, lab = rgb[r : r + side, c : c + side], crop
+                    break
         k = int(rng.integers(4))
         rgb, lab = np.rot90(rgb, k), np.rot90(lab, k)
         if rng.random() < 0.5:
