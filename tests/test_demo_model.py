@@ -179,3 +179,29 @@ def test_finetune_cli_reads_files_and_reports(tmp_path, capsys):
     rc = main(["--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"), "--out", str(out),
                "--steps", "2"])
     assert rc == 2 and "labels of image 1 are empty" in capsys.readouterr().out
+
+
+def test_demo_model_equals_the_official_predictor(demo):
+    """Same backend as the official checkpoints: our predict equals Meta's SamPredictor."""
+    import torch
+    from segment_anything import SamPredictor
+
+    from napari_promptseg.image import to_rgb_uint8
+    from napari_promptseg.models.checkpoint import read_state_dict
+    from napari_promptseg.models.sam import build_sam
+
+    sam = build_sam("promptseg_demo").eval()
+    sam.load_state_dict(read_state_dict(packaged_path(get_spec(DEMO_MODEL))))
+    official = SamPredictor(sam)
+    img, labels = synthetic_image(5, (200, 300))  # non-square: padding and resizing
+    rgb = to_rgb_uint8(img)
+    official.set_image(rgb)
+    emb = demo.embed(rgb)
+    gt = labels == 1
+    pt = interior_point(gt)
+    with torch.no_grad():
+        m, s, lo = official.predict(point_coords=pt[None, ::-1], point_labels=np.array([1]))
+    p = demo.predict(emb, points=[pt])
+    np.testing.assert_allclose(p.logits, lo, atol=1e-4)
+    np.testing.assert_allclose(p.scores, s, atol=1e-5)
+    assert (p.masks != m).mean() < 1e-3
