@@ -68,6 +68,19 @@ def _compare(checkpoint: Path, exported: Path) -> dict:
     return res
 
 
+def _describe(checkpoint: Path) -> None:
+    """Print what a training checkpoint says about its run (step, time, held-out history)."""
+    import torch
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not isinstance(ck, dict) or "step" not in ck:
+        return
+    print(f"training checkpoint: step {ck['step']}, {ck.get('elapsed_s', 0) / 3600:.2f} h of training")
+    for h in ck.get("history", [])[-3:]:
+        print(f"  held-out at step {h['step']}: one-click IoU {h['one_click_iou']:.3f}, "
+              f"box IoU {h['box_iou']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..models.registry import get_spec
     from ..models.weights import packaged_path
@@ -81,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the held-out comparison")
     a = p.parse_args(argv)
     out = Path(a.out) if a.out else packaged_path(get_spec("promptseg_demo"))
+    _describe(Path(a.checkpoint))
     export_weights(a.checkpoint, out, half=not a.float32)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if not a.no_check:
