@@ -84,6 +84,7 @@ def main() -> None:
     p.add_argument("--instances", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
+    p.add_argument("--note", default="", help="a sentence about the weights (e.g. which training step)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model = ps.load_model("promptseg_demo", checkpoint=a.checkpoint, device="cpu")
@@ -98,7 +99,8 @@ def main() -> None:
         "`ps.load_model` / `embed` / `predict`. One click: a positive point at the object's "
         "interior-most pixel, highest-scoring of 3 masks. Box: the tight box, one mask. Target (issue 5): "
         "one-click >= 0.85, box >= 0.90.\n\n"
-        f"Weights: `{model.checkpoint_id}`; {dt:.0f} s in all.\n\n" + table(rows) + "\n"
+        f"Weights: `{model.checkpoint_id}`{'; ' + a.note if a.note else ''}; {dt:.0f} s in all.\n\n"
+        + table(rows) + "\n"
     )
     print(body)
     if not a.no_write:
