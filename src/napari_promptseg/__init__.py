@@ -7,15 +7,39 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> emb = model.embed(image)                        # (H, W) or (H, W, 3|4), any real dtype
 >>> pred = model.predict(emb, points=[[120, 340]])  # (row, col)
 >>> mask = pred.masks[pred.best]                    # (H, W) bool
+>>> ps.load_model("promptseg_demo")                 # small model shipped in the package: offline
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from .models import ModelSpec, PromptableModel, list_models, load_model
+from .models.weights import default_model_name
 from .prompts import Prompt
 from .results import Embedding, Prediction
+
+if TYPE_CHECKING:
+    from .training.finetune import FinetuneResult
 
 __version__ = "0.1.0"
 __all__ = [
     "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
+    "default_model_name", "finetune",
 ]
+
+
+def finetune(
+    model, images, labels, steps: int = 300, out: str | Path | None = None, **kwargs
+) -> FinetuneResult:
+    """Finetune a SAM-family model (``"vit_b"``, ``"promptseg_demo"``, ...) on labelled images.
+
+    images: ``(H, W)``, ``(H, W, 3)`` or stacks ``(Z, H, W)``, one array or a list; labels:
+    integer instance ids of the same ``(Z,) H, W`` shape. Saves to ``out`` (load it with
+    ``ps.load_model(name, checkpoint=out)``) and returns held-out IoUs before and after. Options:
+    :func:`napari_promptseg.training.finetune.finetune`.
+    """
+    from .training.finetune import finetune as _finetune
+
+    return _finetune(model, images, labels, steps, out, **kwargs)

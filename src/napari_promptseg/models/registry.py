@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ModelSpec", "REGISTRY", "BACKENDS", "get_spec", "list_models"]
+__all__ = ["ModelSpec", "REGISTRY", "BACKENDS", "DEMO_MODEL", "get_spec", "list_models"]
 
 # family -> "module:function" that builds a model object from (spec, state_dict, device).
 BACKENDS: dict[str, str] = {
@@ -23,6 +23,8 @@ class ModelSpec:
     ``known_hash`` is in pooch's ``"algorithm:hexdigest"`` form (``sha256:…``, ``xxh128:…``).
     ``arch`` names the network configuration inside the family's backend (e.g. ``"vit_b"``).
     ``size_mb`` is the download size in megabytes (10**6 bytes), approximate.
+    ``package_file``: for weights that ship inside this package, their path relative to the
+    ``napari_promptseg`` folder (then ``url`` is informative only and nothing is downloaded).
     """
 
     name: str
@@ -34,6 +36,12 @@ class ModelSpec:
     params: str
     description: str
     licence: str
+    package_file: str = ""
+
+    @property
+    def packaged(self) -> bool:
+        """True when the weights ship inside the package (no download, works offline)."""
+        return bool(self.package_file)
 
     @property
     def filename(self) -> str:
@@ -46,6 +54,10 @@ _SAM = "Apache-2.0"
 _MICROSAM = "CC-BY-4.0"
 _EBI = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 _FB = "https://dl.fbaipublicfiles.com/segment_anything"
+_OURS = "BSD-3-Clause"
+
+#: the model whose weights ship inside the package (offline default; docs/model_card_promptseg_demo.md)
+DEMO_MODEL = "promptseg_demo"
 
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
@@ -75,6 +87,14 @@ REGISTRY: dict[str, ModelSpec] = {
                   "xxh128:810b084b6e51acdbf760a993d8619f2d",
                   1250, "312M", "micro-sam ViT-L finetuned for organelles in electron microscopy.",
                   _MICROSAM),
+        # Hash and size of the packaged file: written by
+        # `python -m napari_promptseg.training.export CHECKPOINT --update-registry`.
+        ModelSpec(DEMO_MODEL, "sam", "promptseg_demo",
+                  "package://napari_promptseg/models/data/promptseg_demo.pt",
+                  "sha256:6222dc4d41166b4eea449739a4cdc177f657cd459d4920d4a1ffd9d61912e0ae",
+                  4.6, "2.3M", "Small SAM trained on synthetic fluorescence nuclei; ships with the "
+                  "package, works offline (demos, tests). Not a replacement for SAM.", _OURS,
+                  package_file="models/data/promptseg_demo.pt"),
     ]
 }
 

@@ -57,6 +57,14 @@ SAM_ARCHS: dict[str, SamArch] = {
         encoder_global_attn_indexes=(1,), image_size=256, patch_size=16, window_size=4,
         prompt_embed_dim=64, decoder_mlp_dim=128, iou_head_hidden_dim=64,
     ),
+    # The demo model that ships inside the package (2.3 M parameters, trained on synthetic
+    # fluorescence images by napari_promptseg.training; docs/model_card_promptseg_demo.md).
+    # 256-px input, 8-px patches: 32 x 32 tokens, 128 x 128 low-res logits.
+    "promptseg_demo": SamArch(
+        encoder_embed_dim=128, encoder_depth=6, encoder_num_heads=4,
+        encoder_global_attn_indexes=(2, 5), image_size=256, patch_size=8, window_size=8,
+        prompt_embed_dim=128, decoder_mlp_dim=512, decoder_num_heads=8, iou_head_hidden_dim=128,
+    ),
 }
 
 

@@ -5,6 +5,9 @@ or the platform's user cache folder. Downloads go through pooch: the file is str
 temporary name in the same folder, its hash is checked, and only then is it moved into place, so an
 interrupted or corrupt transfer never leaves a file that looks valid. ``PROMPTSEG_OFFLINE=1``
 forbids any network access (clusters, air-gapped machines).
+
+Weights that ship inside the package (``ModelSpec.package_file``, the demo model) are read in
+place: never downloaded, available offline, checked against the registry hash once per process.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .registry import ModelSpec
+from .registry import DEMO_MODEL, REGISTRY, ModelSpec
 
-__all__ = ["WeightsError", "cache_dir", "weights_path", "fetch_weights", "ProgressCallback"]
+__all__ = [
+    "WeightsError", "cache_dir", "weights_path", "fetch_weights", "ProgressCallback", "packaged_path",
+    "available_locally", "default_model_name",
+]
 
 ProgressCallback = Callable[[int, int], None]
 """``callback(bytes_done, bytes_total)``; ``bytes_total`` is 0 when the server does not say.
@@ -38,8 +44,61 @@ def cache_dir() -> Path:
 
 
 def weights_path(spec: ModelSpec) -> Path:
-    """Where the checkpoint of ``spec`` lives (or will live) in the cache."""
+    """Where the checkpoint of ``spec`` lives (or will live): the cache, or inside the package."""
+    if spec.packaged:
+        return packaged_path(spec)
     return cache_dir() / "weights" / spec.filename
+
+
+def packaged_path(spec: ModelSpec) -> Path:
+    """Path of weights that ship inside the package (``spec.package_file``)."""
+    from importlib.resources import files
+
+    return Path(str(files("napari_promptseg").joinpath(spec.package_file)))
+
+
+_PACKAGED_OK: set[tuple[str, int, int, str]] = set()
+
+
+def _check_packaged(spec: ModelSpec) -> Path:
+    import hashlib
+
+    path = packaged_path(spec)
+    if not path.is_file():
+        raise WeightsError(
+            f"the weights of model {spec.name!r} should ship with napari-promptseg at {path} but "
+            "are missing; reinstall the package (pip install --force-reinstall napari-promptseg)"
+        )
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, spec.known_hash)
+    if key not in _PACKAGED_OK:
+        algo, digest = spec.known_hash.split(":", 1)
+        if getattr(hashlib, algo)(path.read_bytes()).hexdigest() != digest:
+            raise WeightsError(
+                f"the packaged weights {path} do not match the registry hash of model {spec.name!r} "
+                f"({spec.known_hash}); reinstall the package, or after re-exporting run "
+                "`python -m napari_promptseg.training.export CHECKPOINT --update-registry`"
+            )
+        _PACKAGED_OK.add(key)
+    return path
+
+
+def available_locally(spec: ModelSpec) -> bool:
+    """True when ``spec``'s weights can be loaded without the network (packaged, or in the
+    cache and verified before). Cheap: never hashes a large file."""
+    if spec.packaged:
+        return packaged_path(spec).is_file()
+    path = cache_dir() / "weights" / spec.filename
+    return path.is_file() and _verified(path, spec.known_hash)
+
+
+def default_model_name() -> str:
+    """The model to use when the user has not picked one: the first registry model whose
+    verified weights are already in the local cache, else the packaged demo model (offline)."""
+    for spec in REGISTRY.values():
+        if not spec.packaged and available_locally(spec):
+            return spec.name
+    return DEMO_MODEL
 
 
 def _marker(path: Path) -> Path:
@@ -96,6 +155,8 @@ def fetch_weights(
     receives ``(bytes_done, bytes_total)``. Raises :class:`WeightsError` when offline, on a
     network error or on a hash mismatch; the message names the URL and where to put the file.
     """
+    if spec.packaged:
+        return _check_packaged(spec)
     import pooch
     import requests
 
