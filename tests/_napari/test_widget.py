@@ -513,3 +513,31 @@ def test_painting_the_preview_wins_over_a_decode_in_flight(make_napari_viewer, q
     w.preview_layer.paint((100, 150), 1)  # the user paints while the decode runs
     settle(qtbot, w)
     assert w.preview_layer.data[100, 150] == 1 and not w.preview_layer.data[truth == 1].any()
+
+
+def test_offline_default_is_the_demo_model(make_napari_viewer, qtbot):
+    """Nothing downloaded (isolated cache): the widget loads the packaged demo model by itself,
+    says so, and segments a nucleus of the sample image."""
+    from napari_promptseg._napari.demo import open_demo
+    from napari_promptseg.sample import nuclei_image
+
+    viewer = make_napari_viewer()
+    w = open_demo(viewer)
+    qtbot.waitUntil(lambda: w.ready, timeout=60000)
+    assert w.model.name == "promptseg_demo" and "offline demo model" in w.status.text()
+    assert w.model_combo.currentText() == "promptseg_demo"
+    _, truth = nuclei_image()
+    i = np.bincount(truth.ravel())[1:].argmax() + 1  # the largest nucleus
+    w.points_layer.add(np.argwhere(truth == i).mean(0))
+    settle(qtbot, w, timeout=30000)
+    pred = w.preview_layer.data > 0
+    iou = (pred & (truth == i)).sum() / (pred | (truth == i)).sum()
+    assert iou > 0.5, iou
+
+
+def test_choosing_a_model_that_needs_a_download_waits_for_load(env, qtbot):
+    w = env.w
+    w.model_combo.setCurrentText("vit_h")
+    w._on_model_chosen()
+    assert "press 'Load model' to download vit_h" in w.status.text()
+    assert w.model is env.model

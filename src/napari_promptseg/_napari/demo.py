@@ -12,14 +12,17 @@ __all__ = ["WIDGET_NAME", "open_demo", "main"]
 WIDGET_NAME = "Segment Anything"
 
 
-def open_demo(viewer, model: str | None = "vit_b", checkpoint=None, device: str = "auto"):
-    """Open the sample in ``viewer``, dock the widget, start loading ``model``; return the widget."""
+def open_demo(viewer, model: str | None = None, checkpoint=None, device: str = "auto"):
+    """Open the sample in ``viewer``, dock the widget, load ``model`` (default: the widget's
+    default, a cached registry model or else the offline demo model); return the widget."""
     viewer.open_sample("napari-promptseg", "nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
     widget.set_image(viewer.layers["nuclei"])
     viewer.reset_view()  # the dock narrowed the canvas
-    if model is not None:
-        widget.set_model(model, checkpoint=checkpoint, device=device)
+    if model is not None or checkpoint is not None or device != "auto":
+        from napari_promptseg.models.weights import default_model_name
+
+        widget.set_model(model or default_model_name(), checkpoint=checkpoint, device=device)
     return widget
 
 
@@ -27,7 +30,8 @@ def main(argv=None) -> None:
     import napari
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="vit_b", help="registry name (default vit_b)")
+    p.add_argument("--model", default=None,
+                   help="registry name (default: a model already downloaded, else the offline demo model)")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file: no download")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     args = p.parse_args(argv)

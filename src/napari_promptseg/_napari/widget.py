@@ -99,6 +99,7 @@ class PromptSegWidget(QWidget):
         self._bind_keys()
         self._refresh_layer_choices()
         self._auto_image()
+        self._load_default_model()
 
     # ---------------------------------------------------------------- UI
     def _build_ui(self) -> None:
@@ -266,18 +267,45 @@ class PromptSegWidget(QWidget):
             self._load_model(model, checkpoint, device or self.device_combo.currentText())
             return
         self._load_token = None  # a load still running must not replace this model
+        from ..models.registry import DEMO_MODEL
+
         self.model = model
         _set_items(self.model_combo, _items(self.model_combo), model.name)
-        self._set_status(f"model {model.name} on {model.device}.")
+        if model.name == DEMO_MODEL:
+            self._set_status(
+                f"model {DEMO_MODEL}: the small offline demo model (trained on generated nuclei-like "
+                "images). For real work pick vit_b or a microscopy model and press 'Load model'."
+            )
+        else:
+            self._set_status(f"model {model.name} on {model.device}.")
         self._forget_embedding()
         self._start_embedding()
 
+    def _load_default_model(self) -> None:
+        """Load the default model when it needs no download: a registry model already in the
+        cache, else the demo model shipped in the package (offline)."""
+        from ..models.registry import get_spec
+        from ..models.weights import available_locally, default_model_name
+
+        name = default_model_name()
+        _set_items(self.model_combo, _items(self.model_combo), name)
+        if available_locally(get_spec(name)):
+            self._load_model(name, None, self.device_combo.currentText())
+
     def _on_model_chosen(self, *args) -> None:
-        if self.model_combo.currentText() == LOCAL_CHECKPOINT:
+        """A model picked in the list loads at once when it is local; a download waits for
+        'Load model' (it can be gigabytes)."""
+        from ..models.registry import get_spec
+        from ..models.weights import available_locally
+
+        name = self.model_combo.currentText()
+        if name == LOCAL_CHECKPOINT:
             self._on_load_clicked()
+        elif available_locally(get_spec(name)):
+            self._load_model(name, None, self.device_combo.currentText())
         else:
-            name = self.model_combo.currentText()
-            self._set_status(f"press 'Load model' to use {name}.")
+            spec = get_spec(name)
+            self._set_status(f"press 'Load model' to download {name} ({spec.size_mb:.0f} MB, once).")
 
     def _on_load_clicked(self, *args) -> None:
         name = self.model_combo.currentText()
@@ -414,7 +442,7 @@ class PromptSegWidget(QWidget):
         token = self._embed_token = (object(), layer, model)
         self._close_pbar()
         self._embed_pbar = progress(total=0, desc=f"promptseg: embedding {layer.name}")
-        self._set_status(f"embedding {layer.name} with {model.name}…")
+        self._set_status(f"embedding {layer.name} with {model.name}{_note(model)}…")
         # an embedding request not started yet is replaced, so encoders never pile up
         self._embedder.submit(token, lambda: embed_cached(model, np.asarray(data), limits, cache))
 
@@ -430,7 +458,7 @@ class PromptSegWidget(QWidget):
             return
         self.embedding = result
         self._logits.clear()
-        self._set_status(f"{layer.name}: ready ({model.name}). Click on an object.")
+        self._set_status(f"{layer.name}: ready ({model.name}{_note(model)}). Click on an object.")
         self.request_decode()
 
     def _close_pbar(self) -> None:
@@ -573,7 +601,7 @@ class PromptSegWidget(QWidget):
         self._generation += 1
         gen = self._generation
         if self.embedding is None:
-            if self.image_layer is not None and self.model is not None:
+            if self.image_layer is not None and self.model is not None and self._embed_token is not None:
                 self._set_status("still embedding: your prompts are used as soon as it is ready.")
             return
         objects = self.current_objects()
@@ -625,7 +653,8 @@ class PromptSegWidget(QWidget):
 
     def _describe(self) -> str:
         if not self.predictions:
-            return "no object: click on one (Shift-click: background) or draw a box."
+            model = f" ({self.model.name}{_note(self.model)})" if self.model is not None else ""
+            return f"ready{model}: click on an object (Shift-click: background) or draw a box."
         parts = []
         for p, c in zip(self.predictions, self.choices, strict=True):
             if len(p.scores) > 1:
@@ -777,6 +806,13 @@ _TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
 def _ids(labels: np.ndarray) -> list[int]:
     """The non-zero ids present in a small-id labels image."""
     return [int(i) + 1 for i in np.flatnonzero(np.bincount(labels.ravel().clip(0))[1:])]
+
+
+def _note(model) -> str:
+    from ..models.registry import DEMO_MODEL
+
+    return ", the offline demo model: pick another and 'Load model' for real work" if (
+        model.name == DEMO_MODEL) else ""
 
 
 def _candidates(preds) -> None:

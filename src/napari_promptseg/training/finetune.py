@@ -117,6 +117,9 @@ def _resize_nearest(lab: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _to_model_input(rgb: np.ndarray, lab: np.ndarray, size: int):
     """Resize like inference (``ResizeLongestSide``): longest side -> ``size``."""
+    from ..models.triton_guard import guard_triton
+
+    guard_triton()  # finetuning may run inside napari: see triton_guard
     from segment_anything.utils.transforms import ResizeLongestSide
 
     t = ResizeLongestSide(size)
