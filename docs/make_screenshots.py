@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     from napari_promptseg.sample import nuclei_image
 
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="promptseg_demo")
+    p.add_argument("--model", default=None, help="default: the widget's default model")
     p.add_argument("--checkpoint", default=None)
     args = p.parse_args(argv)
     OUT.mkdir(exist_ok=True)
@@ -54,8 +54,10 @@ def main(argv=None) -> None:
     app = QApplication.instance()
     w = open_demo(viewer, args.model, args.checkpoint, "cpu")
     wait(app, lambda: w.ready)
+    viewer.reset_view()
     _, truth = nuclei_image()
-    ids = [i for i in np.unique(truth) if i][:6]
+    sizes = np.bincount(truth.ravel())
+    ids = [int(i) for i in np.argsort(-sizes) if i][:6]  # the larger nuclei, as a user would start
     centres = [np.argwhere(truth == i).mean(0) for i in ids]
 
     w.points_layer.add(centres[0])  # one click on a nucleus
