@@ -69,8 +69,9 @@ def main(argv=None) -> None:
         w.points_layer.add(c)
         wait(app, lambda: not w._runner.busy)
         w.commit()
-    r, c = centres[4]
-    w.boxes_layer.add_rectangles(np.array([[[r - 18, c - 18], [r + 18, c + 18]]]))
+    rows, cols = np.nonzero(truth == ids[4])  # a box drawn around the next nucleus, 4 px margin
+    corners = [[rows.min() - 4, cols.min() - 4], [rows.max() + 4, cols.max() + 4]]
+    w.boxes_layer.add_rectangles(np.array([corners], float))
     wait(app, lambda: not w._runner.busy and w.preview_layer.data.any())
     shot(viewer, app, "committed_and_box.png")
     viewer.close()
