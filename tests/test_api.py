@@ -172,3 +172,17 @@ def test_local_checkpoint_id_follows_the_content(tiny_spec, tmp_path):
     e = ma.embed(np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError, match="embed the image again"):
         mb.predict(e, points=[[5, 5]])
+
+
+def test_masks_are_upscaled_lazily_and_equal_the_eager_ones(tiny_model):
+    """``pred.mask(i)`` computes one full-resolution mask; ``pred.masks`` all; same values."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (300, 200, 3)).astype(np.uint8)
+    emb = tiny_model.embed(img)
+    a = tiny_model.predict(emb, points=[[150, 100]])
+    b = tiny_model.predict(emb, points=[[150, 100]])
+    one = a.mask(2)
+    assert one.shape == (300, 200) and one.dtype == bool
+    assert list(a._one) == [2]  # only the asked-for mask was computed
+    np.testing.assert_array_equal(one, b.masks[2])
+    np.testing.assert_array_equal(a.masks, b.masks)
