@@ -192,3 +192,67 @@ def test_export_writes_a_half_precision_state_dict_that_loads(tmp_path):
     model = ps.load_model(spec, checkpoint=out, device="cpu")
     img, _ = synthetic_image(0)
     assert model.predict(model.embed(img), points=[[100, 100]]).masks.shape == (3, 256, 256)
+
+
+def test_files_are_paired_by_name_not_by_sort_order(tmp_path):
+    from napari_promptseg.training.finetune import pair_files
+
+    ims = [tmp_path / f"a{i}.tif" for i in (1, 2, 10)]
+    labs = [tmp_path / f"a{i}_labels.tif" for i in (10, 1, 2)]
+    pairs = pair_files(ims, labs)
+    assert [(i.stem, lab.stem) for i, lab in pairs] == [("a1", "a1_labels"), ("a2", "a2_labels"),
+                                                         ("a10", "a10_labels")]
+    other = [tmp_path / "img" / f"{i}.png" for i in (1, 2)]
+    masks = [tmp_path / "mask" / f"{i}.png" for i in (2, 1)]
+    assert [(i.stem, m.stem) for i, m in pair_files(other, masks)] == [("1", "1"), ("2", "2")]
+    with pytest.raises(ValueError, match="cannot pair"):
+        pair_files([tmp_path / "x1.tif", tmp_path / "x2.tif"], [tmp_path / "y1.tif", tmp_path / "z7.tif"])
+    with pytest.raises(ValueError, match="label file"):
+        pair_files(ims, labs[:2])
+
+
+def test_label_ids_of_any_range_are_renumbered():
+    from napari_promptseg.training.finetune import prepare_planes
+
+    img = np.zeros((64, 64), np.uint16)
+    lab = np.zeros((64, 64), np.uint64)
+    lab[5:20, 5:20] = 2**32 + 5
+    lab[30:50, 30:50] = 5  # would collide with the first id after a plain int32 cast
+    (_, out), = prepare_planes(img, lab)
+    assert out.dtype == np.int32 and sorted(np.unique(out)) == [0, 1, 2]
+    assert out[10, 10] != out[40, 40]
+
+
+def test_validation_holds_out_whole_images_or_a_block_of_slices():
+    from napari_promptseg.training.finetune import _holdout
+
+    groups = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    val = _holdout(groups, 0.2, seed=0)
+    held = {groups[i] for i in val}
+    assert all(groups[i] not in held for i in set(range(10)) - val)  # no image on both sides
+    assert _holdout([0] * 10, 0.2, 0) == {8, 9}  # one stack: a contiguous block of slices
+    assert _holdout([0], 0.5, 0) == set() and _holdout([0, 1], 0.0, 0) == set()
+
+
+def test_rgb_label_pictures_and_tiny_objects_are_clear_errors():
+    import napari_promptseg as ps
+    from napari_promptseg.training.finetune import prepare_planes
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="single-channel"):
+        prepare_planes(img, np.zeros((64, 64, 3), np.int32))
+    big = np.zeros((2048, 2048), np.uint16)
+    lab = np.zeros((2048, 2048), np.int32)
+    lab[100:104, 100:104] = 1  # 4 px: 0.5 px at the demo model's 256-px input
+    with pytest.raises(ValueError, match="crop or tile"):
+        ps.finetune("promptseg_demo", big, lab, steps=1, device="cpu")
+    with pytest.raises(ValueError, match="val_fraction"):
+        ps.finetune("promptseg_demo", big, lab, steps=1, val_fraction=1.5)
+
+
+def test_cli_reports_errors_on_stderr(tmp_path, capsys):
+    from napari_promptseg.training.finetune import main
+
+    out = str(tmp_path / "o.pt")
+    rc = main(["--images", str(tmp_path / "missing"), "--labels", str(tmp_path), "--out", out])
+    assert rc == 2 and "neither a file nor a folder" in capsys.readouterr().err

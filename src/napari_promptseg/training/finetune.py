@@ -57,17 +57,35 @@ def _as_list(x, what: str) -> list:
 
 
 def prepare_planes(images, labels) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_prepare` without the group indices."""
+    return _prepare(images, labels)[0]
+
+
+def _renumber(pl: np.ndarray) -> np.ndarray:
+    """Instance ids as consecutive int32 (0 stays background): safe for any integer dtype/range."""
+    u, inv = np.unique(pl, return_inverse=True)
+    inv = inv.reshape(pl.shape)
+    return (inv if u[0] == 0 else inv + 1).astype(np.int32)
+
+
+def _prepare(images, labels) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int]]:
     """Check images and labels and split them into 2D planes: ``[(rgb (H, W, 3) uint8,
     labels (H, W) int32)]``. Raises ``ValueError`` with a clear message for mismatching shapes,
-    non-integer or empty labels and too-small images."""
+    non-integer or empty labels and too-small images. Also returns, per plane, the index of the
+    image it comes from (validation holds out whole images, not neighbouring slices)."""
     ims, labs = _as_list(images, "images"), _as_list(labels, "labels")
     if len(ims) != len(labs):
         raise ValueError(
             f"got {len(ims)} images but {len(labs)} label images; give one label image per image"
         )
-    planes = []
-    for i, (im, lab) in enumerate(zip(ims, labs)):
+    planes, groups = [], []
+    for i, (im, lab) in enumerate(zip(ims, labs, strict=True)):
         name = f"image {i}" if len(ims) > 1 else "the image"
+        if lab.ndim == 3 and lab.shape[-1] in (3, 4) and im.shape[:2] == lab.shape[:2]:
+            raise ValueError(
+                f"labels of {name} look like an RGB(A) picture (shape {lab.shape}); save the instance "
+                "ids as a single-channel integer image (0 = background, 1, 2, ... = objects)"
+            )
         if lab.dtype.kind not in "iu":
             hint = ""
             if lab.dtype.kind == "f":
@@ -103,8 +121,9 @@ def prepare_planes(images, labels) -> list[tuple[np.ndarray, np.ndarray]]:
             if not pl.any():  # empty slices of a stack are skipped
                 continue
             pim = im[z] if stack else im
-            planes.append((to_rgb_uint8(pim, window), pl.astype(np.int32)))
-    return planes
+            planes.append((to_rgb_uint8(pim, window), _renumber(pl)))
+            groups.append(i)
+    return planes, groups
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -150,6 +169,34 @@ class LabelledSource:
         if rng.random() < 0.5:
             rgb, lab = rgb[:, ::-1], lab[:, ::-1]
         return _to_model_input(np.ascontiguousarray(rgb), np.ascontiguousarray(lab), self.size)
+
+
+def _holdout(groups: list[int], fraction: float, seed: int) -> set[int]:
+    """Plane indices held out for validation: whole images when there are several (neighbouring
+    slices of one stack are nearly the same picture), else the last contiguous block of slices."""
+    n = len(groups)
+    if n < 2 or fraction <= 0:
+        return set()
+    want = min(n - 1, max(1, round(n * fraction)))
+    images = sorted(set(groups))
+    if len(images) > 1:
+        out: set[int] = set()
+        for g in np.random.default_rng(seed).permutation(images):
+            members = {i for i, gi in enumerate(groups) if gi == g}
+            if len(out) + len(members) > n - 1:
+                continue
+            out |= members
+            if len(out) >= want:
+                break
+        return out
+    return set(range(n - want, n))
+
+
+def _any_object(planes, size: int) -> bool:
+    from .sampling import pick_objects
+
+    return any(len(pick_objects(_to_model_input(r, lab, size)[1], 1, np.random.default_rng(0)))
+               for r, lab in planes)
 
 
 def _val_items(planes, size: int, objects: int, seed: int):
@@ -207,13 +254,12 @@ def finetune_iter(
     from ..devices import resolve_device
     from .loop import TrainConfig, evaluate, train
 
-    planes = prepare_planes(images, labels)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(planes))
-    n_val = int(round(len(planes) * val_fraction)) if len(planes) > 1 else 0
-    n_val = min(max(n_val, 1 if len(planes) > 1 and val_fraction > 0 else 0), len(planes) - 1)
-    val = [planes[i] for i in order[:n_val]]
-    trn = [planes[i] for i in order[n_val:]]
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    planes, groups = _prepare(images, labels)
+    val_idx = _holdout(groups, val_fraction, seed)
+    val = [pl for i, pl in enumerate(planes) if i in val_idx]
+    trn = [pl for i, pl in enumerate(planes) if i not in val_idx]
     same = not val
     if same:
         val = trn  # one plane: validation on the training data (reported as such)
@@ -221,6 +267,12 @@ def finetune_iter(
     spec, sam = _base_sam(model, checkpoint, dev)
     size = int(sam.image_encoder.img_size)
     val_items = _val_items(val, size, 16, seed)
+    if not any(len(ids) for _, _, ids in val_items) or not _any_object(trn, size):
+        raise ValueError(
+            f"no labelled object is still at least 10 pixels large once the image is resized to the "
+            f"model's {size}-pixel input; crop or tile your images (objects should span >= 10 px at "
+            f"that scale) or finetune a model with a larger input such as vit_b"
+        )
     sam.to(dev)
     before = evaluate(sam, val_items, dev)
     yield {"kind": "eval", "step": 0, **before}
@@ -305,6 +357,44 @@ def _files(specs: Sequence[str], what: str) -> list[Path]:
     return out
 
 
+def _natural(p: Path) -> list:
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.stem)]
+
+
+def _keys(paths: list[Path]) -> list[str]:
+    """File stems without the prefix and suffix that all of them share."""
+    import os
+
+    stems = [p.stem for p in paths]
+    if len(stems) < 2:
+        return stems
+    pre = len(os.path.commonprefix(stems))
+    suf = len(os.path.commonprefix([s[::-1] for s in stems]))
+    return [s[pre : len(s) - suf] if len(s) > pre + suf else s for s in stems]
+
+
+def pair_files(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
+    """Pair image and label files by name: equal stems, or stems equal once the prefix/suffix
+    shared by each list is removed (``img_3.tif`` <-> ``img_3_masks.tif``, ``a/3.tif`` <->
+    ``b/3.png``). Raises ``ValueError`` naming the files that have no partner."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} image files but {len(labels)} label files; give one label file "
+                         "per image")
+    images, labels = sorted(images, key=_natural), sorted(labels, key=_natural)
+    if len(images) == 1:
+        return [(images[0], labels[0])]
+    for ki, kl in ((_keys(images), _keys(labels)), ([p.stem for p in images], [p.stem for p in labels])):
+        if len(set(ki)) == len(ki) and set(ki) == set(kl):
+            by_key = dict(zip(kl, labels, strict=True))
+            return [(im, by_key[k]) for im, k in zip(images, ki, strict=True)]
+    raise ValueError(
+        "cannot pair image and label files by name: " + ", ".join(p.name for p in images)
+        + " vs " + ", ".join(p.name for p in labels) + "; name them alike (cell_01.tif, cell_01_labels.tif)"
+    )
+
+
 def read_array(path: str | Path) -> np.ndarray:
     """A tif/png/jpg (scikit-image) or npy (numpy) file as an array."""
     p = Path(path)
@@ -322,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="napari-promptseg-finetune",
         description="Finetune a SAM-family model on your labelled images (tif, png, npy; 2D or stacks). "
-        "Images and label files are paired in sorted order.",
+        "Image and label files are paired by name (e.g. cell_01.tif <-> cell_01_labels.tif).",
     )
     p.add_argument("--model", default="promptseg_demo", help="registry name, e.g. promptseg_demo or vit_b")
     p.add_argument("--checkpoint", default=None, help="start from this weights file, not the registry's")
@@ -345,12 +435,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    ims, labs = _files(a.images, "--images"), _files(a.labels, "--labels")
-    if len(ims) != len(labs):
-        p.error(f"{len(ims)} image files but {len(labs)} label files; they are paired in sorted order")
-    for i, lab in zip(ims, labs):
-        print(f"  {i.name}  <->  {lab.name}")
+    import sys
+
+    from ..models.weights import WeightsError
+
     try:
+        pairs = pair_files(_files(a.images, "--images"), _files(a.labels, "--labels"))
+        for i, lab in pairs:
+            print(f"  {i.name}  <->  {lab.name}")
+        ims, labs = [i for i, _ in pairs], [lab for _, lab in pairs]
         images = [read_array(f) for f in ims]
         labels = [read_array(f) for f in labs]
 
@@ -365,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             a.model, images, labels, a.steps, a.out, checkpoint=a.checkpoint, val_fraction=a.val_fraction,
             lr=a.lr, freeze_encoder=a.freeze_encoder, device=a.device, seed=a.seed, progress=show,
         )
-    except ValueError as err:
-        print(f"error: {err}")
+    except (ValueError, OSError, WeightsError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    note = " (validation on the training image: only one plane given)" if res.validation_is_training else ""
+    note = " (validation on the training images: no plane was held out)" if res.validation_is_training else ""
     print(f"saved {res.checkpoint}; validation one-click IoU {res.before['one_click_iou']:.3f} -> "
           f"{res.after['one_click_iou']:.3f}, box IoU {res.before['box_iou']:.3f} -> "
           f"{res.after['box_iou']:.3f}{note}")

@@ -151,13 +151,13 @@ def new_sam(arch: str, seed: int = 0):
 
 
 def _autocast(device, enabled: bool):
-    """bfloat16 autocast on any device type (float16 on mps); a no-op when disabled."""
+    """bfloat16 autocast (cuda, cpu); a no-op when disabled and on mps, where bfloat16 autocast is
+    not available everywhere and float16 would need gradient scaling."""
     import torch
 
-    if not enabled:
+    if not enabled or device.type == "mps":
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "mps" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _encode(sam, rgbs: Sequence[np.ndarray], device, autocast: bool):
