@@ -21,12 +21,12 @@ from napari_promptseg.training.sampling import interior_point, tight_box
 from napari_promptseg.training.synthetic import synthetic_image
 
 # Mean IoU of the shipped weights on the 77 objects of generated held-out images (seeds 0-2,
-# 256 x 256). The interim export (step 838, 0.5 h of training) reaches one-click 0.59 and box
-# 0.60 here, and box 0.61 on the sample image; the thresholds keep a 0.1 margin (float
+# 256 x 256). The shipped export (step 3556, 2.1 h of training) reaches one-click 0.68 and box
+# 0.75 here, and box 0.71 on the sample image; the thresholds keep a 0.1 margin (float
 # differences across machines). Re-exports of longer training only raise these numbers: raise the
 # thresholds with them (docs/benchmarks.md, "Demo model quality").
-MIN_ONE_CLICK_IOU = 0.5
-MIN_BOX_IOU = 0.5
+MIN_ONE_CLICK_IOU = 0.57
+MIN_BOX_IOU = 0.6
 
 
 def _iou(a, b) -> float:
@@ -180,7 +180,7 @@ def test_finetune_cli_reads_files_and_reports(tmp_path, capsys):
     np.save(tmp_path / "lab" / "a1.npy", np.zeros((96, 96), np.int32))
     rc = main(["--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"), "--out", str(out),
                "--steps", "2"])
-    assert rc == 2 and "labels of image 1 are empty" in capsys.readouterr().out
+    assert rc == 2 and "labels of image 1 are empty" in capsys.readouterr().err
 
 
 def test_demo_model_equals_the_official_predictor(demo):
