@@ -36,6 +36,17 @@ def click(layer, world, modifiers=(), button=1):
         run(layer, ReadOnlyWrapper(ev, exceptions=("handled",)))
 
 
+def open_widget(make_napari_viewer, qtbot, model, **image_kwargs):
+    """A viewer with the blob image ("cells"), the widget docked, ``model`` set and embedded."""
+    viewer = make_napari_viewer()
+    img, truth = blob_image()
+    layer = viewer.add_image(img, name="cells", **image_kwargs)
+    dock, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(model)
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    return SimpleNamespace(viewer=viewer, w=w, layer=layer, truth=truth, model=model, dock=dock)
+
+
 def settle(qtbot, w, timeout=10000):
     """Wait until no decode runs and its result has reached the UI thread."""
     qtbot.waitUntil(lambda: not w._runner.busy, timeout=timeout)
@@ -242,13 +253,8 @@ def test_painted_preview_refines_the_object(env, qtbot):
 
 
 def test_stale_results_are_dropped_under_rapid_edits(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    img, truth = blob_image()
-    viewer.add_image(img, name="cells")
-    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
-    model = ComponentModel(delay=0.15)
-    w.set_model(model)
-    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    e = open_widget(make_napari_viewer, qtbot, ComponentModel(delay=0.15))
+    w, truth, model = e.w, e.truth, e.model
     shown = []
     w.preview_layer.events.data.connect(lambda e: shown.append((w.preview_layer.data > 0).copy()))
     for p in ([25, 30], [80, 40], [45, 115], [85, 45], [30, 100]):
@@ -260,12 +266,8 @@ def test_stale_results_are_dropped_under_rapid_edits(make_napari_viewer, qtbot):
 
 
 def test_layers_removed_while_a_decode_runs(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    img, _ = blob_image()
-    layer = viewer.add_image(img, name="cells")
-    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
-    w.set_model(ComponentModel(delay=0.3))
-    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    e = open_widget(make_napari_viewer, qtbot, ComponentModel(delay=0.3))
+    viewer, w, layer, img = e.viewer, e.w, e.layer, e.layer.data
     preview = w.preview_layer
     w.points_layer.add([[25, 30]])
     assert w._runner.busy  # the decode is running while the image goes
@@ -398,12 +400,8 @@ def test_image_removed_while_embedding(make_napari_viewer, qtbot):
 
 
 def test_commit_while_the_newest_prompts_decode_commits_their_mask(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    img, truth = blob_image()
-    viewer.add_image(img, name="cells")
-    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
-    w.set_model(ComponentModel(delay=0.3))
-    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    e = open_widget(make_napari_viewer, qtbot, ComponentModel(delay=0.3))
+    viewer, w, truth = e.viewer, e.w, e.truth
     w.points_layer.add([[25, 30]])
     settle(qtbot, w)
     w.points_layer.add([[80, 40]])  # object 2 joins: decoding
@@ -414,12 +412,8 @@ def test_commit_while_the_newest_prompts_decode_commits_their_mask(make_napari_v
 
 
 def test_next_mask_during_a_decode_keeps_the_newest_result(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    img, truth = blob_image()
-    viewer.add_image(img, name="cells")
-    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
-    w.set_model(ComponentModel(delay=0.3))
-    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    e = open_widget(make_napari_viewer, qtbot, ComponentModel(delay=0.3))
+    w, truth = e.w, e.truth
     w.points_layer.add([[25, 30]])
     settle(qtbot, w)
     w.points_layer.data = np.array([[80, 40]], float)
@@ -431,12 +425,8 @@ def test_next_mask_during_a_decode_keeps_the_newest_result(make_napari_viewer, q
 def test_closing_the_dock_ends_the_session(make_napari_viewer, qtbot):
     from qtpy.QtCore import Qt
 
-    viewer = make_napari_viewer()
-    img, _ = blob_image()
-    viewer.add_image(img, name="cells")
-    dock, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
-    w.set_model(ComponentModel())
-    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    e = open_widget(make_napari_viewer, qtbot, ComponentModel())
+    viewer, w, dock = e.viewer, e.w, e.dock
     w.points_layer.add([[25, 30]])
     settle(qtbot, w)
     points = w.points_layer
@@ -450,13 +440,9 @@ def test_closing_the_dock_ends_the_session(make_napari_viewer, qtbot):
 
 
 def test_rotated_and_affine_images(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    img, truth = blob_image()
     affine = np.array([[1.0, 0.3, 4.0], [0.0, 2.0, -3.0], [0.0, 0.0, 1.0]])
-    layer = viewer.add_image(img, name="cells", rotate=30, affine=affine)
-    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
-    w.set_model(ComponentModel())
-    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    e = open_widget(make_napari_viewer, qtbot, ComponentModel(), rotate=30, affine=affine)
+    w, truth, layer = e.w, e.truth, e.layer
     world = layer.data_to_world(np.array([80.0, 40.0]))  # where pixel (80, 40) is on screen
     click(w.points_layer, world)
     settle(qtbot, w)
@@ -502,12 +488,8 @@ def test_renamed_target_keeps_receiving_commits_and_undo(env, qtbot):
 
 
 def test_painting_the_preview_wins_over_a_decode_in_flight(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    img, truth = blob_image()
-    viewer.add_image(img, name="cells")
-    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
-    w.set_model(ComponentModel(delay=0.3))
-    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    e = open_widget(make_napari_viewer, qtbot, ComponentModel(delay=0.3))
+    w, truth = e.w, e.truth
     w.points_layer.add([[25, 30]])
     w.preview_layer.brush_size = 5
     w.preview_layer.paint((100, 150), 1)  # the user paints while the decode runs
