@@ -107,7 +107,11 @@ class Prediction:
     def masks(self) -> np.ndarray:
         """``(K, H, W)`` bool: every candidate mask at the image's resolution."""
         if self._masks is None:
-            self._masks = np.stack([self.mask(i) for i in range(len(self.scores))])
+            with self._lock:  # one upscaling call for all the candidates not computed yet
+                missing = [i for i in range(len(self.scores)) if i not in self._one]
+                if missing:
+                    self._one.update(zip(missing, self._upscale(missing), strict=True))
+                self._masks = np.stack([self._one[i] for i in range(len(self.scores))])
         return self._masks
 
     def mask(self, i: int) -> np.ndarray:

@@ -523,3 +523,12 @@ def test_choosing_a_model_that_needs_a_download_waits_for_load(env, qtbot):
     w._on_model_chosen()
     assert "press 'Load model' to download vit_h" in w.status.text()
     assert w.model is env.model
+
+
+def test_local_checkpoint_architecture_is_read_from_the_file(tiny_ckpt):
+    from napari_promptseg._napari.widget import _guess_registry_name
+    from napari_promptseg.models.registry import get_spec
+    from napari_promptseg.models.weights import packaged_path
+
+    assert _guess_registry_name(packaged_path(get_spec("promptseg_demo"))) == "promptseg_demo"
+    assert _guess_registry_name(tiny_ckpt) == "vit_b"  # no registry model has that width: the default

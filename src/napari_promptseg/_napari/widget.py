@@ -849,11 +849,7 @@ def _guess_registry_name(path: str) -> str:
     """The registry architecture that fits a local checkpoint (by its encoder width)."""
     from ..models.checkpoint import read_state_dict
     from ..models.registry import REGISTRY
-    from ..models.sam import SAM_ARCHS
+    from ..models.sam import arch_of
 
-    w = read_state_dict(path).get("image_encoder.patch_embed.proj.weight")
-    for name, spec in REGISTRY.items():
-        arch = SAM_ARCHS.get(spec.arch)
-        if w is not None and arch is not None and w.shape[0] == arch.encoder_embed_dim:
-            return name
-    return "vit_b"
+    arch = arch_of(read_state_dict(path))
+    return next((name for name, spec in REGISTRY.items() if spec.arch == arch), "vit_b")

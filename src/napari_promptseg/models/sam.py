@@ -119,14 +119,22 @@ def build_sam(arch: SamArch | str):
     )
 
 
+def arch_of(state: dict) -> str | None:
+    """The :data:`SAM_ARCHS` name whose encoder width matches a state dict, or None."""
+    w = state.get("image_encoder.patch_embed.proj.weight")
+    if w is None:
+        return None
+    return next((name for name, a in SAM_ARCHS.items() if w.shape[0] == a.encoder_embed_dim), None)
+
+
 def _guess_arch(state: dict) -> str:
     w = state.get("image_encoder.patch_embed.proj.weight")
     if w is None:
         return "not a SAM checkpoint (no image_encoder.patch_embed.proj.weight)"
-    for name, a in SAM_ARCHS.items():
-        if w.shape[0] == a.encoder_embed_dim:
-            return f"its encoder width {w.shape[0]} matches {name!r}"
-    return f"its encoder width is {w.shape[0]}"
+    arch = arch_of(state)
+    if arch is None:
+        return f"its encoder width is {w.shape[0]}"
+    return f"its encoder width {w.shape[0]} matches {arch!r}"
 
 
 class SamModel(PromptableModel):
