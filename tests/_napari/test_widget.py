@@ -327,12 +327,6 @@ def test_keys_pressed_on_the_canvas(env, qtbot):
     assert len(w.points_layer.data) == 0
 
 
-def test_nd_image_gets_a_clear_error(env):
-    stack = env.viewer.add_image(np.zeros((3, 20, 20), np.uint16), name="stack")
-    with pytest.raises(ValueError, match="2D"):
-        env.w.set_image(stack)
-
-
 def test_failed_model_load_is_reported_not_raised(env, qtbot, monkeypatch):
     monkeypatch.setenv("PROMPTSEG_OFFLINE", "1")
     env.w.set_model("vit_b")

@@ -119,13 +119,22 @@ def points_in_image(points_layer, image_layer) -> tuple[np.ndarray, np.ndarray]:
     return _to_image(data, points_layer, image_layer), labels
 
 
-def boxes_in_image(shapes_layer, image_layer) -> np.ndarray:
+def boxes_in_image(shapes_layer, image_layer, with_lead: bool = False):
     """Rectangles of ``shapes_layer`` as ``(B, 4)`` boxes ``(row0, col0, row1, col1)`` in the image's
-    last two data axes (the bounding box of the corners when the transforms rotate them)."""
-    boxes = []
+    last two data axes (the bounding box of the corners when the transforms rotate them).
+
+    with_lead: also return ``(B, ndim - 2)``, each box's leading image coordinates (its plane in
+    a stack: the mean over its corners, which all lie on one plane when drawn in napari)."""
+    boxes, lead = [], []
+    n = len(image_plane_shape(image_layer))
     for verts, kind in zip(shapes_layer.data, shapes_layer.shape_type, strict=True):
         if kind != "rectangle":
             continue
-        rc = _to_image(np.asarray(verts, float), shapes_layer, image_layer)[:, -2:]
+        coords = _to_image(np.asarray(verts, float), shapes_layer, image_layer)
+        rc = coords[:, -2:]
         boxes.append([rc[:, 0].min(), rc[:, 1].min(), rc[:, 0].max(), rc[:, 1].max()])
-    return np.asarray(boxes, float).reshape(-1, 4)
+        lead.append(coords[:, : n - 2].mean(0) if n > 2 else np.zeros(0))
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    if with_lead:
+        return boxes, np.asarray(lead, float).reshape(len(boxes), max(n - 2, 0))
+    return boxes

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import threading
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -32,7 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..commits import CommitHistory, commit_masks
-from ..embeddings import EmbeddingCache, embed_cached
+from ..embeddings import EmbeddingCache
 from ..interactive import bounding_box, compose_preview, decode_objects, group_prompts
 from ..prompts import inside_image
 from . import layers as L
@@ -52,11 +54,14 @@ KEYS = {
     "G": ("refine_from_preview", "refine from the painted preview"),
     "U": ("undo", "undo the last commit"),
     "Shift-U": ("redo", "redo"),
+    "P": ("propagate", "propagate through the stack"),
 }
 
 
 class PromptSegWidget(QWidget):
     """Interactive Segment Anything for one napari viewer (see the module docstring)."""
+
+    PREFETCH = 4  # planes embedded ahead in the direction the user moves through a stack
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -64,14 +69,17 @@ class PromptSegWidget(QWidget):
         # events and from the user compare by identity
         self.viewer = _unwrap(napari_viewer)
         self.model = None
-        self.embedding = None
+        self.embedding = None  # of the displayed plane
         self.image_layer = None
         self.points_layer = None
         self.boxes_layer = None
         self.preview_layer = None
-        self.predictions: list = []  # last shown Prediction per object
-        self.choices: list[int] = []  # mask index shown per object
-        self._logits: dict[int, np.ndarray] = {}  # per object: low-res logits for refinement
+        self._stack = None  # StackEmbeddings of the image (a 2D image is a stack of one plane)
+        self._slice: tuple[int, ...] = ()  # the displayed plane's index (leading axes)
+        self._move = (0, 1)  # (leading axis, direction) the user last moved along: prefetch that way
+        self._states: dict[tuple[int, ...], _SliceState] = {}  # decoded prompts per plane
+        self._active: tuple[int, ...] = ()  # plane prompted last: J and the status line act on it
+        self._propagation = None  # the running propagation worker
         self._negative = False
         self._generation = 0  # bumped by every prompt change: older decode results are stale
         self._submitted = -1  # generation of the newest decode submitted
@@ -114,6 +122,10 @@ class PromptSegWidget(QWidget):
         self.labels_combo = QComboBox()
         self.overwrite_check = QCheckBox("overwrite other objects")
         self.negative_check = QCheckBox("negative points (N)")
+        self.axis_combo = QComboBox()
+        self.min_score_spin = _spin(0.5, "stop an object when its predicted IoU falls below this")
+        self.min_overlap_spin = _spin(0.3, "stop an object when its mask overlaps its mask on the "
+                                      "previous plane less than this (IoU)")
         self.status = QLabel("Choose a model, then an image.")
         self.status.setWordWrap(True)
 
@@ -125,12 +137,15 @@ class PromptSegWidget(QWidget):
         form.addRow("commit to", self.labels_combo)
         form.addRow("", self.overwrite_check)
         form.addRow("", self.negative_check)
+        form.addRow("propagate along", self.axis_combo)
+        form.addRow("stop below score", self.min_score_spin)
+        form.addRow("stop below overlap", self.min_overlap_spin)
 
         self.buttons = {}
         grid = QGridLayout()
         specs = [("commit", "Commit (K)"), ("clear", "Clear (Q)"), ("next_mask", "Next mask (J)"),
                  ("undo", "Undo (U)"), ("redo", "Redo (Shift-U)"), ("refine_from_preview", "Refine (G)"),
-                 ("cancel", "Cancel")]
+                 ("propagate", "Propagate (P)"), ("cancel", "Cancel")]
         for i, (name, text) in enumerate(specs):
             b = QPushButton(text)
             b.clicked.connect(getattr(self, name))
@@ -163,6 +178,7 @@ class PromptSegWidget(QWidget):
         self.viewer.status = f"promptseg: {text}"
 
     def _connect_viewer(self) -> None:
+        self.viewer.dims.events.point.connect(self._on_dims)
         ev = self.viewer.layers.events
         ev.inserted.connect(self._refresh_layer_choices)
         ev.removed.connect(self._on_layer_removed)
@@ -207,8 +223,10 @@ class PromptSegWidget(QWidget):
         self._embedder.close()
         self._cancel_load = True
         self._close_pbar()
+        self.cancel_propagation()
         for key in KEYS:
             self.viewer.bind_key(key, None, overwrite=True)
+        _disconnect(self.viewer.dims.events.point, self._on_dims)
         ev = self.viewer.layers.events
         for emitter, cb in ((ev.inserted, self._refresh_layer_choices), (ev.removed, self._on_layer_removed),
                             (ev.reordered, self._refresh_layer_choices)):
@@ -246,7 +264,7 @@ class PromptSegWidget(QWidget):
             QTimer.singleShot(0, self._auto_image)  # not inside napari's layer event
 
     def _auto_image(self) -> None:
-        """Pick the active (else the first) 2D image layer when none is chosen yet."""
+        """Pick the active (else the first) image layer when none is chosen yet."""
         import napari.layers
 
         if self.image_layer is not None or self._closed:
@@ -254,7 +272,7 @@ class PromptSegWidget(QWidget):
         active = self.viewer.layers.selection.active
         candidates = ([active] if active is not None else []) + list(self.viewer.layers)
         for ly in candidates:
-            if isinstance(ly, napari.layers.Image) and len(L.image_plane_shape(ly)) == 2:
+            if isinstance(ly, napari.layers.Image) and len(L.image_plane_shape(ly)) >= 2:
                 self.set_image(ly)
                 return
 
@@ -369,18 +387,17 @@ class PromptSegWidget(QWidget):
 
     # ---------------------------------------------------------------- image and embedding
     def set_image(self, layer) -> None:
-        """Segment ``layer`` (a napari Image layer, 2D gray or RGB(A)); embedding starts at once."""
+        """Segment ``layer``: a napari Image layer, 2D or a stack ``(..., Y, X)`` (z-stack, time
+        series, T x Z), gray or RGB(A). The displayed plane is embedded at once, its neighbours
+        in the background; prompts belong to the plane they were placed on."""
         import napari.layers
 
         layer = _unwrap(layer)
         if not isinstance(layer, napari.layers.Image):
             raise TypeError(f"set_image needs a napari Image layer, got {type(layer).__name__}")
         plane = L.image_plane_shape(layer)
-        if len(plane) != 2:
-            raise ValueError(
-                f"layer {layer.name!r} has {len(plane)} spatial axes {plane}; this widget segments 2D "
-                "images (gray or RGB). Select one plane, e.g. viewer.add_image(stack[z])"
-            )
+        if len(plane) < 2:
+            raise ValueError(f"layer {layer.name!r} of shape {plane} has no 2D plane to segment")
         if self.image_layer is not None:
             self._disconnect_image(self.image_layer)
         self.image_layer = layer
@@ -391,6 +408,8 @@ class PromptSegWidget(QWidget):
         for name in _TRANSFORMS:
             getattr(layer.events, name).connect(self._on_transform)
         _set_items(self.image_combo, _items(self.image_combo), layer.name)
+        self._slice = self._displayed_slice()
+        self._refresh_axis_choices()
         self._start_embedding()
 
     def _disconnect_image(self, layer) -> None:
@@ -408,11 +427,48 @@ class PromptSegWidget(QWidget):
                 self._set_status(str(err))
 
     def _forget_embedding(self) -> None:
+        """The image, window or model changed: every embedding and decoded state is void."""
+        self._stack = None
         self.embedding = None
         self._embed_token = None
         self._generation += 1  # any decode in flight is now stale
-        self.predictions, self.choices, self._logits = [], [], {}
+        self._states.clear()
         self._commit_after_decode = False
+        self.cancel_propagation()
+
+    @property
+    def n_lead(self) -> int:
+        """Number of leading (non-plane) axes of the image: 0 for 2D, 1 for Z or T, 2 for T x Z."""
+        return len(L.image_plane_shape(self.image_layer)) - 2 if self.image_layer is not None else 0
+
+    def _displayed_slice(self) -> tuple[int, ...]:
+        """The image's plane index shown in the viewer (from the dims point through the layer's
+        transform, so a scale of (4, 1, 1) maps world z 28 to plane 7)."""
+        n = self.n_lead
+        if n == 0:
+            return ()
+        shape = L.image_plane_shape(self.image_layer)
+        data = np.asarray(self.image_layer.world_to_data(self.viewer.dims.point), float)
+        return tuple(int(np.clip(np.round(v), 0, s - 1)) for v, s in zip(data[:n], shape[:n], strict=True))
+
+    def _on_dims(self, event=None) -> None:
+        if self._closed or self.image_layer is None or self.n_lead == 0:
+            return
+        new = self._displayed_slice()
+        if new == self._slice:
+            return
+        old, self._slice = self._slice, new
+        moved = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+        if moved:
+            self._move = (moved[0], 1 if new[moved[0]] > old[moved[0]] else -1)
+        self.embedding = self._stack.cached(new) if self._stack is not None else None
+        if self._stack is None:
+            return
+        if self.embedding is None:
+            self._request_current()
+        else:
+            self._set_status(self._describe())
+            self._prefetch()
 
     def _on_contrast(self, event=None) -> None:
         data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
@@ -430,36 +486,80 @@ class PromptSegWidget(QWidget):
                 L.copy_transform(self.image_layer, ly)
 
     def _start_embedding(self) -> None:
-        from napari.utils import progress
+        """A new image, window or model: plane embeddings start again, the displayed one first.
+        One window (the layer's contrast limits) serves every plane of a stack."""
+        from ..stack import StackEmbeddings
 
         if self.model is None or self.image_layer is None or self._closed:
             if self.image_layer is not None and self.model is None:
                 self._set_status("choose a model: the image is embedded as soon as one is loaded.")
             return
-        layer, model, cache = self.image_layer, self.model, self._cache
+        layer = self.image_layer
         data = layer.data[0] if layer.multiscale else layer.data
         limits = tuple(float(v) for v in layer.contrast_limits)
-        token = self._embed_token = (object(), layer, model)
+        self._forget_embedding()
+        self._stack = StackEmbeddings(self.model, data, limits, rgb=layer.rgb, cache=self._cache,
+                                      disk=self._disk_cache())
+        self._request_current()
+
+    def _disk_cache(self):
+        return None
+
+    def _request_current(self) -> None:
+        """Embed the displayed plane (a pending prefetch is replaced: the displayed plane first)."""
+        from napari.utils import progress
+
+        layer, model, stack, idx = self.image_layer, self.model, self._stack, self._slice
+        emb = stack.cached(idx)
+        if emb is not None:
+            self._embed_token = None
+            self._embedded(emb)
+            return
+        token = self._embed_token = ("current", object(), layer, model, stack, idx)
         self._close_pbar()
-        self._embed_pbar = progress(total=0, desc=f"promptseg: embedding {layer.name}")
-        self._set_status(f"embedding {layer.name} with {model.name}{_note(model)}…")
-        # an embedding request not started yet is replaced, so encoders never pile up
-        self._embedder.submit(token, lambda: embed_cached(model, np.asarray(data), limits, cache))
+        where = f" plane {_fmt(idx)}" if idx else ""
+        self._embed_pbar = progress(total=0, desc=f"promptseg: embedding {layer.name}{where}")
+        self._set_status(f"embedding {layer.name}{where} with {model.name}{_note(model)}…")
+        # a request not started yet is replaced, so encoders never pile up
+        self._embedder.submit(token, lambda: stack.get(idx))
+
+    def _prefetch(self) -> None:
+        """Embed the next planes in the direction the user moves, one at a time, while idle."""
+        stack = self._stack
+        if (stack is None or self.n_lead == 0 or self._closed or self._propagating
+                or (self._embed_token is not None and self._embed_token[0] == "current")):
+            return
+        order = stack.prefetch_order(self._slice, *self._move, count=self.PREFETCH)
+        if not order:
+            return
+        idx = order[0]
+        token = self._embed_token = ("prefetch", object(), self.image_layer, self.model, stack, idx)
+        self._embedder.submit(token, lambda: stack.get(idx))
 
     def _on_embedded(self, token, result, error) -> None:
         if token is not self._embed_token:
-            return  # the image, window or model changed meanwhile: drop
-        self._close_pbar()
-        _, layer, model = token
-        if layer is not self.image_layer or model is not self.model:
+            return  # the image, window, model or plane changed meanwhile: drop
+        self._embed_token = None
+        kind, _, layer, model, stack, idx = token
+        if kind == "current":
+            self._close_pbar()
+        if layer is not self.image_layer or model is not self.model or stack is not self._stack:
             return
         if error is not None:
             self._set_status(f"could not embed {layer.name}: {error}")
             return
-        self.embedding = result
-        self._logits.clear()
-        self._set_status(f"{layer.name}: ready ({model.name}{_note(model)}). Click on an object.")
+        if idx == self._slice:
+            self._embedded(result)
+        else:
+            self._prefetch()
+
+    def _embedded(self, emb) -> None:
+        self.embedding = emb
+        where = f" plane {_fmt(self._slice)}" if self._slice else ""
+        self._set_status(f"{self.image_layer.name}{where}: ready ({self.model.name}{_note(self.model)}). "
+                         "Click on an object.")
         self.request_decode()
+        self._prefetch()
 
     def _close_pbar(self) -> None:
         if self._embed_pbar is not None:
@@ -467,9 +567,10 @@ class PromptSegWidget(QWidget):
             self._embed_pbar = None
 
     def cancel(self) -> None:
-        """Cancel a download/model load and drop an embedding in progress."""
+        """Cancel a download/model load, a propagation, and drop an embedding in progress."""
         self._cancel_load = True
         self._load_token = None
+        self.cancel_propagation()
         if self._embed_token is not None and self.embedding is None:
             self._embed_token = None
             self._close_pbar()
@@ -477,7 +578,7 @@ class PromptSegWidget(QWidget):
 
     @property
     def ready(self) -> bool:
-        """True when an embedding of the current image is ready for prompts."""
+        """True when the displayed plane's embedding is ready for prompts."""
         return self.embedding is not None
 
     # ---------------------------------------------------------------- layers
@@ -487,6 +588,8 @@ class PromptSegWidget(QWidget):
             return
         v, img = self.viewer, self.image_layer
         shape = L.image_plane_shape(img)
+        if self.points_layer is not None and self.points_layer.ndim != len(shape):  # another image's
+            self._drop_prompt_layers()
         if self.points_layer is None or self.points_layer not in v.layers:
             self.points_layer = L.add_points_layer(v, img)
             self.points_layer.events.data.connect(self._on_points)
@@ -508,6 +611,15 @@ class PromptSegWidget(QWidget):
         if reset:
             self._clear_prompts()
             self._on_transform()
+
+    def _drop_prompt_layers(self) -> None:
+        """Remove prompt layers made for an image of another dimensionality."""
+        for ly in (self.points_layer, self.boxes_layer):
+            if ly is not None:
+                _disconnect(ly.events.data, self._on_points if ly is self.points_layer else self._on_boxes)
+                if ly in self.viewer.layers:
+                    self.viewer.layers.remove(ly)
+        self.points_layer = self.boxes_layer = None
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -565,98 +677,169 @@ class PromptSegWidget(QWidget):
         if action.endswith("ing") or "ING" in action:
             return  # wait for the past-tense event
         if "add" not in action.lower():
-            self._logits.clear()  # a point moved or removed: the old mask is no longer this prompt's
+            self._drop_logits()  # a point moved or removed: the old mask is no longer this prompt's
         self.request_decode()
 
     def _on_boxes(self, event=None) -> None:
         action = str(getattr(event, "action", "changed"))
         if action.endswith("ing") or "ING" in action:
             return
-        self._logits.clear()
+        self._drop_logits()
         self.request_decode()
+
+    def _drop_logits(self) -> None:
+        for st in self._states.values():
+            st.logits.clear()
 
     def _on_paint(self, event=None) -> None:
         self._generation += 1  # the user painted the preview: a decode in flight must not overwrite it
         self._shown = self._generation
 
-    def current_objects(self):
-        """The objects the current prompts describe (see ``interactive.group_prompts``).
-        Points off the image and boxes that do not overlap it are left out."""
+    @property
+    def predictions(self) -> list:
+        """The last shown Prediction per object of the plane prompted last."""
+        st = self._states.get(self._active)
+        return list(st.preds) if st is not None else []
+
+    @property
+    def choices(self) -> list[int]:
+        """The mask index shown per object of the plane prompted last."""
+        st = self._states.get(self._active)
+        return list(st.choices) if st is not None else []
+
+    def _plane_prompts(self) -> dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Points ``(N, 2)``, labels ``(N,)`` and boxes ``(B, 4)`` per image plane (``()`` for 2D).
+
+        A point or box belongs to the plane given by its own coordinates (through the layers'
+        transforms), never to a global counter. Points off the image and boxes that do not
+        overlap it are left out."""
         if self.image_layer is None or self.points_layer is None or self.boxes_layer is None:
-            return []
-        h, w = L.image_plane_shape(self.image_layer)[-2:]
+            return {}
+        shape = L.image_plane_shape(self.image_layer)
+        n, (h, w) = len(shape) - 2, shape[-2:]
         pts, labels = L.points_in_image(self.points_layer, self.image_layer)
         keep = inside_image(pts[:, -2:], (h, w)) if len(pts) else np.zeros(0, bool)
-        boxes = L.boxes_in_image(self.boxes_layer, self.image_layer)
+        boxes, box_lead = L.boxes_in_image(self.boxes_layer, self.image_layer, with_lead=True)
         lo = np.maximum(boxes[:, :2], -0.5)
         hi = np.minimum(boxes[:, 2:], [h - 0.5, w - 0.5])
-        boxes = boxes[((hi - lo) > 0).all(1)]
-        return group_prompts(pts[keep][:, -2:], labels[keep], boxes)
+        bkeep = ((hi - lo) > 0).all(1)
+        p_planes, keep = _planes(pts[:, :n], shape[:n], keep)
+        b_planes, bkeep = _planes(box_lead[:, :n], shape[:n], bkeep)
+        out = {}
+        used = {p_planes[i] for i in np.flatnonzero(keep)} | {b_planes[i] for i in np.flatnonzero(bkeep)}
+        for plane in sorted(used):
+            pm = keep & np.array([q == plane for q in p_planes], bool).reshape(-1)
+            bm = bkeep & np.array([q == plane for q in b_planes], bool).reshape(-1)
+            out[plane] = (pts[pm][:, -2:], labels[pm], boxes[bm])
+        return out
+
+    def objects_by_plane(self) -> dict[tuple[int, ...], list]:
+        """The objects the prompts describe, per image plane (see :meth:`_plane_prompts`);
+        objects are grouped per plane as in ``interactive.group_prompts``."""
+        out = {}
+        for plane, (pts, labels, boxes) in self._plane_prompts().items():
+            objs = group_prompts(pts, labels, boxes)
+            if objs:
+                out[plane] = objs
+        return out
+
+    def current_objects(self):
+        """The objects prompted on the displayed plane."""
+        return self.objects_by_plane().get(self._slice, [])
 
     def request_decode(self) -> None:
-        """Decode the current prompts in the background; the preview updates when it is done."""
+        """Decode the prompts of every plane whose prompts changed, in the background; the
+        preview updates when it is done. Planes without prompts keep their preview (e.g. a
+        propagation) unless their prompts were all removed."""
         if self._closed:
             return
         self._ensure_layers()
         self._generation += 1
         gen = self._generation
-        if self.embedding is None:
-            if self.image_layer is not None and self.model is not None and self._embed_token is not None:
-                self._set_status("still embedding: your prompts are used as soon as it is ready.")
+        stack = self._stack
+        if stack is None:
             return
-        objects = self.current_objects()
-        if not objects:
-            self._show([], [], gen)
+        by_plane = self.objects_by_plane()
+        sigs = {p: _signature(objs) for p, objs in by_plane.items()}
+        changed = {p: o for p, o in by_plane.items()
+                   if p not in self._states or self._states[p].sig != sigs[p]}
+        removed = [p for p in self._states if p not in by_plane]
+        if not changed and not removed:
+            self._shown = gen
             return
-        model, emb, shape = self.model, self.embedding, tuple(self.embedding.original_size)
-        mask_inputs = dict(self._logits)
+        if (self._slice in changed and stack.cached(self._slice) is None and self._embed_token is not None
+                and self._embed_token[0] == "current"):
+            self._set_status("still embedding: your prompts are used as soon as it is ready.")
+            return  # _embedded() decodes them
+        model = self.model
+        plane_shape = L.image_plane_shape(self.image_layer)[-2:]
+        mask_inputs = {p: dict(self._states[p].logits) if p in self._states else {} for p in changed}
 
         def work():
-            preds = decode_objects(model, emb, objects, mask_inputs)
-            choices = [p.best for p in preds]
-            return preds, choices, compose_preview([p.mask(c) for p, c in zip(preds, choices, strict=True)],
-                                                   shape)
+            out = {}
+            for p, objs in changed.items():
+                emb = stack.get(p)
+                preds = decode_objects(model, emb, objs, mask_inputs[p])
+                choices = [q.best for q in preds]
+                out[p] = _SliceState(sigs[p], emb, preds, choices, {}, compose_preview(
+                    [q.mask(c) for q, c in zip(preds, choices, strict=True)], plane_shape))
+            return out, removed
 
-        self._submit(gen, emb, work)
+        self._submit(gen, stack, work)
 
-    def _submit(self, gen: int, emb, work) -> None:
+    def _submit(self, gen: int, stack, work) -> None:
         self._submitted = gen
-        self._runner.submit((gen, emb), work)
+        self._runner.submit((gen, stack), work)
 
     def _on_decoded(self, token, result, error) -> None:
-        gen, emb = token
-        if self._closed or gen != self._generation or emb is not self.embedding:
+        gen, stack = token
+        if self._closed or gen != self._generation or stack is not self._stack:
             return  # stale: the prompts, image or model changed since
         if error is not None:
             self._commit_after_decode = False
             self._set_status(f"decode failed: {error}")
             return
-        preds, choices, preview = result
-        self._show(preds, choices, gen, preview)
-        if any(len(p.scores) > 1 for p in preds):  # the other candidates, for J, off the UI thread
+        states, removed = result
+        for p in removed:
+            self._states.pop(p, None)
+            self._write_planes({p: None})
+        for p, st in states.items():
+            st.logits = {i: q.logits[c] for i, (q, c) in enumerate(zip(st.preds, st.choices, strict=True))}
+            self._states[p] = st
+        self._write_planes({p: st.plane for p, st in states.items()})
+        if states:
+            self._active = self._slice if self._slice in states else max(states)
+        self._shown = gen
+        self._set_status(self._describe())
+        preds = [q for st in states.values() for q in st.preds]
+        if any(len(q.scores) > 1 for q in preds):  # the other candidates, for J, off the UI thread
             threading.Thread(target=_candidates, args=(preds,), daemon=True).start()
         if self._commit_after_decode:
             self._commit_after_decode = False
             self.commit()
 
-    def _show(self, preds, choices, gen, preview=None) -> None:
-        if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
+    def _write_planes(self, planes: dict) -> None:
+        """Write ``{plane index: (H, W) preview or None (= empty)}`` into the preview layer."""
+        ly = self.preview_layer
+        if ly is None or ly not in self.viewer.layers or not planes:
             return
-        self.predictions, self.choices = list(preds), list(choices)
-        self._logits = {i: p.logits[c] for i, (p, c) in enumerate(zip(preds, choices, strict=True))}
-        if preview is None:
-            preview = compose_preview([p.mask(c) for p, c in zip(preds, choices, strict=True)],
-                                      self.preview_layer.data.shape)
-        self.preview_layer.data = preview
-        self._shown = gen
-        self._set_status(self._describe())
+        if () in planes:  # 2D: a new array is the fastest update
+            p = planes[()]
+            ly.data = p if p is not None else np.zeros_like(ly.data)
+            return
+        data = ly.data
+        for p, plane in planes.items():
+            data[p] = 0 if plane is None else plane
+        ly.refresh()
 
     def _describe(self) -> str:
-        if not self.predictions:
+        preds, choices = self.predictions, self.choices
+        if not preds:
             model = f" ({self.model.name}{_note(self.model)})" if self.model is not None else ""
-            return f"ready{model}: click on an object (Shift-click: background) or draw a box."
+            where = f" on plane {_fmt(self._slice)}" if self._slice else ""
+            return f"ready{model}{where}: click on an object (Shift-click: background) or draw a box."
         parts = []
-        for p, c in zip(self.predictions, self.choices, strict=True):
+        for p, c in zip(preds, choices, strict=True):
             if len(p.scores) > 1:
                 order = np.argsort(-p.scores)
                 parts.append("masks " + " ".join(
@@ -664,49 +847,185 @@ class PromptSegWidget(QWidget):
                 ) + " (J: next)")
             else:
                 parts.append(f"score {p.scores[0]:.2f}")
-        n = len(self.predictions)
-        return f"{n} object{'s' * (n > 1)}: " + "; ".join(parts) + ". K: commit."
+        n = len(preds)
+        where = f" on plane {_fmt(self._active)}" if self._active else ""
+        return f"{n} object{'s' * (n > 1)}{where}: " + "; ".join(parts) + ". K: commit."
 
     def next_mask(self) -> None:
-        """Show the next candidate mask (by score) of each ambiguous object."""
-        if not any(len(p.scores) > 1 for p in self.predictions):
+        """Show the next candidate mask (by score) of each ambiguous object of the plane
+        prompted last."""
+        st = self._states.get(self._active)
+        if st is None or not any(len(p.scores) > 1 for p in st.preds):
             self._set_status("only one candidate mask: add a point or a box to change it.")
             return
         choices = []
-        for p, c in zip(self.predictions, self.choices, strict=True):
+        for p, c in zip(st.preds, st.choices, strict=True):
             order = list(np.argsort(-p.scores))
             choices.append(int(order[(order.index(c) + 1) % len(order)]))
         # not a new prompt state: a decode in flight for newer prompts still lands
-        self._show(self.predictions, choices, self._shown)
+        st.choices = choices
+        st.logits = {i: q.logits[c] for i, (q, c) in enumerate(zip(st.preds, choices, strict=True))}
+        masks = [q.mask(c) for q, c in zip(st.preds, choices, strict=True)]
+        st.plane = compose_preview(masks, st.plane.shape)
+        self._write_planes({self._active: st.plane})
+        self._set_status(self._describe())
 
     def refine_from_preview(self) -> None:
-        """Use each object of the (painted) preview as a mask prompt, with its bounding box and
-        the points inside that box (all points when there is one object)."""
+        """Use each object of the displayed plane's (painted) preview as a mask prompt, with its
+        bounding box and the points inside that box (all points when there is one object)."""
         if self.embedding is None or self.preview_layer is None or self._closed:
             return
-        preview = np.asarray(self.preview_layer.data)
+        p = self._slice
+        preview = np.array(self.preview_layer.data[p] if p else self.preview_layer.data)
         ids = _ids(preview)
         if not ids:
             self._set_status("the preview is empty: paint the object into it first.")
             return
         masks = [preview == i for i in ids]
         boxes = np.array([bounding_box(m) for m in masks])
-        if self.points_layer is not None and self.image_layer is not None:
-            pts, labels = L.points_in_image(self.points_layer, self.image_layer)
-            keep = inside_image(pts[:, -2:], preview.shape) if len(pts) else np.zeros(0, bool)
-            pts, labels = pts[keep][:, -2:], labels[keep]
-        else:
-            pts, labels = np.zeros((0, 2)), np.zeros(0, np.int32)
+        pts, labels, _ = self._plane_prompts().get(p, (np.zeros((0, 2)), np.zeros(0, np.int32), None))
         objects = group_prompts(pts, labels, boxes)
         self._generation += 1
-        model, emb = self.model, self.embedding
+        model, emb, stack = self.model, self.embedding, self._stack
+        sig = _signature(self.current_objects())
 
         def work():
             mask_inputs = {i: model.mask_prompt(emb, m) for i, m in enumerate(masks)}
             preds = decode_objects(model, emb, objects, mask_inputs)
-            return preds, [0] * len(preds), compose_preview([p.mask(0) for p in preds], preview.shape)
+            st = _SliceState(sig, emb, preds, [0] * len(preds), {},
+                             compose_preview([q.mask(0) for q in preds], preview.shape))
+            return {p: st}, []
 
-        self._submit(self._generation, emb, work)
+        self._submit(self._generation, stack, work)
+
+    # ---------------------------------------------------------------- propagation (stacks)
+    def _refresh_axis_choices(self) -> None:
+        """List the image's leading axes by the viewer's axis labels; default z, else t, else the
+        axis next to the plane."""
+        n = self.n_lead
+        labels = list(self.viewer.dims.axis_labels)[-(n + 2):][:n] if n else []
+        names = [f"{lab} (axis {i})" for i, lab in enumerate(labels)]
+        low = [str(lab).lower() for lab in labels]
+        default = next((low.index(k) for k in ("z", "t", "time", "frame") if k in low), n - 1)
+        _set_items(self.axis_combo, names, names[default] if names else None)
+        self.axis_combo.setEnabled(n > 1)
+        self.buttons["propagate"].setEnabled(n > 0)
+
+    @property
+    def propagation_axis(self) -> int:
+        """The leading axis (0 = first) along which objects are propagated."""
+        return max(0, self.axis_combo.currentIndex())
+
+    @property
+    def _propagating(self) -> bool:
+        return self._propagation is not None
+
+    def propagate(self) -> None:
+        """Propagate the objects of the prompted planes through the stack along the chosen axis,
+        both ways from every prompted plane (between two prompted planes from both ends), into
+        the preview; a running propagation is cancelled first. Commit (K) keeps the result.
+
+        Objects are matched across planes by their order on each plane (the first box or
+        point-group of plane 10 and of plane 30 are the same object)."""
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        from ..propagate import propagate_iter
+
+        if self._closed or self.image_layer is None:
+            return
+        if self.n_lead == 0:
+            self._set_status("propagation needs a z-stack or a time series; this image is 2D.")
+            return
+        if self._stack is None:
+            self._set_status("choose a model first.")
+            return
+        if self._submitted == self._generation and self._shown != self._generation:
+            self._set_status("the newest prompts are still being decoded: propagate again when they show.")
+            return
+        self.cancel_propagation()
+        axis, here, stack = self.propagation_axis, self._slice, self._stack
+        line = set(stack.line(here, axis))
+        preview = self.preview_layer.data
+        seeds = {}
+        for p in self._states:
+            if p in line:
+                plane = np.asarray(preview[p])
+                objs = {i: plane == i for i in _ids(plane)}
+                if objs:
+                    seeds[p[axis]] = objs
+        if not seeds:
+            self._set_status("prompt an object on at least one plane of this stack first.")
+            return
+
+        def plane_of(k: int) -> tuple[int, ...]:
+            idx = list(here)
+            idx[axis] = k
+            return tuple(idx)
+
+        kwargs = {"min_score": self.min_score_spin.value(), "min_overlap": self.min_overlap_spin.value()}
+        model, n = self.model, stack.lead_shape[axis]
+
+        @thread_worker
+        def run():
+            yield from propagate_iter(model, lambda k: stack.get(plane_of(k)), n, seeds, **kwargs)
+
+        worker = run()
+        pbar = progress(total=n, desc="promptseg: propagating")
+        self._propagation = worker
+        token = worker
+
+        def on_step(res):
+            if self._propagation is not token or self._closed:
+                return
+            plane = np.zeros(preview.shape[-2:], np.uint8)
+            for oid, m in sorted(res.masks.items()):
+                plane[m & (plane == 0)] = oid
+            target = self.target_labels(create=False)
+            keep_committed = not self.overwrite_check.isChecked()
+            if target is not None and keep_committed and target.data.shape == preview.shape:
+                plane[np.asarray(target.data[plane_of(res.index)]) != 0] = 0  # committed objects stay
+            self._write_planes({plane_of(res.index): plane})
+            pbar.total = max(res.total, 1)
+            pbar.n = min(res.done, pbar.total)
+            pbar.refresh()
+            self._set_status(f"propagating: {res.done} / {res.total} planes (Cancel stops; K commits).")
+
+        def on_done(*args):
+            pbar.close()
+            if self._propagation is token:
+                self._propagation = None
+                self._set_status("propagation done: check the planes, correct any plane with points "
+                                 "and press P again; K commits.")
+                self._prefetch()
+
+        def on_error(err):
+            if self._propagation is token:
+                self._set_status(f"propagation failed: {err}")
+
+        worker.yielded.connect(on_step)
+        worker.errored.connect(on_error)
+        worker.finished.connect(on_done)
+        where = ", ".join(map(str, sorted(seeds)))
+        self._set_status(f"propagating from plane{'s' * (len(seeds) > 1)} {where}…")
+        worker.start()
+
+    def cancel_propagation(self) -> None:
+        """Stop a running propagation; the planes it finished stay in the preview."""
+        worker, self._propagation = getattr(self, "_propagation", None), None
+        if worker is not None:
+            worker.quit()
+
+    def wait_propagation(self, timeout: float = 60.0) -> None:
+        """Block until the propagation ends (scripts and tests; processes Qt events)."""
+        import time
+
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self._propagation is not None and time.monotonic() < end:
+            QApplication.processEvents()
+            time.sleep(0.01)
 
     # ---------------------------------------------------------------- commit, undo, clear
     def _clear_prompts(self) -> None:
@@ -714,10 +1033,15 @@ class PromptSegWidget(QWidget):
             self.points_layer.data = np.zeros((0, self.points_layer.ndim))
         if self.boxes_layer is not None and len(self.boxes_layer.data):
             self.boxes_layer.data = []
-        self._logits.clear()
+        self.cancel_propagation()
+        self._states.clear()
         self._commit_after_decode = False
         self._generation += 1
-        self._show([], [], self._generation)
+        self._shown = self._generation
+        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
+            if self.preview_layer.data.any():
+                self.preview_layer.data = np.zeros_like(self.preview_layer.data)
+        self._set_status(self._describe())
 
     def clear(self) -> None:
         """Remove the prompts and the preview (nothing committed changes)."""
@@ -732,6 +1056,9 @@ class PromptSegWidget(QWidget):
         Returns the new ids (``()`` when nothing was written now).
         """
         if self.preview_layer is None or self.image_layer is None or self._closed:
+            return ()
+        if self._propagating:
+            self._set_status("a propagation is running: wait for it or press Cancel, then commit.")
             return ()
         if self._submitted == self._generation and self._shown != self._generation:
             self._commit_after_decode = True  # commit what the newest prompts give, not older
@@ -801,6 +1128,49 @@ class PromptSegWidget(QWidget):
 
 
 _TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
+
+
+@dataclass
+class _SliceState:
+    """What the prompts of one plane decoded to (``sig`` identifies those prompts)."""
+
+    sig: bytes
+    embedding: object
+    preds: list
+    choices: list[int]
+    logits: dict[int, np.ndarray]  # per object: low-res logits of the shown mask, for refinement
+    plane: np.ndarray  # (H, W) uint8 preview of this plane
+
+
+def _signature(objects) -> bytes:
+    """Bytes that change whenever the objects' points, labels or boxes change."""
+    parts = []
+    for o in objects:
+        parts += [np.asarray(o.points, np.float64).tobytes(), b"|", np.asarray(o.labels, np.int32).tobytes(),
+                  b"|", b"-" if o.box is None else np.asarray(o.box, np.float64).tobytes(), b";"]
+    return b"".join(parts)
+
+
+def _planes(lead: np.ndarray, lead_shape, keep: np.ndarray) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Plane index per row of leading coordinates (rounded); rows outside the stack are dropped
+    from ``keep``."""
+    idx = np.round(np.asarray(lead, float)).astype(int).reshape(len(keep), len(lead_shape))
+    inside = ((idx >= 0) & (idx < np.asarray(lead_shape, int))).all(1)  # all() of no axes: True
+    return [tuple(int(v) for v in row) for row in idx], keep & inside
+
+
+def _spin(value: float, tip: str) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(0.0, 1.0)
+    box.setSingleStep(0.05)
+    box.setDecimals(2)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+def _fmt(index: tuple[int, ...]) -> str:
+    return ", ".join(map(str, index))
 
 
 def _ids(labels: np.ndarray) -> list[int]:

@@ -1,0 +1,145 @@
+"""Lazy, cached embeddings of the 2D planes of a stack (z-stack, time series, T x Z, RGB frames).
+
+Nothing is embedded up front: :meth:`StackEmbeddings.get` encodes one plane when it is first
+asked for (the plane the user looks at), and :meth:`StackEmbeddings.prefetch_order` says which
+neighbours to encode next, in the direction the user is moving. One intensity window is used
+for the whole stack, never one per plane, so intensities do not jump between slices.
+
+Plane indices are tuples of the leading (non-plane) data axes: ``(z,)`` for ``(Z, Y, X)``,
+``(t, z)`` for ``(T, Z, Y, X)``, ``()`` for a 2D image.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from .embeddings import EmbeddingCache, embed_cached
+from .image import intensity_window
+from .results import Embedding
+
+__all__ = ["StackEmbeddings", "stack_window"]
+
+_WINDOW_PLANES = 16  # planes sampled for the default window of a large stack
+
+
+def stack_window(stack, rgb: bool = False) -> tuple[float, float] | None:
+    """One robust ``(lo, hi)`` window for a whole stack ``(..., H, W[, C])`` (None for uint8/bool).
+
+    Samples up to 16 evenly spaced planes, so a lazy (dask/zarr) stack is not read entirely.
+    """
+    dtype = np.dtype(stack.dtype)
+    if dtype in (np.uint8, np.bool_):
+        return None
+    lead = tuple(stack.shape[: stack.ndim - (3 if rgb else 2)])
+    n = int(np.prod(lead)) if lead else 1
+    if n <= _WINDOW_PLANES:
+        return intensity_window(np.asarray(stack))
+    picks = np.unique(np.linspace(0, n - 1, _WINDOW_PLANES).round().astype(int))
+    planes = [np.asarray(stack[np.unravel_index(i, lead)]) for i in picks]
+    return intensity_window(np.stack(planes))
+
+
+class StackEmbeddings:
+    """Embeddings of the planes of ``stack``, computed on demand, thread-safe.
+
+    stack: array-like ``(..., H, W)``, or ``(..., H, W, 3|4)`` with ``rgb=True`` (numpy, dask,
+    zarr: planes are read one at a time). window: ``(lo, hi)`` for every plane (default
+    :func:`stack_window`). cache: a shared pixel-keyed :class:`EmbeddingCache` (optional);
+    disk: an on-disk cache passed to :func:`embed_cached` (optional). ``max_items`` embeddings
+    are kept in memory by plane index (least recently used dropped).
+    """
+
+    def __init__(self, model, stack, window: tuple[float, float] | None = None, *, rgb: bool = False,
+                 cache: EmbeddingCache | None = None, disk=None, max_items: int = 16) -> None:
+        if stack.ndim < (3 if rgb else 2):
+            raise ValueError(f"stack of shape {stack.shape} has no {'RGB ' if rgb else ''}plane")
+        self.model, self.stack, self.rgb = model, stack, rgb
+        self.window = stack_window(stack, rgb) if window is None else window
+        self.cache, self.disk, self.max_items = cache, disk, max_items
+        self.lead_shape = tuple(stack.shape[: stack.ndim - (3 if rgb else 2)])
+        self._mem: OrderedDict[tuple, Embedding] = OrderedDict()
+        self._inflight: dict[tuple, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.computed = 0  # planes encoded (or read from a cache) by this object
+
+    def index(self, index) -> tuple[int, ...]:
+        """``index`` as a tuple of ints, checked against the leading shape."""
+        idx = tuple(int(i) for i in np.atleast_1d(index)) if self.lead_shape else ()
+        if len(idx) != len(self.lead_shape) or any(
+            not 0 <= i < n for i, n in zip(idx, self.lead_shape, strict=True)
+        ):
+            raise IndexError(f"plane index {index!r} is outside the stack's leading shape {self.lead_shape}")
+        return idx
+
+    def plane(self, index) -> np.ndarray:
+        """The raw plane ``(H, W)`` or ``(H, W, C)`` at ``index``."""
+        return np.asarray(self.stack[self.index(index)])
+
+    def cached(self, index) -> Embedding | None:
+        """The plane's embedding if it is in memory (never computes)."""
+        idx = self.index(index)
+        with self._lock:
+            emb = self._mem.get(idx)
+            if emb is not None:
+                self._mem.move_to_end(idx)
+            return emb
+
+    def get(self, index) -> Embedding:
+        """The plane's embedding, computed (or read from the caches) once; concurrent callers
+        asking for the same plane wait for that one computation."""
+        idx = self.index(index)
+        while True:
+            with self._lock:
+                emb = self._mem.get(idx)
+                if emb is not None:
+                    self._mem.move_to_end(idx)
+                    return emb
+                event = self._inflight.get(idx)
+                owner = event is None
+                if owner:
+                    event = self._inflight[idx] = threading.Event()
+            if not owner:
+                event.wait()
+                continue  # computed (or failed: then this caller tries itself)
+            try:
+                kwargs = {"disk": self.disk} if self.disk is not None else {}
+                emb = embed_cached(self.model, self.plane(idx), self.window, self.cache, **kwargs)
+                with self._lock:
+                    self._mem[idx] = emb
+                    self.computed += 1
+                    while len(self._mem) > self.max_items:
+                        self._mem.popitem(last=False)
+                return emb
+            finally:
+                with self._lock:
+                    self._inflight.pop(idx, None)
+                event.set()
+
+    def prefetch_order(self, index, axis: int = 0, direction: int = 1, count: int = 4,
+                       behind: int = 1) -> list[tuple[int, ...]]:
+        """Planes to embed next around ``index``: ``count`` ahead along leading ``axis`` in
+        ``direction`` (+1/-1), then ``behind`` the other way; planes in memory are skipped."""
+        idx = list(self.index(index))
+        if not idx:
+            return []
+        n = self.lead_shape[axis]
+        step = 1 if direction >= 0 else -1
+        offsets = [step * k for k in range(1, count + 1)] + [-step * k for k in range(1, behind + 1)]
+        out = []
+        for off in offsets:
+            k = idx[axis] + off
+            if 0 <= k < n:
+                cand = tuple(idx[:axis] + [k] + idx[axis + 1:])
+                with self._lock:
+                    if cand not in self._mem and cand not in self._inflight:
+                        out.append(cand)
+        return out
+
+    def line(self, index, axis: int) -> Sequence[tuple[int, ...]]:
+        """All plane indices that share ``index``'s other leading coordinates, along ``axis``."""
+        idx = list(self.index(index))
+        return [tuple(idx[:axis] + [k] + idx[axis + 1:]) for k in range(self.lead_shape[axis])]
