@@ -15,6 +15,7 @@ and recomputed by the caller. zarr (and torch, for torch features) are imported 
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -216,10 +217,11 @@ class DiskCache:
                 self._write(tmp, key, embedding)
                 try:
                     os.rename(tmp, path)
-                except OSError:
-                    if not path.is_dir():
+                except OSError as e:
+                    # another writer won the race (its entry may even be evicted by now): keep
+                    # theirs, drop ours (finally)
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) and not path.is_dir():
                         raise
-                    # another writer won the race: keep theirs, drop ours (finally)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a rename
         try:
