@@ -114,6 +114,7 @@ class DiskCache:
         if dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be 'float16' or 'float32', not {dtype!r}")
         self.dtype = dtype
+        self._sizes: dict[str, int] = {}  # entries never change once written: sizes are remembered
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.root)!r}, max_bytes={self.max_bytes}, dtype={self.dtype!r})"
@@ -279,7 +280,7 @@ class DiskCache:
     def _scan(self) -> tuple[list[tuple[float, int, str, str]], int]:
         """(entries as (mtime, bytes, key, path), bytes of everything under the root); removes
         temporary folders that crashed writers left behind."""
-        entries, total, now = [], 0, time.time()
+        entries, total, now, sizes = [], 0, time.time(), {}
         try:
             it = list(os.scandir(self.root))
         except OSError:
@@ -292,16 +293,17 @@ class DiskCache:
                 mtime = e.stat(follow_symlinks=False).st_mtime
             except OSError:
                 continue
-            size = _tree_bytes(e.path)
             if e.name.startswith((".tmp-", ".trash-")):
                 if now - mtime > _STALE_S:
                     shutil.rmtree(e.path, ignore_errors=True)
                 else:
-                    total += size
+                    total += _tree_bytes(e.path)
                 continue
+            size = sizes[e.name] = self._sizes.get(e.name) or _tree_bytes(e.path)
             total += size
             if _KEY.fullmatch(e.name):
                 entries.append((mtime, size, e.name, e.path))
+        self._sizes = sizes
         return entries, total
 
     def size_bytes(self) -> int:
@@ -328,6 +330,7 @@ class DiskCache:
 
     def _discard(self, path: Path) -> None:
         """Remove an entry: renamed away first (atomic), so readers never see half of it."""
+        self._sizes.pop(path.name, None)
         trash = self.root / f".trash-{uuid.uuid4().hex}"
         try:
             os.rename(path, trash)
