@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .disk_cache import CacheWarning, DiskCache
 from .models import ModelSpec, PromptableModel, list_models, load_model
 from .models.weights import default_model_name
 from .prompts import Prompt
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
-    "default_model_name", "finetune",
+    "default_model_name", "finetune", "DiskCache", "CacheWarning",
 ]
 
 

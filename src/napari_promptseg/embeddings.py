@@ -1,21 +1,25 @@
-"""Embedding cache keyed by what went into the model (never by layer names or object ids).
+"""Embedding caches keyed by what went into the model (never by layer names or object ids).
 
 The key hashes the model-input pixels (the uint8 RGB image after the intensity window) with the
 model name, checkpoint id and preprocessing version, so a changed image, window or model never
-reuses a stale embedding.
+reuses a stale embedding. Two levels: :class:`EmbeddingCache` in memory (a few embeddings, on the
+model's device) and :class:`~napari_promptseg.disk_cache.DiskCache` on disk (bounded by bytes,
+shared by processes).
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 
+from .disk_cache import CacheWarning, DiskCache
 from .image import to_rgb_uint8
 from .results import Embedding
 
-__all__ = ["embedding_key", "EmbeddingCache", "embed_cached"]
+__all__ = ["embedding_key", "EmbeddingCache", "embed_cached", "DiskCache", "CacheWarning"]
 
 
 def embedding_key(model, rgb: np.ndarray) -> str:
@@ -54,14 +58,36 @@ class EmbeddingCache:
         return len(self._items)
 
 
-def embed_cached(model, image, contrast_limits=None, cache: EmbeddingCache | None = None) -> Embedding:
-    """``model.embed(image, contrast_limits)``, reusing ``cache`` when the same pixels were encoded."""
+def embed_cached(
+    model,
+    image,
+    contrast_limits=None,
+    cache: EmbeddingCache | None = None,
+    disk: DiskCache | None = None,
+) -> Embedding:
+    """``model.embed(image, contrast_limits)``, reusing an embedding of the same model input.
+
+    Looks in the memory ``cache`` first, then in the ``disk`` cache (loaded onto
+    ``model.device``), else encodes; a new embedding is stored in both. A disk cache that cannot
+    be written (full, read-only) is reported with a :class:`CacheWarning` and skipped.
+    """
     rgb = to_rgb_uint8(image, contrast_limits)
-    if cache is None:
+    if cache is None and disk is None:
         return model.embed(rgb)
     key = embedding_key(model, rgb)
-    emb = cache.get(key)
+    emb = None if cache is None else cache.get(key)
+    if emb is not None:
+        return emb
+    if disk is not None:
+        emb = disk.get(key, device=model.device, model=model)
     if emb is None:
         emb = model.embed(rgb)  # uint8 RGB goes to the model unchanged
+        if disk is not None:
+            try:
+                disk.put(key, emb)
+            except OSError as e:
+                warnings.warn(f"could not write the embedding to the disk cache {disk.root}: {e}",
+                              CacheWarning, stacklevel=2)
+    if cache is not None:
         cache.put(key, emb)
     return emb
