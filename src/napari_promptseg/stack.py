@@ -21,7 +21,7 @@ from .embeddings import EmbeddingCache, embed_cached
 from .image import intensity_window
 from .results import Embedding
 
-__all__ = ["StackEmbeddings", "stack_window"]
+__all__ = ["StackEmbeddings", "stack_window", "embed_stack_iter"]
 
 _WINDOW_PLANES = 16  # planes sampled for the default window of a large stack
 
@@ -143,3 +143,24 @@ class StackEmbeddings:
         """All plane indices that share ``index``'s other leading coordinates, along ``axis``."""
         idx = list(self.index(index))
         return [tuple(idx[:axis] + [k] + idx[axis + 1:]) for k in range(self.lead_shape[axis])]
+
+
+def embed_stack_iter(model, stack, window: tuple[float, float] | None = None, *, rgb: bool = False,
+                     disk=None, planes=None):
+    """Embed every plane of ``stack`` into the disk cache, one at a time; yields ``(done, total)``.
+
+    For clusters and overnight runs: the embeddings stream to ``disk`` (a
+    :class:`~napari_promptseg.embeddings.DiskCache`, default: the user cache), nothing is held in
+    memory beyond one plane, and planes already on disk are skipped, so an interrupted run
+    resumes where it stopped. Opening the same data with the same model and window later (in
+    napari or the API) finds every plane at once. planes: the plane indices to embed (default all).
+    """
+    from .embeddings import DiskCache
+
+    disk = DiskCache() if disk is None else disk
+    emb = StackEmbeddings(model, stack, window, rgb=rgb, disk=disk, max_items=1)
+    todo = [tuple(int(v) for v in np.atleast_1d(i)) for i in planes] if planes is not None else list(
+        np.ndindex(*emb.lead_shape))
+    for done, idx in enumerate(todo, 1):
+        emb.get(idx)
+        yield done, len(todo)

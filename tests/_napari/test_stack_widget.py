@@ -209,3 +209,19 @@ def test_cancel_mid_propagation_keeps_labels_and_a_consistent_preview(make_napar
     for z in np.flatnonzero(done):  # every written plane is whole
         np.testing.assert_array_equal(preview[z] > 0, truth[z] == 1)
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_reopening_a_stack_uses_the_disk_cache(make_napari_viewer, qtbot):
+    img, truth = sphere_stack(n=8)
+    first = ComponentModel()
+    viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=first)
+    qtbot.waitUntil(lambda: first.embed_calls >= 2 and not w._embedder.busy, timeout=10000)
+    n_first = first.embed_calls
+    second = ComponentModel()  # a second viewer (or a new session) with the same model
+    viewer2, layer2, w2, _ = open_stack(make_napari_viewer, qtbot, img, model=second)
+    qtbot.waitUntil(lambda: not w2._embedder.busy, timeout=10000)
+    assert n_first >= 2 and second.embed_calls == 0  # every plane the first one embedded: from disk
+    click(w2.points_layer, (w2._slice[0], 60, 80))
+    settle(qtbot, w2)
+    z = w2._slice[0]
+    np.testing.assert_array_equal(np.asarray(w2.preview_layer.data)[z] > 0, truth[z] == 1)

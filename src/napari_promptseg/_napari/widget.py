@@ -93,6 +93,7 @@ class PromptSegWidget(QWidget):
         self._had_parent = False
         self._closed = False
         self._cache = EmbeddingCache(8)
+        self._disk = None  # DiskCache, created on first use
         self._histories: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._runner = LatestOnlyRunner(self)
         self._runner.finished.connect(self._on_decoded)
@@ -503,7 +504,16 @@ class PromptSegWidget(QWidget):
         self._request_current()
 
     def _disk_cache(self):
-        return None
+        """The shared on-disk embedding cache (``PROMPTSEG_EMBED_CACHE_GB=0`` turns it off)."""
+        import os
+
+        from ..embeddings import DiskCache
+
+        if os.environ.get("PROMPTSEG_EMBED_CACHE_GB", "").strip() in ("0", "0.0"):
+            return None
+        if self._disk is None:
+            self._disk = DiskCache()
+        return self._disk
 
     def _request_current(self) -> None:
         """Embed the displayed plane (a pending prefetch is replaced: the displayed plane first)."""
