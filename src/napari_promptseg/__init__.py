@@ -8,6 +8,7 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> pred = model.predict(emb, points=[[120, 340]])  # (row, col)
 >>> mask = pred.masks[pred.best]                    # (H, W) bool
 >>> ps.load_model("promptseg_demo")                 # small model shipped in the package: offline
+>>> labels = ps.propagate(model, stack, {12: seed_labels})  # through a z-stack or video
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from .models import ModelSpec, PromptableModel, list_models, load_model
 from .models.weights import default_model_name
 from .prompts import Prompt
+from .propagate import SliceResult, propagate, propagate_iter  # light: numpy only at import
 from .results import Embedding, Prediction
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
-    "default_model_name", "finetune",
+    "default_model_name", "finetune", "propagate", "propagate_iter", "SliceResult",
 ]
 
 
