@@ -73,12 +73,13 @@ def first_mask(model, stack, disk, plane: int) -> float:
     return time.perf_counter() - t
 
 
-def official_propagation(predictor, embs, seed_mask, n: int) -> float:
-    """The same strategy as ours (box of the previous mask + its logits), SamPredictor.predict."""
+def official_propagation(predictor, model, embs, seed_mask, n: int) -> float:
+    """The same strategy as ours (box of the previous mask + its logits, the seed's logits from
+    ``mask_prompt``), decoded by SamPredictor.predict."""
     from napari_promptseg.propagate import _bbox
 
     t = time.perf_counter()
-    mask, logits = seed_mask, None
+    mask, logits = seed_mask, model.mask_prompt(embs[0], seed_mask)
     for k in range(n):
         e = embs[k]
         predictor.features = e.features["image_embed"]
@@ -86,7 +87,7 @@ def official_propagation(predictor, embs, seed_mask, n: int) -> float:
         predictor.is_image_set = True
         r0, c0, r1, c1 = _bbox(mask)
         masks, scores, low = predictor.predict(
-            box=np.array([c0, r0, c1, r1]), mask_input=None if logits is None else logits[None],
+            box=np.array([c0, r0, c1, r1]), mask_input=logits[None],
             multimask_output=False)
         if masks[0].any():
             mask, logits = masks[0], low[0]
@@ -166,7 +167,8 @@ def main(argv=None) -> None:
     # warm disk cache: new StackEmbeddings objects (nothing in memory), same disk
     warm = [first_mask(model, stack, DiskCache(tmp / "cache"), args.depth // 2) for _ in range(args.repeats)]
     t_warm = statistics.median(warm)
-    print(f"first mask, warm disk cache: {_ms(t_warm)} (all: {[round(w * 1e3) for w in warm]} ms)", flush=True)
+    print(f"first mask, warm disk cache: {_ms(t_warm)} (all: {[round(w * 1e3) for w in warm]} ms)",
+          flush=True)
 
     # propagation through args.prop cached planes
     z0 = args.depth // 2 - args.prop // 2
@@ -187,7 +189,7 @@ def main(argv=None) -> None:
         out = list(propagate_iter(model, lambda k, f=fresh: f.get(z0 + k), args.prop, {0: {1: seed_mask}},
                                   min_score=0.0, min_overlap=0.0, min_area=0))
         t_ours.append(time.perf_counter() - t)
-        t_off.append(official_propagation(predictor, embs, seed_mask, args.prop))
+        t_off.append(official_propagation(predictor, model, embs, seed_mask, args.prop))
     n_done = len(out)
     t_ours, t_off = statistics.median(t_ours), statistics.median(t_off)
     print(f"propagation through {args.prop} planes ({n_done} yielded): ours {t_ours:.2f} s, "

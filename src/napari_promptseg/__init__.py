@@ -8,6 +8,7 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> pred = model.predict(emb, points=[[120, 340]])  # (row, col)
 >>> mask = pred.masks[pred.best]                    # (H, W) bool
 >>> ps.load_model("promptseg_demo")                 # small model shipped in the package: offline
+>>> labels = ps.propagate(model, stack, {12: seed_labels})  # through a z-stack or video
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .disk_cache import CacheWarning, DiskCache
 from .models import ModelSpec, PromptableModel, list_models, load_model
 from .models.weights import default_model_name
 from .prompts import Prompt
+from .propagate import SliceResult, propagate, propagate_iter  # light: numpy only at import
 from .results import Embedding, Prediction
 
 if TYPE_CHECKING:
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
-    "default_model_name", "finetune", "DiskCache", "CacheWarning",
+    "default_model_name", "finetune", "DiskCache", "CacheWarning", "propagate", "propagate_iter",
+    "SliceResult",
 ]
 
 

@@ -22,6 +22,10 @@ def sphere_stack(n=20, shape=(120, 160), center=(10, 60, 80), radius=8.0, zscale
     return img, truth
 
 
+def iou(a, b):
+    return np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum())
+
+
 def open_stack(make_napari_viewer, qtbot, data, model=None, **kwargs):
     viewer = make_napari_viewer()
     layer = viewer.add_image(data, name="stack", **kwargs)
@@ -168,11 +172,18 @@ def test_propagation_fills_the_stack_commits_and_undoes(make_napari_viewer, qtbo
     preview = np.asarray(w.preview_layer.data)
     ball = truth == 1
     expect = ball if overwrite else ball & (before == 0)
-    np.testing.assert_array_equal(preview > 0, expect)  # stops where the ball ends, no bleeding into the bar
+    # the default prompt (box + the previous plane's low-res logits) follows the ball; the test
+    # backend's coarse logits cells shave its edges, and a tip under min_area pixels is dropped
+    assert iou(preview > 0, expect) >= 0.9
+    assert not (preview > 0)[~ball].any()  # no bleeding into the bar, nothing past the ball's end
+    planes = np.flatnonzero((preview > 0).any(axis=(1, 2)))
+    assert planes.min() <= 4 and planes.max() >= 16  # the ball spans planes 2..18
+    if not overwrite:
+        assert not preview[before > 0].any()  # the committed object is left out of the preview
     np.testing.assert_array_equal(labels.data, before)  # nothing committed yet
     ids = w.commit()
     assert len(ids) == 1
-    assert ((labels.data == ids[0]) == expect).all()  # one id for the 3D object
+    np.testing.assert_array_equal(labels.data == ids[0], preview > 0)  # one id for the 3D object
     assert (labels.data[15, 50:70, 70:90] == (ids[0] if overwrite else 9)).all()
     w.undo()
     np.testing.assert_array_equal(labels.data, before)
@@ -186,7 +197,20 @@ def test_two_prompted_planes_and_a_correction(make_napari_viewer, qtbot):
     w.propagate()
     w.wait_propagation()
     preview = np.asarray(w.preview_layer.data)
-    np.testing.assert_array_equal(preview > 0, truth == 1)
+    assert iou(preview > 0, truth == 1) >= 0.9
+    np.testing.assert_array_equal(preview[[4, 16]] > 0, truth[[4, 16]] == 1)  # prompted planes kept
+    assert not (preview > 0)[truth != 1].any()
+    # a correction: a negative point on plane 12 empties it; P again re-propagates from there
+    w.points_layer.data = np.concatenate([w.points_layer.data, [[12.0, 60, 80]]])
+    w.points_layer.features.loc[2, "label"] = 0
+    w.points_layer.events.data(value=w.points_layer.data, action="added", data_indices=(2,),
+                               vertex_indices=((),))
+    settle(qtbot, w)
+    assert not np.asarray(w.preview_layer.data)[12].any()
+    w.propagate()
+    w.wait_propagation()
+    preview = np.asarray(w.preview_layer.data)
+    assert not preview[12].any() and (preview[11] > 0).any() and (preview[13] > 0).any()
 
 
 def test_cancel_mid_propagation_keeps_labels_and_a_consistent_preview(make_napari_viewer, qtbot):

@@ -37,6 +37,7 @@ from ..commits import CommitHistory, commit_masks
 from ..embeddings import EmbeddingCache
 from ..interactive import bounding_box, compose_preview, decode_objects, group_prompts
 from ..prompts import inside_image
+from ..propagate import MIN_OVERLAP, MIN_SCORE, propagate_iter
 from . import layers as L
 from .decoding import LatestOnlyRunner
 
@@ -124,9 +125,9 @@ class PromptSegWidget(QWidget):
         self.overwrite_check = QCheckBox("overwrite other objects")
         self.negative_check = QCheckBox("negative points (N)")
         self.axis_combo = QComboBox()
-        self.min_score_spin = _spin(0.5, "stop an object when its predicted IoU falls below this")
-        self.min_overlap_spin = _spin(0.3, "stop an object when its mask overlaps its mask on the "
-                                      "previous plane less than this (IoU)")
+        self.min_score_spin = _spin(MIN_SCORE, "stop an object when its predicted IoU falls below this")
+        self.min_overlap_spin = _spin(MIN_OVERLAP, "stop an object when its mask overlaps its mask on "
+                                      "the previous plane less than this (IoU)")
         self.status = QLabel("Choose a model, then an image.")
         self.status.setWordWrap(True)
 
@@ -940,8 +941,6 @@ class PromptSegWidget(QWidget):
         from napari.qt.threading import thread_worker
         from napari.utils import progress
 
-        from ..propagate import propagate_iter
-
         if self._closed or self.image_layer is None:
             return
         if self.n_lead == 0:
@@ -973,6 +972,10 @@ class PromptSegWidget(QWidget):
             idx[axis] = k
             return tuple(idx)
 
+        for k in range(stack.lead_shape[axis]):  # the last propagation's planes go: this one refills them
+            if k not in seeds and preview[plane_of(k)].any():
+                preview[plane_of(k)] = 0
+        self.preview_layer.refresh()
         kwargs = {"min_score": self.min_score_spin.value(), "min_overlap": self.min_overlap_spin.value()}
         model, n = self.model, stack.lead_shape[axis]
 
@@ -988,7 +991,7 @@ class PromptSegWidget(QWidget):
         def on_step(res):
             if self._propagation is not token or self._closed:
                 return
-            plane = np.zeros(preview.shape[-2:], np.uint8)
+            plane = np.array(preview[plane_of(res.index)])  # a plane can come once per direction
             for oid, m in sorted(res.masks.items()):
                 plane[m & (plane == 0)] = oid
             target = self.target_labels(create=False)
