@@ -43,7 +43,6 @@ from napari_promptseg.image import to_rgb_uint8  # noqa: E402
 from napari_promptseg.models.sam import build_sam  # noqa: E402
 from napari_promptseg.stack import StackEmbeddings  # noqa: E402
 
-
 R = 0.03  # the object's largest radius, as a fraction of the plane (nucleus-sized at 1024²)
 
 
