@@ -249,3 +249,35 @@ def test_reopening_a_stack_uses_the_disk_cache(make_napari_viewer, qtbot):
     settle(qtbot, w2)
     z = w2._slice[0]
     np.testing.assert_array_equal(np.asarray(w2.preview_layer.data)[z] > 0, truth[z] == 1)
+
+
+def test_stack_demo_with_the_trained_model_end_to_end(make_napari_viewer, qtbot):
+    """The z-stack sample, the packaged demo model, one click on the middle plane, P, K."""
+    from scipy import ndimage as ndi
+
+    from napari_promptseg._napari.demo import open_demo
+    from napari_promptseg.sample import STACK_SCALE, nuclei_stack
+
+    viewer = make_napari_viewer()
+    w = open_demo(viewer, model="promptseg_demo", stack=True)
+    qtbot.waitUntil(lambda: w.ready, timeout=60000)
+    _, truth = nuclei_stack()
+    layer = viewer.layers["nuclei stack"]
+    assert tuple(layer.scale) == STACK_SCALE and w._slice == (16,)
+    # the nucleus with the largest area on the middle plane; click its interior-most pixel
+    ids, areas = np.unique(truth[16][truth[16] > 0], return_counts=True)
+    target = int(ids[np.argmax(areas)])
+    dist = ndi.distance_transform_edt(truth[16] == target)
+    r, c = np.unravel_index(np.argmax(dist), dist.shape)
+    click(w.points_layer, (16 * STACK_SCALE[0], r, c))
+    settle(qtbot, w)
+    obj = truth == target
+    assert iou(np.asarray(w.preview_layer.data)[16] > 0, obj[16]) >= 0.6
+    w.propagate()
+    w.wait_propagation(timeout=120)
+    got = np.asarray(w.preview_layer.data) > 0
+    planes = obj.any(axis=(1, 2))
+    assert got.any(axis=(1, 2))[planes].mean() >= 0.7  # most of the nucleus' planes are reached
+    assert iou(got, obj) >= 0.5
+    ids = w.commit()
+    assert len(ids) == 1 and (w.target_labels().data == ids[0]).sum() == got.sum()

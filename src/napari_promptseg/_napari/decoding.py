@@ -40,7 +40,9 @@ class LatestOnlyRunner(QObject):
                 return
             self._busy = True
             self._idle.clear()
-        threading.Thread(target=self._loop, name="promptseg-decode", daemon=True).start()
+        # not a daemon: at exit Python waits for the running call (a daemon thread killed inside
+        # torch aborts the process: "terminate called without an active exception")
+        threading.Thread(target=self._loop, name="promptseg-worker", daemon=False).start()
 
     def _loop(self) -> None:
         while True:
@@ -58,7 +60,10 @@ class LatestOnlyRunner(QObject):
                 result, error = None, err
             with self._lock:  # close() cannot slip in between the check and the emit
                 if not self._closed:
-                    self.finished.emit(token, result, error)  # queued to the UI thread
+                    try:
+                        self.finished.emit(token, result, error)  # queued to the UI thread
+                    except RuntimeError:  # the Qt object was deleted with its widget
+                        self._closed, self._pending = True, None
 
     @property
     def busy(self) -> bool:

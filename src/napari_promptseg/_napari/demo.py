@@ -12,12 +12,17 @@ __all__ = ["WIDGET_NAME", "open_demo", "main"]
 WIDGET_NAME = "Segment Anything"
 
 
-def open_demo(viewer, model: str | None = None, checkpoint=None, device: str = "auto"):
-    """Open the sample in ``viewer``, dock the widget, load ``model`` (default: the widget's
-    default, a cached registry model or else the offline demo model); return the widget."""
-    viewer.open_sample("napari-promptseg", "nuclei")
+def open_demo(viewer, model: str | None = None, checkpoint=None, device: str = "auto",
+              stack: bool = False):
+    """Open the sample in ``viewer`` (``stack``: the z-stack sample), dock the widget, load ``model``
+    (default: the widget's default, a cached registry model or else the offline demo model);
+    return the widget."""
+    viewer.open_sample("napari-promptseg", "nuclei_stack" if stack else "nuclei")
+    if stack:
+        viewer.dims.axis_labels = ("z", "y", "x")
+        viewer.dims.set_point(0, viewer.dims.range[0].stop / 2)  # the middle plane
     _, widget = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
-    widget.set_image(viewer.layers["nuclei"])
+    widget.set_image(viewer.layers["nuclei stack" if stack else "nuclei"])
     viewer.reset_view()  # the dock narrowed the canvas
     if model is not None or checkpoint is not None or device != "auto":
         from napari_promptseg.models.weights import default_model_name
@@ -34,9 +39,10 @@ def main(argv=None) -> None:
                    help="registry name (default: a model already downloaded, else the offline demo model)")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file: no download")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--stack", action="store_true", help="open the z-stack sample (propagation: P)")
     args = p.parse_args(argv)
     viewer = napari.Viewer(title="napari-promptseg demo")
-    open_demo(viewer, args.model, args.checkpoint, args.device)
+    open_demo(viewer, args.model, args.checkpoint, args.device, stack=args.stack)
     napari.run()
 
 

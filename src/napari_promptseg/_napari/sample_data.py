@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["nuclei_sample"]
+__all__ = ["nuclei_sample", "nuclei_stack_sample"]
 
 
 def nuclei_sample():
@@ -11,3 +11,11 @@ def nuclei_sample():
 
     image, _ = nuclei_image()
     return [(image, {"name": "nuclei", "colormap": "gray"}, "image")]
+
+
+def nuclei_stack_sample():
+    """A 32 x 256 x 320 uint16 z-stack of nuclei, planes 2 pixels apart (scale (2, 1, 1))."""
+    from ..sample import STACK_SCALE, nuclei_stack
+
+    image, _ = nuclei_stack()
+    return [(image, {"name": "nuclei stack", "colormap": "gray", "scale": STACK_SCALE}, "image")]

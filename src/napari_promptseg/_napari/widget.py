@@ -824,7 +824,7 @@ class PromptSegWidget(QWidget):
         self._set_status(self._describe())
         preds = [q for st in states.values() for q in st.preds]
         if any(len(q.scores) > 1 for q in preds):  # the other candidates, for J, off the UI thread
-            threading.Thread(target=_candidates, args=(preds,), daemon=True).start()
+            threading.Thread(target=_candidates, args=(preds,), daemon=False).start()
         if self._commit_after_decode:
             self._commit_after_decode = False
             self.commit()
