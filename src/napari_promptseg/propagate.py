@@ -45,20 +45,29 @@ The prompt
 For each object the next slice is prompted with the bounding box of the previous mask plus the
 previous prediction's low-res logits as ``mask_input`` (for a seed: the seed mask encoded by
 ``model.mask_prompt``), one mask (``multimask=False``, SAM practice for boxes):
-``prompt="box+logits"``, the default, with ``min_score=0.65``. Chosen by measurement
-(``benchmarks/bench_propagation_prompts.py``, tables in ``docs/benchmarks.md``) with the trained
-``promptseg_demo`` model on 9 synthetic fluorescence volumes (24 x 160 x 160 uint16; blurred
-ellipsoids that drift, touch, or are dim and end mid-stack; Poisson + Gaussian noise; 48 objects,
-each seeded with its true mask on one slice). Mean 3D IoU at min_score 0.5: point 0.872, box +
-logits 0.865, point + logits 0.863, box 0.863, box + point 0.829, box + point + logits 0.823; the
-true box on every slice (no propagation) 0.887. A single point (three candidates, the best-scoring
-kept) was best by 0.0065 +- 0.0032 (paired, 30 of 48 objects), but its predicted IoUs run lower
-than a box's, so it depends on ``min_score``: at 0.75 it stops early everywhere (IoU 0.732, 179
-slices missed) while box + logits holds (0.870, 1 missed) and runs on fewer slices past the
-objects' ends (55 instead of 82 at 0.5). At 0.65 box + logits gives 0.867 with none missed: the
-default. Box + logits also is the prompt SAM models are most reliable with on whole objects (a
-single point is ambiguous on natural images). Adding a point to the box did worst on all three
-kinds of volume (not analysed further). The other strategies stay available through ``prompt=``.
+``prompt="box+logits"``, the default, with the tight box (``box_margin=0``) and ``min_score=0.65``.
+Chosen by measurement (``benchmarks/bench_propagation_prompts.py``, tables in
+``docs/benchmarks.md``) with the trained ``promptseg_demo`` model on 9 synthetic fluorescence
+volumes (24 x 160 x 160 uint16; blurred ellipsoids that drift, touch, or are dim and end
+mid-stack; Poisson + Gaussian noise; 48 objects, each seeded with its true mask on one slice),
+at two seed positions: the object's largest slice (it only shrinks away from the seed) and the
+slice 20 % of its z extent from one end (it must grow towards its largest slice). Mean 3D IoU over
+both positions: point 0.868, point + logits 0.862, box + logits 0.860, box 0.846, box + point +
+logits 0.823, box + point 0.808; the true box on every slice (no propagation) 0.887. Seeding early
+costs box + logits 0.015 (0.852 vs 0.867), the same as a single point: the tight box does not cap
+growth with this model. A single point's predicted IoUs run lower than a box's, so it depends on
+``min_score``: at 0.75 it stops early everywhere (0.681 with early seeds) while box + logits holds
+(0.854); point + logits holds too but is not better. Box + logits also is the prompt SAM models are
+most reliable with on whole objects (a single point is ambiguous on natural images).
+
+``box_margin`` grows each side of the box by that fraction of its side plus ``BOX_MARGIN_PX``
+(2 px), clipped to the slice, so a model that keeps strictly inside a tight box can still follow a
+growing object. Measured with ``promptseg_demo`` it hurts every box strategy at both seed
+positions (box + logits, mean of both: 0.780 at 0.05, 0.746 at 0.1, 0.628 at 0.2), most for
+touching and dim objects: the model follows a loose box closely, and in propagation the mask fills
+the looser box so the next box is looser still. Hence the default 0; SAM checkpoints were not
+measured (they were trained with boxes jittered by ~10 % of the side and may tolerate a margin).
+The other strategies and margins stay available through ``prompt=`` and ``box_margin=``.
 """
 
 from __future__ import annotations
@@ -84,7 +93,8 @@ PROMPT_STRATEGIES = ("box", "box+logits", "box+point", "box+point+logits", "poin
 DEFAULT_PROMPT = "box+logits"
 
 #: Box prompts use the previous mask's box grown on each side by ``box_margin`` x its side plus
-#: ``BOX_MARGIN_PX`` pixels (see :func:`propagate_iter`), so the object can grow from slice to slice.
+#: ``BOX_MARGIN_PX`` pixels (see :func:`propagate_iter`); the default is the tight box (measured:
+#: every margin was worse with ``promptseg_demo``, see the module docstring).
 BOX_MARGIN = 0.0
 BOX_MARGIN_PX = 2.0
 
