@@ -1,7 +1,7 @@
 """Which prompt carries a mask from one slice to the next? Measured on synthetic volumes.
 
     python benchmarks/bench_propagation_prompts.py     # prints; writes its section of docs/benchmarks.md
-    python benchmarks/bench_propagation_prompts.py --no-write --volumes 1
+    python benchmarks/bench_propagation_prompts.py --no-write --volumes 1 --seed-at early
 
 Synthetic fluorescence z-stacks (uint16, 160 x 160 slices, z-step 2.5x the pixel size): blurred
 ellipsoids with Poisson (shot) and Gaussian (read) noise on a dark, unevenly lit background, like
@@ -11,11 +11,16 @@ the nuclei ``promptseg_demo`` was trained on. Three kinds of volume:
 - ``touching``: 3 pairs of ellipsoids that touch (the truth is split where their outlines meet);
 - ``dim``: 5 ellipsoids of 0.25-1x brightness and varied z extent, so objects end mid-stack.
 
-Each object is seeded with its true mask on its largest slice and propagated both ways through the
-public API (``ps.propagate``, default thresholds) with the trained ``promptseg_demo`` model, once
-per prompt strategy. Per object: the 3D IoU with the truth; "missed" counts slices where the truth
-has >= 20 px but the result nothing (stopped early), "extra" slices where the result has pixels but
-the truth nothing (did not stop).
+Each object is seeded with its true mask on one slice (``--seed-at``): ``largest``, its largest
+slice (it only shrinks away from the seed), or ``early``, the slice at 20 % of its z extent from
+one end (from the lower end for odd ids, the upper end for even ids), so that it must grow towards
+its largest slice and shrink towards the near end; ``both`` runs both. It is propagated both ways
+through the public API (``ps.propagate``, default thresholds) with the trained ``promptseg_demo``
+model, once per prompt strategy and, for the strategies with a box, per box margin
+(``--margins``, the ``box_margin`` of ``ps.propagate``). Per object: the 3D IoU with the truth;
+"missed" counts slices where the truth has >= 20 px but the result nothing (stopped early), "extra"
+slices where the result has pixels but the truth nothing (did not stop); for early seeds also the
+3D IoU over the slices on the side where the object grows ("grow IoU").
 """
 
 from __future__ import annotations
@@ -104,31 +109,54 @@ def volume(kind: str, seed: int, n_z: int = 24, size: int = 160):
     return np.clip(img, 0, 65535).astype(np.uint16), truth
 
 
-def seeds_of(truth: np.ndarray) -> dict[int, np.ndarray]:
-    """Each object's true mask on its largest slice, as labels images per slice."""
-    prompts: dict[int, np.ndarray] = {}
+EARLY = 0.2  # the early seed: this fraction of the object's z extent from one end
+
+
+def seed_slices(truth: np.ndarray, at: str, early: float = EARLY) -> dict[int, int]:
+    """Object id -> its seed slice: the largest, or the early one (see the module docstring)."""
+    out = {}
     for i in range(1, int(truth.max()) + 1):
         areas = (truth == i).sum((1, 2))
-        k = int(np.argmax(areas))
+        if at == "largest":
+            out[i] = int(np.argmax(areas))
+        else:
+            z = np.flatnonzero(areas >= 20)  # where the object is visible enough to annotate
+            off = round(early * (z[-1] - z[0]))
+            out[i] = int(z[0] + off if i % 2 else z[-1] - off)
+    return out
+
+
+def seeds_of(truth: np.ndarray, at: str = "largest", early: float = EARLY) -> dict[int, np.ndarray]:
+    """Each object's true mask on its seed slice, as labels images per slice."""
+    prompts: dict[int, np.ndarray] = {}
+    for i, k in seed_slices(truth, at, early).items():
         prompts.setdefault(k, np.zeros(truth.shape[1:], np.int32))[truth[k] == i] = i
     return prompts
 
 
-def score(result: np.ndarray, truth: np.ndarray) -> list[dict]:
+def score(result: np.ndarray, truth: np.ndarray, seeds: dict[int, int] | None = None) -> list[dict]:
+    """Per object: 3D IoU, missed and extra slices; with ``seeds`` (id -> seed slice) also the 3D
+    IoU over the slices beyond the seed on the side of the object's largest slice."""
     rows = []
     for i in range(1, int(truth.max()) + 1):
         t, r = truth == i, result == i
         tz, rz = t.sum((1, 2)), r.sum((1, 2))
-        rows.append({
+        row = {
             "iou": (t & r).sum() / max((t | r).sum(), 1),
             "missed": int(((tz >= 20) & (rz == 0)).sum()),
             "extra": int(((tz == 0) & (rz > 0)).sum()),
-        })
+        }
+        if seeds is not None:
+            s, big = seeds[i], int(np.argmax(tz))
+            side = slice(s + 1, None) if big > s else slice(0, s)
+            row["grow"] = (t[side] & r[side]).sum() / max((t[side] | r[side]).sum(), 1)
+        rows.append(row)
     return rows
 
 
-def true_box_labels(model, img: np.ndarray, truth: np.ndarray, cache) -> np.ndarray:
-    """No propagation: each object's tight true box on each of its slices (one mask)."""
+def true_box_labels(model, img: np.ndarray, truth: np.ndarray, cache, margin: float = 0.0) -> np.ndarray:
+    """No propagation: each object's true box (grown by ``margin`` as in propagation) on each of
+    its slices (one mask)."""
     from napari_promptseg.embeddings import embed_cached
     from napari_promptseg.image import intensity_window
     from napari_promptseg.propagate import _bbox
@@ -139,9 +167,44 @@ def true_box_labels(model, img: np.ndarray, truth: np.ndarray, cache) -> np.ndar
         if ids:
             emb = embed_cached(model, img[k], window, cache)
             for i in ids:
-                m = model.predict(emb, box=_bbox(truth[k] == i), multimask=False).masks[0]
+                m = model.predict(emb, box=_bbox(truth[k] == i, margin), multimask=False).masks[0]
                 out[k][m & (out[k] == 0)] = i
     return out
+
+
+def configs(strategies: list[str], margins: list[float]) -> list[tuple[str, float | None]]:
+    """(strategy, box margin) pairs: every margin for the strategies with a box, None otherwise."""
+    return [(s, m) for s in strategies for m in (margins if "box" in s else [None])]
+
+
+def label(s: str, m: float | None) -> str:
+    if s == REFERENCE:
+        return f"(reference: true box{'' if not m else f' + margin {m:g}'} on every slice)"
+    return f"`{s}`" + ("" if m is None else f", margin {m:g}")
+
+
+def table(res, keys, at: str) -> list[str]:
+    grow = at == "early"
+    head = "| prompt | " + " | ".join(f"{k} IoU | {k} missed / extra" for k in KINDS) + " | mean IoU |"
+    head += " grow IoU |" if grow else ""
+    lines = [head, "|---|" + "---:|---:|" * len(KINDS) + "---:|" + ("---:|" if grow else "")]
+    for key in keys:
+        cells, ious = [], []
+        for k in KINDS:
+            rows = res[(at, *key, k)]
+            iou = float(np.mean([r["iou"] for r in rows]))
+            ious.append(iou)
+            cells.append(f"{iou:.3f} | {sum(r['missed'] for r in rows)} / {sum(r['extra'] for r in rows)}")
+        line = f"| {label(*key)} | " + " | ".join(cells) + f" | {np.mean(ious):.3f} |"
+        if grow:
+            line += f" {np.mean([r['grow'] for k in KINDS for r in res[(at, *key, k)]]):.3f} |"
+        lines.append(line)
+    return lines
+
+
+def mean_iou(res, at: str, key) -> float:
+    """Mean over the kinds of the mean 3D IoU per object (as in the tables)."""
+    return float(np.mean([np.mean([r["iou"] for r in res[(at, *key, k)]]) for k in KINDS]))
 
 
 def main() -> None:
@@ -149,13 +212,20 @@ def main() -> None:
     p.add_argument("--volumes", type=int, default=3, help="volumes per kind")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--strategies", nargs="*", default=list(PROMPT_STRATEGIES))
+    p.add_argument("--margins", nargs="*", type=float, default=[0.0, 0.05, 0.1, 0.2],
+                   help="box_margin values for the strategies with a box")
+    p.add_argument("--seed-at", choices=("largest", "early", "both"), default="both")
+    p.add_argument("--early", type=float, default=EARLY, help="early seed: fraction of the z extent")
     p.add_argument("--min-score", type=float, default=None, help="default: ps.propagate's")
     p.add_argument("--min-overlap", type=float, default=None, help="default: ps.propagate's")
     p.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model = ps.load_model("promptseg_demo", device="cpu")
-    res: dict[tuple[str, str], list[dict]] = {}
+    positions = ("largest", "early") if a.seed_at == "both" else (a.seed_at,)
+    keys = configs(a.strategies, a.margins)
+    refs = [(REFERENCE, m) for m in a.margins]
+    res: dict[tuple, list[dict]] = {}
     given = (("min_score", a.min_score), ("min_overlap", a.min_overlap))
     thresholds = {k: v for k, v in given if v is not None}
     defaults = {**ps.propagate.__kwdefaults__, **thresholds}
@@ -163,39 +233,50 @@ def main() -> None:
     for kind in KINDS:
         for v in range(a.volumes):
             img, truth = volume(kind, seed=1000 * KINDS.index(kind) + v)
-            cache = EmbeddingCache(max_items=img.shape[0])  # embed each slice once for all strategies
-            prompts = seeds_of(truth)
-            for s in a.strategies:
-                out = ps.propagate(model, img, prompts, cache=cache, prompt=s, **thresholds)
-                res.setdefault((s, kind), []).extend(score(out, truth))
-            ref = true_box_labels(model, img, truth, cache)
-            res.setdefault((REFERENCE, kind), []).extend(score(ref, truth))
+            cache = EmbeddingCache(max_items=img.shape[0])  # embed each slice once for all runs
+            for at in positions:
+                prompts, where = seeds_of(truth, at, a.early), seed_slices(truth, at, a.early)
+                for s, m in keys:
+                    kw = {} if m is None else {"box_margin": m}
+                    out = ps.propagate(model, img, prompts, cache=cache, prompt=s, **kw, **thresholds)
+                    res.setdefault((at, s, m, kind), []).extend(score(out, truth, where))
+            for ref in refs:
+                lab = true_box_labels(model, img, truth, cache, ref[1])
+                for at in positions:
+                    where = seed_slices(truth, at, a.early)
+                    res.setdefault((at, *ref, kind), []).extend(score(lab, truth, where))
             print(f"{kind} volume {v}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    head = "| prompt | " + " | ".join(f"{k} IoU | {k} missed / extra" for k in KINDS) + " | mean IoU |"
-    lines = [head, "|---|" + "---:|---:|" * len(KINDS) + "---:|"]
-    for s in [*a.strategies, REFERENCE]:
-        cells, ious = [], []
-        for k in KINDS:
-            rows = res[(s, k)]
-            iou = float(np.mean([r["iou"] for r in rows]))
-            ious.append(iou)
-            cells.append(f"{iou:.3f} | {sum(r['missed'] for r in rows)} / {sum(r['extra'] for r in rows)}")
-        name = s if s == REFERENCE else f"`{s}`"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(ious):.3f} |")
-    n_obj = {k: len(res[(a.strategies[0], k)]) for k in KINDS}
+    n_obj = {k: len(res[(positions[0], *keys[0], k)]) for k in KINDS}
+    what = {
+        "largest": "seeded on its largest slice (it only shrinks away from the seed)",
+        "early": (f"seeded on the slice {a.early:.0%} of its z extent from one end (it grows towards "
+                  "its largest slice, shrinks towards the near end); grow IoU: 3D IoU over the "
+                  "slices on the growing side of the seed"),
+    }
+    parts = []
+    for at in positions:
+        text = "\n".join(table(res, keys + refs, at))
+        parts.append(f"**Seed on the {at} slice**: each object {what[at]}.\n\n{text}")
+    if len(positions) == 2:
+        lines = ["| prompt | seed largest | seed early | mean of both |", "|---|---:|---:|---:|"]
+        for key in keys:
+            ious = [mean_iou(res, at, key) for at in positions]
+            lines.append(f"| {label(*key)} | {ious[0]:.3f} | {ious[1]:.3f} | {np.mean(ious):.3f} |")
+        parts.append("**Summary** (mean IoU):\n\n" + "\n".join(lines))
     body = (
         "## Propagation prompts (bench_propagation_prompts.py)\n\n"
         f"`python benchmarks/bench_propagation_prompts.py` — {machine()}; `promptseg_demo`, "
         f"{a.volumes} synthetic 24 x 160 x 160 uint16 volumes per kind "
         f"({', '.join(f'{k}: {n} objects' for k, n in n_obj.items())}), each object seeded with its "
-        "true mask on its largest slice, `ps.propagate` with the default thresholds "
+        "true mask on one slice, `ps.propagate` with the default thresholds "
         f"(min_score {defaults['min_score']}, min_overlap "
-        f"{defaults['min_overlap']}, min_area {defaults['min_area']}). "
-        f"Last row: no propagation, the true tight box on every slice where the object exists "
+        f"{defaults['min_overlap']}, min_area {defaults['min_area']}); \"margin\": `box_margin`, each "
+        "side of the previous mask's box moved out by margin x the box's side + 2 px (0: the tight "
+        "box). Reference rows: no propagation, the true box on every slice where the object exists "
         "(an upper bound for box prompts). "
         "IoU: mean 3D IoU per object; missed: slices where the truth has >= 20 px and the result "
         "nothing; extra: slices with a result where the truth has nothing (summed over objects). "
-        f"{time.perf_counter() - t0:.0f} s in all.\n\n" + "\n".join(lines) + "\n"
+        f"{time.perf_counter() - t0:.0f} s in all.\n\n" + "\n\n".join(parts) + "\n"
     )
     print(body)
     if not a.no_write:

@@ -5,6 +5,11 @@ the component under it, a negative point removes the component under it, a box s
 bright pixels inside it, a mask_input (low-res logits > 0) selects the bright pixels it covers.
 Ambiguous prompts return three distinct masks (component, component + 2 px, all bright pixels)
 with scores 0.9, 0.6, 0.3. ``delay`` (seconds) slows predict down; ``calls`` records prompts.
+
+``mask_input="objects"`` (opt-in; the default ``"pixels"`` is the behaviour above): a mask_input
+selects the whole bright components it covers, so it names the object rather than fixing its
+outline (closer to SAM, where the mask prompt is a prior, not a stencil); a box still crops the
+result. With it, a box prompt's extent alone decides how far a mask can grow from slice to slice.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ SPEC = ModelSpec("components", "test", "components", "", "", 0, "0", "test backe
 class ComponentModel(PromptableModel):
     image_size = 64  # the low-res logits cover a 64 x 64 square, like SAM's 256 of 1024
 
-    def __init__(self, delay: float = 0.0, embed_delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, embed_delay: float = 0.0, mask_input: str = "pixels"):
         super().__init__(SPEC, "components-v1", "cpu")
-        self.delay, self.embed_delay = delay, embed_delay
+        if mask_input not in ("pixels", "objects"):
+            raise ValueError(f"mask_input must be 'pixels' or 'objects', got {mask_input!r}")
+        self.delay, self.embed_delay, self.mask_input_mode = delay, embed_delay, mask_input
         self.calls: list[dict] = []
         self.embed_calls = 0
         self._lock = threading.Lock()
@@ -71,6 +78,8 @@ class ComponentModel(PromptableModel):
             rr = np.minimum((np.arange(h) / cell).astype(int), lr.shape[0] - 1)
             cc = np.minimum((np.arange(w) / cell).astype(int), lr.shape[1] - 1)
             painted = lr[rr][:, cc] & fg
+            if self.mask_input_mode == "objects":
+                painted = np.isin(comps, np.unique(comps[painted])) & fg
             mask = painted if prompt.box is None else (mask & painted)
         for (r, c), lab in zip(np.round(prompt.points).astype(int), prompt.labels, strict=True):
             r, c = min(max(r, 0), h - 1), min(max(c, 0), w - 1)

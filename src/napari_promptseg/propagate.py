@@ -45,20 +45,29 @@ The prompt
 For each object the next slice is prompted with the bounding box of the previous mask plus the
 previous prediction's low-res logits as ``mask_input`` (for a seed: the seed mask encoded by
 ``model.mask_prompt``), one mask (``multimask=False``, SAM practice for boxes):
-``prompt="box+logits"``, the default, with ``min_score=0.65``. Chosen by measurement
-(``benchmarks/bench_propagation_prompts.py``, tables in ``docs/benchmarks.md``) with the trained
-``promptseg_demo`` model on 9 synthetic fluorescence volumes (24 x 160 x 160 uint16; blurred
-ellipsoids that drift, touch, or are dim and end mid-stack; Poisson + Gaussian noise; 48 objects,
-each seeded with its true mask on one slice). Mean 3D IoU at min_score 0.5: point 0.872, box +
-logits 0.865, point + logits 0.863, box 0.863, box + point 0.829, box + point + logits 0.823; the
-true box on every slice (no propagation) 0.887. A single point (three candidates, the best-scoring
-kept) was best by 0.0065 +- 0.0032 (paired, 30 of 48 objects), but its predicted IoUs run lower
-than a box's, so it depends on ``min_score``: at 0.75 it stops early everywhere (IoU 0.732, 179
-slices missed) while box + logits holds (0.870, 1 missed) and runs on fewer slices past the
-objects' ends (55 instead of 82 at 0.5). At 0.65 box + logits gives 0.867 with none missed: the
-default. Box + logits also is the prompt SAM models are most reliable with on whole objects (a
-single point is ambiguous on natural images). Adding a point to the box did worst on all three
-kinds of volume (not analysed further). The other strategies stay available through ``prompt=``.
+``prompt="box+logits"``, the default, with the tight box (``box_margin=0``) and ``min_score=0.65``.
+Chosen by measurement (``benchmarks/bench_propagation_prompts.py``, tables in
+``docs/benchmarks.md``) with the trained ``promptseg_demo`` model on 9 synthetic fluorescence
+volumes (24 x 160 x 160 uint16; blurred ellipsoids that drift, touch, or are dim and end
+mid-stack; Poisson + Gaussian noise; 48 objects, each seeded with its true mask on one slice),
+at two seed positions: the object's largest slice (it only shrinks away from the seed) and the
+slice 20 % of its z extent from one end (it must grow towards its largest slice). Mean 3D IoU over
+both positions: point 0.868, point + logits 0.862, box + logits 0.860, box 0.846, box + point +
+logits 0.823, box + point 0.808; the true box on every slice (no propagation) 0.887. Seeding early
+costs box + logits 0.015 (0.852 vs 0.867), the same as a single point: the tight box does not cap
+growth with this model. A single point's predicted IoUs run lower than a box's, so it depends on
+``min_score``: at 0.75 it stops early everywhere (0.681 with early seeds) while box + logits holds
+(0.854); point + logits holds too but is not better. Box + logits also is the prompt SAM models are
+most reliable with on whole objects (a single point is ambiguous on natural images).
+
+``box_margin`` grows each side of the box by that fraction of its side plus ``BOX_MARGIN_PX``
+(2 px), clipped to the slice, so a model that keeps strictly inside a tight box can still follow a
+growing object. Measured with ``promptseg_demo`` it hurts every box strategy at both seed
+positions (box + logits, mean of both: 0.780 at 0.05, 0.746 at 0.1, 0.628 at 0.2), most for
+touching and dim objects: the model follows a loose box closely, and in propagation the mask fills
+the looser box so the next box is looser still. Hence the default 0; SAM checkpoints were not
+measured (they were trained with boxes jittered by ~10 % of the side and may tolerate a margin).
+The other strategies and margins stay available through ``prompt=`` and ``box_margin=``.
 """
 
 from __future__ import annotations
@@ -71,7 +80,9 @@ import numpy as np
 
 from .results import Embedding
 
-__all__ = ["SliceResult", "propagate_iter", "propagate", "PROMPT_STRATEGIES", "DEFAULT_PROMPT"]
+__all__ = [
+    "SliceResult", "propagate_iter", "propagate", "PROMPT_STRATEGIES", "DEFAULT_PROMPT", "BOX_MARGIN",
+]
 
 #: How the previous slice's mask prompts the next slice:
 #: ``"box"``: its bounding box; ``"box+logits"``: the box and the previous low-res logits as
@@ -80,6 +91,12 @@ __all__ = ["SliceResult", "propagate_iter", "propagate", "PROMPT_STRATEGIES", "D
 #: the best-scoring one); ``"point+logits"``: the point and the logits (one mask).
 PROMPT_STRATEGIES = ("box", "box+logits", "box+point", "box+point+logits", "point", "point+logits")
 DEFAULT_PROMPT = "box+logits"
+
+#: Box prompts use the previous mask's box grown on each side by ``box_margin`` x its side plus
+#: ``BOX_MARGIN_PX`` pixels (see :func:`propagate_iter`); the default is the tight box (measured:
+#: every margin was worse with ``promptseg_demo``, see the module docstring).
+BOX_MARGIN = 0.0
+BOX_MARGIN_PX = 2.0
 
 MIN_SCORE = 0.65
 MIN_OVERLAP = 0.2
@@ -118,11 +135,20 @@ class _Front:
     logits: np.ndarray | None  # low-res logits of ``mask`` (None for a seed: made on demand)
 
 
-def _bbox(mask: np.ndarray) -> np.ndarray:
+def _bbox(mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
     """``(row0, col0, row1, col1)`` through the centres of the mask's outermost pixels (like the
-    tight boxes SAM was trained with), widened to the pixels' edges where a side would be 0."""
+    tight boxes SAM was trained with), widened to the pixels' edges where a side would be 0.
+
+    margin > 0: each side moves out by ``margin`` x the box's extent along that axis (in pixels,
+    ``row1 - row0 + 1``) plus :data:`BOX_MARGIN_PX`, clipped to the image (pixel centres
+    ``0 .. H - 1``, ``0 .. W - 1``); 0 gives the tight box."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     box = np.array([rows[0], cols[0], rows[-1], cols[-1]], np.float64)
+    if margin > 0:
+        h, w = mask.shape
+        for lo, hi, size in ((0, 2, h), (1, 3, w)):
+            grow = margin * (box[hi] - box[lo] + 1) + BOX_MARGIN_PX
+            box[lo], box[hi] = max(box[lo] - grow, 0.0), min(box[hi] + grow, size - 1.0)
     for lo, hi in ((0, 2), (1, 3)):
         if box[lo] == box[hi]:
             box[lo] -= 0.5
@@ -202,10 +228,10 @@ def _plan(seeds: dict[int, dict[int, np.ndarray]], n: int, max_slices: int | Non
 
 
 class _Propagator:
-    def __init__(self, model, embedding_of, n, seeds, shape, prompt, min_score, min_overlap,
-                 min_area, max_slices):
+    def __init__(self, model, embedding_of, n, seeds, shape, prompt, box_margin, min_score,
+                 min_overlap, min_area, max_slices):
         self.model, self.embedding_of, self.n = model, embedding_of, n
-        self.seeds, self.shape, self.prompt = seeds, shape, prompt
+        self.seeds, self.shape, self.prompt, self.box_margin = seeds, shape, prompt, box_margin
         self.min_score, self.min_overlap, self.min_area = min_score, min_overlap, min_area
         self.lim = n if max_slices is None else max_slices
         self.by_obj, self.fwd_end = _plan(seeds, n, max_slices)
@@ -252,7 +278,7 @@ class _Propagator:
         kw: dict = {}
         p = self.prompt
         if "box" in p:
-            kw["box"] = _bbox(f.mask)
+            kw["box"] = _bbox(f.mask, self.box_margin)
         if "point" in p:
             kw["points"] = interior_point(f.mask)[None]
             kw["labels"] = [1]
@@ -379,6 +405,7 @@ def propagate_iter(
     min_area: int = MIN_AREA,
     max_slices: int | None = None,
     prompt: str = DEFAULT_PROMPT,
+    box_margin: float = BOX_MARGIN,
 ) -> Iterator[SliceResult]:
     """Propagate the seed masks through ``n_slices`` slices; yield one :class:`SliceResult` per
     processed slice (see the module docstring for the order, the stopping rules and overlaps).
@@ -389,7 +416,11 @@ def propagate_iter(
     equal to the embeddings' ``original_size``; min_score: stop an object when its predicted IoU
     falls below this; min_overlap: ... when the IoU between its masks on consecutive slices falls
     below this; min_area: ... when its mask has fewer pixels; max_slices: at most this many slices
-    from each seed in each direction (None: no limit); prompt: one of :data:`PROMPT_STRATEGIES`.
+    from each seed in each direction (None: no limit); prompt: one of :data:`PROMPT_STRATEGIES`;
+    box_margin: for the prompts with a box, each side of the previous mask's bounding box moves out
+    by ``box_margin`` x the box's extent along that axis plus :data:`BOX_MARGIN_PX` pixels (clipped
+    to the slice), so an object that grows from slice to slice is not capped by its previous box;
+    0: the tight box (the object can hardly grow).
 
     Input errors raise ``ValueError`` / ``TypeError`` here, before anything is computed; a seed
     whose shape differs from the embeddings' raises at the first slice.
@@ -404,8 +435,11 @@ def propagate_iter(
             raise ValueError(f"{name} must lie in [0, 1], got {v!r}")
     if min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area!r}")
-    p = _Propagator(model, embedding_of, int(n_slices), clean, shape, prompt, float(min_score),
-                    float(min_overlap), int(min_area), None if max_slices is None else int(max_slices))
+    if not (math.isfinite(float(box_margin)) and float(box_margin) >= 0):
+        raise ValueError(f"box_margin must be a finite number >= 0, got {box_margin!r}")
+    p = _Propagator(model, embedding_of, int(n_slices), clean, shape, prompt, float(box_margin),
+                    float(min_score), float(min_overlap), int(min_area),
+                    None if max_slices is None else int(max_slices))
     return p.run()
 
 
@@ -457,6 +491,7 @@ def propagate(
     min_area: int = MIN_AREA,
     max_slices: int | None = None,
     prompt: str = DEFAULT_PROMPT,
+    box_margin: float = BOX_MARGIN,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Segment objects through a z-stack or a video from prompts on some of its slices / frames.
@@ -480,7 +515,7 @@ def propagate(
     :func:`~napari_promptseg.embeddings.embed_cached` through ``cache`` (an ``EmbeddingCache`` or
     None); slices visited by both passes are embedded twice unless the cache keeps them.
 
-    min_score, min_overlap, min_area, max_slices, prompt: see :func:`propagate_iter`. progress:
+    min_score, min_overlap, min_area, max_slices, prompt, box_margin: see :func:`propagate_iter`. progress:
     called as ``progress(done, total)`` after each processed slice.
 
     Returns an int32 labels array shaped like ``stack`` without its channel axis; the seed slices
@@ -556,7 +591,7 @@ def propagate(
             view[k][m] = oid
     for res in propagate_iter(model, embedding_of, n, seeds, min_score=min_score,
                               min_overlap=min_overlap, min_area=min_area, max_slices=max_slices,
-                              prompt=prompt):
+                              prompt=prompt, box_margin=box_margin):
         for oid, m in res.masks.items():
             view[res.index][m] = oid
         if progress is not None:
