@@ -746,13 +746,10 @@ class PromptSegWidget(QWidget):
 
     def objects_by_plane(self) -> dict[tuple[int, ...], list]:
         """The objects the prompts describe, per image plane (see :meth:`_plane_prompts`);
-        objects are grouped per plane as in ``interactive.group_prompts``."""
-        out = {}
-        for plane, (pts, labels, boxes) in self._plane_prompts().items():
-            objs = group_prompts(pts, labels, boxes)
-            if objs:
-                out[plane] = objs
-        return out
+        objects are grouped per plane as in ``interactive.group_prompts``. A plane with only
+        negative points has no object (``[]``): the user says the objects are not there."""
+        return {plane: group_prompts(pts, labels, boxes)
+                for plane, (pts, labels, boxes) in self._plane_prompts().items()}
 
     def current_objects(self):
         """The objects prompted on the displayed plane."""
@@ -789,8 +786,8 @@ class PromptSegWidget(QWidget):
         def work():
             out = {}
             for p, objs in changed.items():
-                emb = stack.get(p)
-                preds = decode_objects(model, emb, objs, mask_inputs[p])
+                emb = stack.get(p) if objs else None
+                preds = decode_objects(model, emb, objs, mask_inputs[p]) if objs else []
                 choices = [q.best for q in preds]
                 out[p] = _SliceState(sigs[p], emb, preds, choices, {}, compose_preview(
                     [q.mask(c) for q, c in zip(preds, choices, strict=True)], plane_shape))
@@ -966,6 +963,7 @@ class PromptSegWidget(QWidget):
         if not seeds:
             self._set_status("prompt an object on at least one plane of this stack first.")
             return
+        prompted = sorted(p[axis] for p in self._states if p in line)
 
         def plane_of(k: int) -> tuple[int, ...]:
             idx = list(here)
@@ -991,8 +989,11 @@ class PromptSegWidget(QWidget):
         def on_step(res):
             if self._propagation is not token or self._closed:
                 return
-            plane = np.array(preview[plane_of(res.index)])  # a plane can come once per direction
+            k = res.index
+            plane = np.array(preview[plane_of(k)])  # a plane can come once per direction
             for oid, m in sorted(res.masks.items()):
+                if _behind_prompted(res.sources.get(oid, k), k, prompted):
+                    continue  # a prompted plane is the user's: nothing runs into or past it
                 plane[m & (plane == 0)] = oid
             target = self.target_labels(create=False)
             keep_committed = not self.overwrite_check.isChecked()
@@ -1180,6 +1181,13 @@ def _spin(value: float, tip: str) -> QDoubleSpinBox:
     box.setValue(value)
     box.setToolTip(tip)
     return box
+
+
+def _behind_prompted(source: int, k: int, prompted: list[int]) -> bool:
+    """True when a prompted plane other than ``source`` lies between ``source`` and ``k``
+    (``k`` included): an object absent from a plane the user prompted stops there."""
+    lo, hi = (source, k) if k >= source else (k, source)
+    return any(lo <= b <= hi and b != source for b in prompted)
 
 
 def _fmt(index: tuple[int, ...]) -> str:
