@@ -2,8 +2,9 @@
 
     xvfb-run -a python docs/make_screenshots.py [--model promptseg_demo] [--checkpoint PATH]
 
-Opens the nuclei sample, docks the widget, loads the model, clicks like a user would (by adding
-to the prompt layers' data, which is what a click does), and saves PNGs into docs/images/.
+Opens the nuclei sample (and the nuclei z-stack sample), docks the widget, loads the model,
+clicks like a user would (by adding to the prompt layers' data, which is what a click does),
+propagates through the stack, and saves PNGs into docs/images/.
 """
 
 from __future__ import annotations
@@ -74,6 +75,37 @@ def main(argv=None) -> None:
     w.boxes_layer.add_rectangles(np.array([corners], float))
     wait(app, lambda: not w._runner.busy and w.preview_layer.data.any())
     shot(viewer, app, "committed_and_box.png")
+    viewer.close()
+    stack_shot(args, app)
+
+
+def stack_shot(args, app) -> None:
+    """The z-stack sample: one click on the middle plane, P, then a plane away from the click."""
+    import napari
+
+    from napari_promptseg._napari.demo import open_demo
+    from napari_promptseg.sample import STACK_SCALE, nuclei_stack
+
+    viewer = napari.Viewer(title="napari-promptseg")
+    viewer.window._qt_window.resize(1400, 850)
+    w = open_demo(viewer, args.model, args.checkpoint, "cpu", stack=True)
+    wait(app, lambda: w.ready)
+    viewer.reset_view()
+    _, truth = nuclei_stack()
+    z = w._slice[0]
+    ids, areas = np.unique(truth[z][truth[z] > 0], return_counts=True)
+    for i in ids[np.argsort(-areas)][:3]:  # the three largest nuclei of this plane, one box each
+        rows, cols = np.nonzero(truth[z] == i)
+        corners = [[z, rows.min() - 3, cols.min() - 3], [z, rows.max() + 3, cols.max() + 3]]
+        w.boxes_layer.add_rectangles(np.array([corners], float))
+    wait(app, lambda: not w._runner.busy and w.preview_layer.data[z].any())
+    w.propagate()
+    wait(app, lambda: not w._propagating)
+    step = list(viewer.dims.point)
+    step[0] = (z + 3) * STACK_SCALE[0]  # three planes above the prompted one
+    viewer.dims.point = step
+    wait(app, lambda: w.ready)
+    shot(viewer, app, "stack_propagated.png")
     viewer.close()
 
 

@@ -181,6 +181,7 @@ class PromptSegWidget(QWidget):
 
     def _connect_viewer(self) -> None:
         self.viewer.dims.events.point.connect(self._on_dims)
+        self.viewer.dims.events.axis_labels.connect(self._refresh_axis_choices)
         ev = self.viewer.layers.events
         ev.inserted.connect(self._refresh_layer_choices)
         ev.removed.connect(self._on_layer_removed)
@@ -229,6 +230,7 @@ class PromptSegWidget(QWidget):
         for key in KEYS:
             self.viewer.bind_key(key, None, overwrite=True)
         _disconnect(self.viewer.dims.events.point, self._on_dims)
+        _disconnect(self.viewer.dims.events.axis_labels, self._refresh_axis_choices)
         ev = self.viewer.layers.events
         for emitter, cb in ((ev.inserted, self._refresh_layer_choices), (ev.removed, self._on_layer_removed),
                             (ev.reordered, self._refresh_layer_choices)):
@@ -907,7 +909,7 @@ class PromptSegWidget(QWidget):
         self._submit(self._generation, stack, work)
 
     # ---------------------------------------------------------------- propagation (stacks)
-    def _refresh_axis_choices(self) -> None:
+    def _refresh_axis_choices(self, event=None) -> None:
         """List the image's leading axes by the viewer's axis labels; default z, else t, else the
         axis next to the plane."""
         n = self.n_lead
