@@ -159,7 +159,8 @@ def main(argv=None) -> None:
     w.set_image(layer)
     pump(app, lambda: w.ready)
     demo_official.set_image(to_rgb_uint8(img, tuple(layer.contrast_limits)))
-    ids = np.random.default_rng(2).permutation(np.arange(1, truth.max() + 1))[: args.edits + 3]
+    present = np.flatnonzero(np.bincount(truth.ravel())[1:]) + 1  # ids not hidden by later nuclei
+    ids = np.random.default_rng(2).permutation(present)[: args.edits + 3]
     spots = np.array([np.argwhere(truth == i).mean(0) for i in ids])
     latency_row("2048², promptseg_demo (nucleus-sized masks), viewer shown", spots, demo_official)
 

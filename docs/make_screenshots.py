@@ -96,7 +96,8 @@ def stack_shot(args, app) -> None:
     ids, areas = np.unique(truth[z][truth[z] > 0], return_counts=True)
     for i in ids[np.argsort(-areas)][:3]:  # the three largest nuclei of this plane, one box each
         rows, cols = np.nonzero(truth[z] == i)
-        corners = [[z, rows.min() - 3, cols.min() - 3], [z, rows.max() + 3, cols.max() + 3]]
+        r0, c0, r1, c1 = rows.min() - 3, cols.min() - 3, rows.max() + 3, cols.max() + 3
+        corners = [[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]]  # nD rectangles: 4 vertices
         w.boxes_layer.add_rectangles(np.array([corners], float))
     wait(app, lambda: not w._runner.busy and w.preview_layer.data[z].any())
     w.propagate()

@@ -51,6 +51,7 @@ def test_prompt_on_plane_7_with_anisotropic_scale_lands_on_plane_7(make_napari_v
     assert w._slice == (7,)
     click(w.points_layer, (38, 60, 80))  # world coordinates: (z, y, x)
     np.testing.assert_allclose(w.points_layer.data[0], [7, 60, 80])
+    np.testing.assert_allclose(w.points_layer.face_color[0], [0, 1, 0, 1])  # positive: lime
     settle(qtbot, w)
     preview = np.asarray(w.preview_layer.data)
     assert preview.shape == img.shape
@@ -181,6 +182,8 @@ def test_propagation_fills_the_stack_commits_and_undoes(make_napari_viewer, qtbo
     if not overwrite:
         assert not preview[before > 0].any()  # the committed object is left out of the preview
     np.testing.assert_array_equal(labels.data, before)  # nothing committed yet
+    goto(viewer, w, qtbot, 13 * 4)
+    assert "1 propagated object" in w.status.text()
     ids = w.commit()
     assert len(ids) == 1
     np.testing.assert_array_equal(labels.data == ids[0], preview > 0)  # one id for the 3D object

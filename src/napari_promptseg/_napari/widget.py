@@ -471,8 +471,18 @@ class PromptSegWidget(QWidget):
         if self.embedding is None:
             self._request_current()
         else:
-            self._set_status(self._describe())
+            self._set_status(self._plane_status())
             self._prefetch()
+
+    def _plane_status(self) -> str:
+        """The status line for the displayed plane: its prompts' masks, or what propagation put there."""
+        ly = self.preview_layer
+        if self._slice and self._slice not in self._states and ly is not None and ly in self.viewer.layers:
+            n = len(_ids(np.asarray(ly.data[self._slice])))
+            if n:
+                return (f"plane {_fmt(self._slice)}: {n} propagated object{'s' * (n > 1)} in the preview. "
+                        "Correct a plane with points and press P again; K commits.")
+        return self._describe()
 
     def _on_contrast(self, event=None) -> None:
         data = self.image_layer.data[0] if self.image_layer.multiscale else self.image_layer.data
