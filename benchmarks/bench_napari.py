@@ -12,6 +12,7 @@ Embedding: from ``widget.set_image(layer)`` on a new 1024² image to ``widget.re
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -79,6 +80,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     sam = build_sam("vit_b").eval()
     tmp = Path(tempfile.mkdtemp())
+    os.environ["PROMPTSEG_CACHE_DIR"] = str(tmp / "cache")  # an empty embedding cache: cold embeds
     ckpt = tmp / "vit_b_random.pth"
     torch.save(sam.state_dict(), ckpt)
     model = ps.load_model("vit_b", checkpoint=ckpt, device="cpu")

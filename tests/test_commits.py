@@ -85,3 +85,31 @@ def test_history_refuses_an_array_it_did_not_commit_into():
     h = CommitHistory()
     h.record(commit_masks(labels, [np.ones((4, 4), bool)]), labels)
     assert h.tracks(labels) and not h.tracks(labels.copy())
+
+
+def test_commit_labels_equals_commit_masks_and_undoes_in_the_whole_stack():
+    from napari_promptseg.commits import commit_labels, commit_masks
+
+    rng = np.random.default_rng(0)
+    stack = np.zeros((6, 20, 30), np.int32)
+    stack[2, 5:10, 5:10] = 7  # an existing object
+    groups = np.zeros(stack.shape, np.uint16)
+    groups[1:4, 4:12, 4:12] = 3
+    groups[4, 0:3, 0:3] = 300
+    groups[5][rng.random((20, 30)) < 0.1] = 1
+    for overwrite in (False, True):
+        a, b = stack.copy(), stack.copy()
+        ca = commit_masks(a, [groups == g for g in (1, 3, 300)], overwrite=overwrite)
+        block = b[1:6]  # a C-contiguous block of planes: commit there, undo in the whole stack
+        cb = commit_labels(block, groups[1:6], overwrite=overwrite, first_id=8, offset=1 * 20 * 30)
+        np.testing.assert_array_equal(a, b)
+        assert ca.ids == cb.ids == (8, 9, 10)
+        cb.undo(b)
+        np.testing.assert_array_equal(b, stack)
+        cb.redo(b)
+        np.testing.assert_array_equal(a, b)
+    assert commit_labels(stack.copy(), np.zeros_like(groups)).ids == ()
+    with pytest.raises(OverflowError, match="wider"):
+        commit_labels(np.array([[254, 0], [0, 0]], np.uint8), np.array([[0, 0], [1, 2]], np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        commit_labels(stack, groups[0])

@@ -493,3 +493,16 @@ def test_demo_model_grows_from_an_early_seed():
     assert iou(out == 1, truth == 1) >= 0.7
     assert iou(out[4:8] == 1, truth[4:8] == 1) >= 0.75  # the growing side
     assert (out[7] == 1).sum() >= 0.75 * (truth[7] == 1).sum()  # it grew: measured 0.84x (seed 0.63x)
+
+
+def test_absent_slices_stop_an_object_and_let_the_others_pass():
+    """``absent``: slices where an object is known not to be (the widget's prompted planes without
+    it): its fronts stop before them, in both passes; other objects go on."""
+    truth = ellipsoids(15, (48, 96), [(7, 24, 24, 7.5, 14, 14, 0, 0), (7, 24, 72, 7.5, 14, 14, 0, 0)])
+    seeds = seeds_from(truth, [7])
+    results, _ = run(ComponentModel(), truth, seeds, min_area=1, absent={1: [11, 4]})
+    out = labels_of(results, seeds, truth.shape)
+    has1 = (out == 1).any(axis=(1, 2))
+    assert has1[5:11].all() and not has1[11:].any() and not has1[:5].any()
+    assert iou(out == 2, truth == 2) >= 0.99  # object 2 is not stopped
+    assert not any(1 in r.masks for r in results if r.index in (4, 11))  # never even decoded there

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Commit", "CommitHistory", "commit_masks", "next_free_id"]
+__all__ = ["Commit", "CommitHistory", "commit_masks", "commit_labels", "next_free_id"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,46 @@ def commit_masks(
     old = flat[indices].copy()
     flat[indices] = new
     return Commit(indices, old, new, tuple(ids))
+
+
+def commit_labels(
+    labels: np.ndarray, groups: np.ndarray, overwrite: bool = False, first_id: int | None = None,
+    offset: int = 0,
+) -> Commit:
+    """Write each non-zero group of ``groups`` into ``labels`` in place with consecutive new ids.
+
+    Like :func:`commit_masks` with one mask per group (groups in increasing order), but memory
+    scales with the object voxels, not with (objects x volume): for stacks. groups: integer array
+    of ``labels``'s shape, 0 = nothing. ``labels`` may be a C-contiguous block of a larger array
+    (e.g. planes ``z0:z1`` of a stack): ``offset`` (the block's flat start in that array) is
+    added to the returned indices so the Commit undoes in the whole array; pass ``first_id``
+    from the whole array then.
+    """
+    _check_labels(labels)
+    g_all = np.asarray(groups)
+    if g_all.shape != labels.shape:
+        raise ValueError(f"groups shape {g_all.shape} does not match labels shape {labels.shape}")
+    flat, gflat = labels.reshape(-1), g_all.reshape(-1)
+    where = np.flatnonzero(gflat)
+    g = gflat[where]
+    if not overwrite:
+        keep = flat[where] == 0
+        where, g = where[keep], g[keep]
+    present, rank = np.unique(g, return_inverse=True)
+    next_id = next_free_id(labels) if first_id is None else int(first_id)
+    if len(present) and np.iinfo(labels.dtype).max < next_id + len(present) - 1:
+        raise OverflowError(
+            f"labels of dtype {labels.dtype} cannot hold id {next_id + len(present) - 1}; "
+            "convert the labels layer to a wider integer type (e.g. int32)"
+        )
+    if not len(present):
+        empty = np.zeros(0, np.intp)
+        return Commit(empty, empty.astype(labels.dtype), empty.astype(labels.dtype), ())
+    new = (next_id + rank).astype(labels.dtype)
+    old = flat[where].copy()
+    flat[where] = new
+    ids = tuple(range(next_id, next_id + len(present)))
+    return Commit(where + offset, old, new, ids)
 
 
 class CommitHistory:

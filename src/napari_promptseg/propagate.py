@@ -73,7 +73,7 @@ The other strategies and margins stay available through ``prompt=`` and ``box_ma
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,9 +211,11 @@ def _check_seeds(seeds, n_slices: int) -> tuple[dict[int, dict[int, np.ndarray]]
     return out, shape
 
 
-def _plan(seeds: dict[int, dict[int, np.ndarray]], n: int, max_slices: int | None):
+def _plan(seeds: dict[int, dict[int, np.ndarray]], n: int, max_slices: int | None,
+          absent: dict[int, list[int]] | None = None):
     """Per object and seed slice: the last slice of its forward front, and the lower limit of its
-    backward front when the forward fronts fill their halves (the backward pass re-plans)."""
+    backward front when the forward fronts fill their halves (the backward pass re-plans).
+    ``absent``: object -> sorted slices it must not enter (fronts stop before them)."""
     lim = n if max_slices is None else max_slices
     by_obj: dict[int, list[int]] = {}
     for k in sorted(seeds):
@@ -223,18 +225,20 @@ def _plan(seeds: dict[int, dict[int, np.ndarray]], n: int, max_slices: int | Non
     for o, ks in by_obj.items():
         for i, s in enumerate(ks):
             stop = s + math.ceil((ks[i + 1] - s - 1) / 2) if i + 1 < len(ks) else n - 1
-            fwd_end[(o, s)] = min(stop, s + lim)
+            wall = next((b - 1 for b in (absent or {}).get(o, ()) if b > s), n - 1)
+            fwd_end[(o, s)] = min(stop, s + lim, wall)
     return by_obj, fwd_end
 
 
 class _Propagator:
     def __init__(self, model, embedding_of, n, seeds, shape, prompt, box_margin, min_score,
-                 min_overlap, min_area, max_slices):
+                 min_overlap, min_area, max_slices, absent=None):
         self.model, self.embedding_of, self.n = model, embedding_of, n
         self.seeds, self.shape, self.prompt, self.box_margin = seeds, shape, prompt, box_margin
         self.min_score, self.min_overlap, self.min_area = min_score, min_overlap, min_area
         self.lim = n if max_slices is None else max_slices
-        self.by_obj, self.fwd_end = _plan(seeds, n, max_slices)
+        self.absent = {o: sorted(int(b) for b in bs) for o, bs in (absent or {}).items()}
+        self.by_obj, self.fwd_end = _plan(seeds, n, max_slices, self.absent)
         # (object, seed) -> last slice filled by its forward front (the seed itself if none)
         self.reached: dict[tuple[int, int], int] = {}
         # slice -> packed bits of the pixels the forward pass gave out (for the backward pass)
@@ -248,7 +252,8 @@ class _Propagator:
         ks = self.by_obj[o]
         i = ks.index(s)
         floor = 0 if i == 0 else self.reached.get((o, ks[i - 1]), ks[i - 1]) + 1
-        return max(floor, s - self.lim)
+        wall = max((b + 1 for b in self.absent.get(o, ()) if b < s), default=0)
+        return max(floor, s - self.lim, wall)
 
     def _remaining(self, direction: int, k: int, fronts: dict[int, _Front]) -> int:
         """Upper bound of the slice visits still to come after slice ``k`` of pass ``direction``."""
@@ -406,6 +411,7 @@ def propagate_iter(
     max_slices: int | None = None,
     prompt: str = DEFAULT_PROMPT,
     box_margin: float = BOX_MARGIN,
+    absent: Mapping[int, Iterable[int]] | None = None,
 ) -> Iterator[SliceResult]:
     """Propagate the seed masks through ``n_slices`` slices; yield one :class:`SliceResult` per
     processed slice (see the module docstring for the order, the stopping rules and overlaps).
@@ -420,7 +426,9 @@ def propagate_iter(
     box_margin: for the prompts with a box, each side of the previous mask's bounding box moves out
     by ``box_margin`` x the box's extent along that axis plus :data:`BOX_MARGIN_PX` pixels (clipped
     to the slice), so an object that grows from slice to slice is not capped by its previous box;
-    0: the tight box (the object can hardly grow).
+    0: the tight box (the object can hardly grow); absent: ``{object id: slice indices}`` where
+    the object is known not to be (e.g. a slice the user annotated without it): its fronts stop
+    before those slices and never run past them.
 
     Input errors raise ``ValueError`` / ``TypeError`` here, before anything is computed; a seed
     whose shape differs from the embeddings' raises at the first slice.
@@ -439,7 +447,7 @@ def propagate_iter(
         raise ValueError(f"box_margin must be a finite number >= 0, got {box_margin!r}")
     p = _Propagator(model, embedding_of, int(n_slices), clean, shape, prompt, float(box_margin),
                     float(min_score), float(min_overlap), int(min_area),
-                    None if max_slices is None else int(max_slices))
+                    None if max_slices is None else int(max_slices), absent)
     return p.run()
 
 

@@ -37,10 +37,15 @@ def stack_window(stack, rgb: bool = False) -> tuple[float, float] | None:
     lead = tuple(stack.shape[: stack.ndim - (3 if rgb else 2)])
     n = int(np.prod(lead)) if lead else 1
     if n <= _WINDOW_PLANES:
-        return intensity_window(np.asarray(stack))
+        return _window(np.asarray(stack), rgb)
     picks = np.unique(np.linspace(0, n - 1, _WINDOW_PLANES).round().astype(int))
-    planes = [np.asarray(stack[np.unravel_index(i, lead)]) for i in picks]
-    return intensity_window(np.stack(planes))
+    planes = np.stack([np.asarray(stack[np.unravel_index(i, lead)]) for i in picks])
+    return _window(planes, rgb)
+
+
+def _window(planes: np.ndarray, rgb: bool) -> tuple[float, float]:
+    """intensity_window over planes, sampling whole RGB pixels (3D with channels last)."""
+    return intensity_window(planes.reshape(-1, 1, planes.shape[-1]) if rgb else planes)
 
 
 class StackEmbeddings:
@@ -50,7 +55,8 @@ class StackEmbeddings:
     zarr: planes are read one at a time). window: ``(lo, hi)`` for every plane (default
     :func:`stack_window`). cache: a shared pixel-keyed :class:`EmbeddingCache` (optional);
     disk: an on-disk cache passed to :func:`embed_cached` (optional). ``max_items`` embeddings
-    are kept in memory by plane index (least recently used dropped).
+    are kept in memory by plane index (least recently used dropped): after changing the stack's
+    pixels in place, make a new StackEmbeddings (the napari widget does on a data event).
     """
 
     def __init__(self, model, stack, window: tuple[float, float] | None = None, *, rgb: bool = False,

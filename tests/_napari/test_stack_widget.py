@@ -290,3 +290,61 @@ def test_stack_demo_with_the_trained_model_end_to_end(make_napari_viewer, qtbot)
     assert iou(got, obj) >= 0.5
     ids = w.commit()
     assert len(ids) == 1 and (w.target_labels().data == ids[0]).sum() == got.sum()
+
+
+def two_tubes(n=20):
+    """Two bright cylinders through planes 3..16 (ids 1 left, 2 right)."""
+    img = np.full((n, 120, 160), BG, np.uint16)
+    truth = np.zeros(img.shape, np.int32)
+    zz, yy, xx = np.ogrid[:n, :120, :160]
+    for i, cx in enumerate((45, 115), 1):
+        truth[(zz >= 3) & (zz <= 16) & ((yy - 60) ** 2 + (xx - cx) ** 2 <= 18**2)] = i
+    img[truth > 0] = FG
+    return img, truth
+
+
+def test_cells_clicked_on_two_planes_without_propagation_stay_two_labels(make_napari_viewer, qtbot):
+    img, truth = two_tubes()
+    model = ComponentModel(mask_input="objects")
+    viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=model)
+    w.points_layer.data = np.array([[4.0, 60, 45], [12.0, 60, 115]])  # cell A on plane 4, B on 12
+    settle(qtbot, w, timeout=20000)
+    ids = w.commit()
+    labels = w.target_labels().data
+    assert len(ids) == 2
+    assert set(np.unique(labels[4])) - {0} != set(np.unique(labels[12])) - {0}
+    np.testing.assert_array_equal(labels[4] > 0, truth[4] == 1)
+    np.testing.assert_array_equal(labels[12] > 0, truth[12] == 2)
+
+
+def test_correcting_one_object_keeps_the_other_propagated_objects(make_napari_viewer, qtbot):
+    img, truth = two_tubes()
+    model = ComponentModel(mask_input="objects")
+    viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=model)
+    for cx in (45, 115):  # one box per tube on plane 5
+        w.boxes_layer.add_rectangles(np.array([[[5, 40, cx - 20], [5, 40, cx + 20], [5, 80, cx + 20],
+                                                [5, 80, cx - 20]]], float))
+    settle(qtbot, w, timeout=20000)
+    w.propagate()
+    w.wait_propagation()
+    np.testing.assert_array_equal(np.asarray(w.preview_layer.data), truth)
+    # a point on the right tube on plane 12 edits that object; the left one stays on plane 12
+    w.points_layer.data = np.array([[12.0, 60, 115]])
+    settle(qtbot, w)
+    np.testing.assert_array_equal(np.asarray(w.preview_layer.data)[12], truth[12])
+    # re-propagating from planes 5 and 12: both objects still run through the whole stack
+    model.delay = 0.05
+    w.propagate()
+    qtbot.waitUntil(lambda: w.status.text().startswith("propagating:"), timeout=10000)
+    w.cancel()  # cancelled midway: the planes it did not reach keep the earlier result
+    np.testing.assert_array_equal(np.asarray(w.preview_layer.data), truth)
+    model.delay = 0.0
+    w.propagate()
+    w.wait_propagation()
+    np.testing.assert_array_equal(np.asarray(w.preview_layer.data), truth)
+    ids = w.commit()
+    labels = w.target_labels().data
+    assert len(ids) == 2  # one 3D label per tube
+    for i in ids:
+        z = np.flatnonzero((labels == i).any(axis=(1, 2)))
+        assert (z.min(), z.max()) == (3, 16)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from qtpy.QtCore import QEvent, QTimer
@@ -33,9 +33,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..commits import CommitHistory, commit_masks
+from ..commits import CommitHistory, commit_labels, next_free_id
 from ..embeddings import EmbeddingCache
-from ..interactive import bounding_box, compose_preview, decode_objects, group_prompts
+from ..interactive import bounding_box, decode_objects, group_prompts
 from ..prompts import inside_image
 from ..propagate import MIN_OVERLAP, MIN_SCORE, propagate_iter
 from . import layers as L
@@ -81,6 +81,7 @@ class PromptSegWidget(QWidget):
         self._states: dict[tuple[int, ...], _SliceState] = {}  # decoded prompts per plane
         self._active: tuple[int, ...] = ()  # plane prompted last: J and the status line act on it
         self._propagation = None  # the running propagation worker
+        self._linked: set[tuple[int, ...]] = set()  # planes a propagation seeded or wrote
         self._negative = False
         self._generation = 0  # bumped by every prompt change: older decode results are stale
         self._submitted = -1  # generation of the newest decode submitted
@@ -432,9 +433,14 @@ class PromptSegWidget(QWidget):
 
     def _forget_embedding(self) -> None:
         """The image, window or model changed: every embedding and decoded state is void."""
+        if self._propagating:
+            self.cancel_propagation()
+            self._set_status("propagation stopped: the image, its contrast limits or the model changed; "
+                             "press P again when the planes are decoded.")
         self._stack = None
         self.embedding = None
         self._embed_token = None
+        self._linked.clear()
         self._generation += 1  # any decode in flight is now stale
         self._states.clear()
         self._commit_after_decode = False
@@ -454,6 +460,16 @@ class PromptSegWidget(QWidget):
         shape = L.image_plane_shape(self.image_layer)
         data = np.asarray(self.image_layer.world_to_data(self.viewer.dims.point), float)
         return tuple(int(np.clip(np.round(v), 0, s - 1)) for v, s in zip(data[:n], shape[:n], strict=True))
+
+    def _plane_view(self) -> bool:
+        """True when the viewer shows the image's planes: a 2D view of its last two axes (in
+        either order; a rolled stack would put clicks on planes the user does not see)."""
+        dims = self.viewer.dims
+        if self.image_layer is None:
+            return True
+        if dims.ndisplay != 2:
+            return False
+        return self.n_lead == 0 or set(dims.displayed) == {dims.ndim - 2, dims.ndim - 1}
 
     def _on_dims(self, event=None) -> None:
         if self._closed or self.image_layer is None or self.n_lead == 0:
@@ -492,6 +508,8 @@ class PromptSegWidget(QWidget):
     def _on_image_data(self, event=None) -> None:
         self._forget_embedding()
         self._ensure_layers(reset=True)
+        self._slice = self._displayed_slice()
+        self._refresh_axis_choices()
         self._start_embedding()
 
     def _on_transform(self, event=None) -> None:
@@ -659,6 +677,8 @@ class PromptSegWidget(QWidget):
         elif layer is self.preview_layer:
             self.preview_layer = None
             self._generation += 1
+            self._states.clear()  # a new preview decodes every prompted plane again
+            self.cancel_propagation()
         self._refresh_layer_choices()
 
     def _on_target_chosen(self, *args) -> None:
@@ -779,6 +799,10 @@ class PromptSegWidget(QWidget):
         stack = self._stack
         if stack is None:
             return
+        if not self._plane_view():
+            self._set_status("prompts work in a 2D view of the image's last two axes (Y, X): switch "
+                             "to 2D (ndisplay) and do not roll or transpose them.")
+            return
         by_plane = self.objects_by_plane()
         sigs = {p: _signature(objs) for p, objs in by_plane.items()}
         changed = {p: o for p, o in by_plane.items()
@@ -790,10 +814,14 @@ class PromptSegWidget(QWidget):
         if (self._slice in changed and stack.cached(self._slice) is None and self._embed_token is not None
                 and self._embed_token[0] == "current"):
             self._set_status("still embedding: your prompts are used as soon as it is ready.")
+            self._submitted = gen  # a commit or propagation waits for these prompts' masks
             return  # _embedded() decodes them
         model = self.model
         plane_shape = L.image_plane_shape(self.image_layer)[-2:]
         mask_inputs = {p: dict(self._states[p].logits) if p in self._states else {} for p in changed}
+        prompts = self._plane_prompts()
+        # (ids of earlier decodes, propagated objects left); a negative point removes the one under it
+        bases = {p: self._base(p, prompts[p][0][prompts[p][1] == 0]) for p in changed}
 
         def work():
             out = {}
@@ -801,11 +829,29 @@ class PromptSegWidget(QWidget):
                 emb = stack.get(p) if objs else None
                 preds = decode_objects(model, emb, objs, mask_inputs[p]) if objs else []
                 choices = [q.best for q in preds]
-                out[p] = _SliceState(sigs[p], emb, preds, choices, {}, compose_preview(
-                    [q.mask(c) for q, c in zip(preds, choices, strict=True)], plane_shape))
+                hint, kept = bases[p]
+                ids = _object_ids(objs, hint, kept)
+                masks = [q.mask(c) for q, c in zip(preds, choices, strict=True)]
+                plane = _compose(masks, ids, kept, plane_shape)
+                out[p] = _SliceState(sigs[p], emb, preds, choices, {}, plane, ids, kept)
             return out, removed
 
         self._submit(gen, stack, work)
+
+    def _base(self, p: tuple[int, ...], negatives: np.ndarray) -> tuple[list[int] | None, np.ndarray | None]:
+        """For decoding plane ``p``: the preview ids its objects had, and the propagated objects
+        on it that prompts there do not replace (a correction on a propagated plane edits the
+        object it lands on and keeps the others; a negative point ``(row, col)`` in
+        ``negatives`` removes the propagated object under it)."""
+        st = self._states.get(p)
+        hint, kept = (st.ids, st.kept) if st is not None else (None, None)
+        ly = self.preview_layer
+        if st is None and p and p in self._linked and ly is not None and ly in self.viewer.layers:
+            kept = np.array(ly.data[p])
+        if kept is not None and len(negatives):
+            rc = np.clip(np.round(negatives).astype(int), 0, np.array(kept.shape) - 1)
+            kept = np.where(np.isin(kept, kept[rc[:, 0], rc[:, 1]][kept[rc[:, 0], rc[:, 1]] > 0]), 0, kept)
+        return hint, (kept if kept is not None and kept.any() else None)
 
     def _submit(self, gen: int, stack, work) -> None:
         self._submitted = gen
@@ -886,7 +932,7 @@ class PromptSegWidget(QWidget):
         st.choices = choices
         st.logits = {i: q.logits[c] for i, (q, c) in enumerate(zip(st.preds, choices, strict=True))}
         masks = [q.mask(c) for q, c in zip(st.preds, choices, strict=True)]
-        st.plane = compose_preview(masks, st.plane.shape)
+        st.plane = _compose(masks, st.ids, st.kept, st.plane.shape)
         self._write_planes({self._active: st.plane})
         self._set_status(self._describe())
 
@@ -913,7 +959,7 @@ class PromptSegWidget(QWidget):
             mask_inputs = {i: model.mask_prompt(emb, m) for i, m in enumerate(masks)}
             preds = decode_objects(model, emb, objects, mask_inputs)
             st = _SliceState(sig, emb, preds, [0] * len(preds), {},
-                             compose_preview([q.mask(0) for q in preds], preview.shape))
+                             _compose([q.mask(0) for q in preds], ids, None, preview.shape), ids, None)
             return {p: st}, []
 
         self._submit(self._generation, stack, work)
@@ -955,6 +1001,7 @@ class PromptSegWidget(QWidget):
         if self.n_lead == 0:
             self._set_status("propagation needs a z-stack or a time series; this image is 2D.")
             return
+        self._ensure_layers()
         if self._stack is None:
             self._set_status("choose a model first.")
             return
@@ -976,17 +1023,19 @@ class PromptSegWidget(QWidget):
             self._set_status("prompt an object on at least one plane of this stack first.")
             return
         prompted = sorted(p[axis] for p in self._states if p in line)
+        # a prompted plane is the user's: an object not prompted there stops before it
+        absent = {o: [k for k in prompted if o not in seeds.get(k, {})]
+                  for objs in seeds.values() for o in objs}
 
         def plane_of(k: int) -> tuple[int, ...]:
             idx = list(here)
             idx[axis] = k
             return tuple(idx)
 
-        for k in range(stack.lead_shape[axis]):  # the last propagation's planes go: this one refills them
-            if k not in seeds and preview[plane_of(k)].any():
-                preview[plane_of(k)] = 0
-        self.preview_layer.refresh()
-        kwargs = {"min_score": self.min_score_spin.value(), "min_overlap": self.min_overlap_spin.value()}
+        kwargs = {"min_score": self.min_score_spin.value(), "min_overlap": self.min_overlap_spin.value(),
+                  "absent": absent}
+        visited: set[int] = set(prompted)  # planes this run has written (or must keep)
+        self._linked.update(plane_of(k) for k in seeds)
         model, n = self.model, stack.lead_shape[axis]
 
         @thread_worker
@@ -1002,10 +1051,13 @@ class PromptSegWidget(QWidget):
             if self._propagation is not token or self._closed:
                 return
             k = res.index
-            plane = np.array(preview[plane_of(k)])  # a plane can come once per direction
+            # the first visit replaces what an earlier propagation left; a second (the other
+            # direction) adds to this run's objects
+            plane = (np.array(preview[plane_of(k)]) if k in visited
+                     else np.zeros(preview.shape[-2:], np.uint8))
+            visited.add(k)
+            self._linked.add(plane_of(k))
             for oid, m in sorted(res.masks.items()):
-                if _behind_prompted(res.sources.get(oid, k), k, prompted):
-                    continue  # a prompted plane is the user's: nothing runs into or past it
                 plane[m & (plane == 0)] = oid
             target = self.target_labels(create=False)
             keep_committed = not self.overwrite_check.isChecked()
@@ -1021,12 +1073,17 @@ class PromptSegWidget(QWidget):
             pbar.close()
             if self._propagation is token:
                 self._propagation = None
+                # what an earlier run left where this one did not reach
+                self._write_planes({plane_of(k): None for k in range(n)
+                                    if k not in visited and preview[plane_of(k)].any()})
                 self._set_status("propagation done: check the planes, correct any plane with points "
                                  "and press P again; K commits.")
                 self._prefetch()
 
         def on_error(err):
             if self._propagation is token:
+                self._propagation = None  # finished follows errored: keep this message
+                pbar.close()
                 self._set_status(f"propagation failed: {err}")
 
         worker.yielded.connect(on_step)
@@ -1061,6 +1118,7 @@ class PromptSegWidget(QWidget):
             self.boxes_layer.data = []
         self.cancel_propagation()
         self._states.clear()
+        self._linked.clear()
         self._commit_after_decode = False
         self._generation += 1
         self._shown = self._generation
@@ -1090,9 +1148,11 @@ class PromptSegWidget(QWidget):
             self._commit_after_decode = True  # commit what the newest prompts give, not older
             self._set_status("committing as soon as the decode finishes…")
             return ()
-        preview = np.asarray(self.preview_layer.data)
-        ids = _ids(preview)
-        if not ids:
+        preview = np.ascontiguousarray(self.preview_layer.data)
+        h, w = preview.shape[-2:]
+        planes = preview.reshape(-1, h, w)  # a view: one row per plane of the stack
+        used = np.flatnonzero(planes.reshape(len(planes), -1).any(1))
+        if not len(used):
             self._set_status("nothing to commit: the preview is empty.")
             return ()
         target = self.target_labels()
@@ -1106,7 +1166,11 @@ class PromptSegWidget(QWidget):
             target.data = np.ascontiguousarray(target.data)
         try:
             overwrite = self.overwrite_check.isChecked()
-            c = commit_masks(target.data, [preview == i for i in ids], overwrite=overwrite)
+            z0, z1 = int(used[0]), int(used[-1]) + 1  # only the block of planes with objects
+            groups = self._commit_groups(planes[z0:z1], z0)
+            block = target.data.reshape(-1, h, w)[z0:z1]
+            c = commit_labels(block, groups, overwrite=overwrite, first_id=next_free_id(target.data),
+                              offset=z0 * h * w)
         except (TypeError, ValueError, OverflowError) as err:
             self._set_status(f"cannot commit into {target.name!r}: {err}")
             return ()
@@ -1120,6 +1184,25 @@ class PromptSegWidget(QWidget):
         self._set_status(f"committed object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))} "
                          f"to {target.name!r}. U: undo.")
         return c.ids
+
+    def _commit_groups(self, block: np.ndarray, z0: int) -> np.ndarray:
+        """One group per object to commit, for planes ``z0:`` (flat plane numbers) of the preview.
+
+        Planes linked by a propagation share ids (a propagated object is one 3D label); on any
+        other plane each object is its own label, so two cells clicked on two planes never merge.
+        """
+        lead = L.image_plane_shape(self.image_layer)[:-2]
+        linked = {int(np.ravel_multi_index(p, lead)) for p in self._linked} if lead else set()
+        groups = np.zeros(block.shape, np.int32)
+        nxt = 256  # preview ids are < 256 (uint8): linked objects keep theirs, the others count up
+        for k in range(len(block)):
+            if z0 + k in linked:
+                groups[k] = block[k]
+                continue
+            for i in _ids(block[k]):
+                groups[k][block[k] == i] = nxt
+                nxt += 1
+        return groups
 
     def _history(self, layer) -> CommitHistory:
         h = self._histories.get(layer)
@@ -1166,6 +1249,41 @@ class _SliceState:
     choices: list[int]
     logits: dict[int, np.ndarray]  # per object: low-res logits of the shown mask, for refinement
     plane: np.ndarray  # (H, W) uint8 preview of this plane
+    ids: list[int] = field(default_factory=list)  # preview id per object
+    kept: np.ndarray | None = None  # propagated objects left on this plane (their preview ids)
+
+
+def _object_ids(objects, hint: list[int] | None, kept: np.ndarray | None) -> list[int]:
+    """Preview ids for ``objects``: the ids they had (``hint``), else on a propagated plane the
+    id under the object's first positive point (or its box's centre), else the next free ids."""
+    used = list(hint or [])[: len(objects)]
+    if kept is None:
+        return used + [i for i in range(1, 256) if i not in used][: len(objects) - len(used)]
+    taken = set(used) | set(_ids(kept))
+    for o in objects[len(used):]:
+        pos = o.points[o.labels == 1]
+        at = pos[0] if len(pos) else (None if o.box is None else (o.box[:2] + o.box[2:]) / 2)
+        under = 0
+        if at is not None:
+            r, c = (int(np.clip(round(v), 0, n - 1)) for v, n in zip(at, kept.shape, strict=True))
+            under = int(kept[r, c])
+        if under and under not in used:
+            used.append(under)
+        else:
+            used.append(max(taken | set(used) | {0}) + 1)
+    return used
+
+
+def _compose(masks, ids: list[int], kept: np.ndarray | None, shape) -> np.ndarray:
+    """The plane's preview: ``masks`` with ``ids`` (earlier wins), then the kept propagated
+    objects whose ids are not re-prompted, where nothing else is."""
+    out = np.zeros(shape, np.uint8)
+    for m, i in zip(masks, ids, strict=True):
+        out[np.asarray(m, bool) & (out == 0)] = i
+    if kept is not None:
+        rest = np.where(np.isin(kept, ids), 0, kept).astype(np.uint8)
+        out = np.where(out == 0, rest, out)
+    return out
 
 
 def _signature(objects) -> bytes:
@@ -1195,20 +1313,14 @@ def _spin(value: float, tip: str) -> QDoubleSpinBox:
     return box
 
 
-def _behind_prompted(source: int, k: int, prompted: list[int]) -> bool:
-    """True when a prompted plane other than ``source`` lies between ``source`` and ``k``
-    (``k`` included): an object absent from a plane the user prompted stops there."""
-    lo, hi = (source, k) if k >= source else (k, source)
-    return any(lo <= b <= hi and b != source for b in prompted)
-
-
 def _fmt(index: tuple[int, ...]) -> str:
     return ", ".join(map(str, index))
 
 
 def _ids(labels: np.ndarray) -> list[int]:
     """The non-zero ids present in a small-id labels image."""
-    return [int(i) + 1 for i in np.flatnonzero(np.bincount(labels.ravel().clip(0))[1:])]
+    v = labels.ravel()
+    return [int(i) + 1 for i in np.flatnonzero(np.bincount(v.clip(0) if v.dtype.kind == "i" else v)[1:])]
 
 
 def _note(model) -> str:
