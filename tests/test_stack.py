@@ -89,3 +89,15 @@ def test_embed_stack_streams_to_disk_and_resumes(tmp_path):
     st = StackEmbeddings(fresh, img, disk=disk)
     assert all(st.get(z).features["components"].max() == 1 for z in range(10))
     assert fresh.embed_calls == 0
+
+
+def test_propagate_finds_a_stack_precomputed_on_disk(tmp_path):
+    import napari_promptseg as ps
+
+    img = volume()
+    disk = DiskCache(tmp_path / "emb")
+    list(embed_stack_iter(ComponentModel(), img, disk=disk))  # e.g. on a cluster node
+    fresh = ComponentModel()
+    labels = ps.propagate(fresh, img, {3: [{"points": [[10, 15]]}]}, disk=disk, prompt="box+point")
+    assert fresh.embed_calls == 0  # every plane came from the disk cache (same default window)
+    assert (labels[3] > 0).sum() == 100 and (labels > 0).any(axis=(1, 2)).sum() >= 5

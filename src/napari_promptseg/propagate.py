@@ -494,12 +494,14 @@ def propagate(
     *,
     contrast_limits: tuple[float, float] | None = None,
     cache=None,
+    disk=None,
     min_score: float = MIN_SCORE,
     min_overlap: float = MIN_OVERLAP,
     min_area: int = MIN_AREA,
     max_slices: int | None = None,
     prompt: str = DEFAULT_PROMPT,
     box_margin: float = BOX_MARGIN,
+    absent: Mapping[int, Iterable[int]] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Segment objects through a z-stack or a video from prompts on some of its slices / frames.
@@ -519,18 +521,23 @@ def propagate(
     a lower id keeps a pixel that two seeds claim.
 
     Intensities: ONE window for the whole stack, ``contrast_limits`` or robust percentiles of the
-    whole stack (uint8 passes unchanged). Each slice is embedded lazily with
+    stack (:func:`~napari_promptseg.stack.stack_window`, the same default as
+    :func:`~napari_promptseg.stack.embed_stack_iter`, so a precomputed stack is found; uint8
+    passes unchanged). Each slice is embedded lazily with
     :func:`~napari_promptseg.embeddings.embed_cached` through ``cache`` (an ``EmbeddingCache`` or
-    None); slices visited by both passes are embedded twice unless the cache keeps them.
+    None) and ``disk`` (a ``DiskCache`` or None); slices visited by both passes are embedded twice
+    unless a cache keeps them.
 
-    min_score, min_overlap, min_area, max_slices, prompt, box_margin: see :func:`propagate_iter`. progress:
+    min_score, min_overlap, min_area, max_slices, prompt, box_margin, absent: see
+    :func:`propagate_iter`. progress:
     called as ``progress(done, total)`` after each processed slice.
 
     Returns an int32 labels array shaped like ``stack`` without its channel axis; the seed slices
     hold the seed masks, the other slices the propagated masks (0 = background).
     """
     from .embeddings import embed_cached
-    from .image import _check_limits, intensity_window
+    from .image import _check_limits
+    from .stack import stack_window
 
     arr = stack if hasattr(stack, "shape") and hasattr(stack, "ndim") else np.asarray(stack)
     if arr.ndim == 4 and arr.shape[-1] in (3, 4):
@@ -551,13 +558,13 @@ def propagate(
     elif np.dtype(arr.dtype) in (np.uint8, np.bool_):
         window = None  # passes unchanged
     else:
-        window = intensity_window(np.asarray(arr))
+        window = stack_window(np.moveaxis(arr, axis, 0), rgb=arr.ndim == 4)
 
     def plane(k: int) -> np.ndarray:
         return np.asarray(np.take(arr, k, axis=axis))
 
     def embedding_of(k: int) -> Embedding:
-        return embed_cached(model, plane(k), window, cache)
+        return embed_cached(model, plane(k), window, cache, disk=disk)
 
     seeds: dict[int, dict[int, np.ndarray]] = {}
     for k, p in _seed_prompts(prompts, n).items():
@@ -599,7 +606,7 @@ def propagate(
             view[k][m] = oid
     for res in propagate_iter(model, embedding_of, n, seeds, min_score=min_score,
                               min_overlap=min_overlap, min_area=min_area, max_slices=max_slices,
-                              prompt=prompt, box_margin=box_margin):
+                              prompt=prompt, box_margin=box_margin, absent=absent):
         for oid, m in res.masks.items():
             view[res.index][m] = oid
         if progress is not None:
