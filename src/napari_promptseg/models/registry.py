@@ -91,7 +91,7 @@ REGISTRY: dict[str, ModelSpec] = {
         # `python -m napari_promptseg.training.export CHECKPOINT --update-registry`.
         ModelSpec(DEMO_MODEL, "sam", "promptseg_demo",
                   "package://napari_promptseg/models/data/promptseg_demo.pt",
-                  "sha256:3a48731a545eea5576dd8500451b544a66f7f1cde877cf060b759ea28c0955d9",
+                  "sha256:f08506c19bf5cc67071eb208ceef8fa2425f5b4be7dbc8440c018273fd768162",
                   4.6, "2.3M", "Small SAM trained on synthetic fluorescence nuclei; ships with the "
                   "package, works offline (demos, tests). Not a replacement for SAM.", _OURS,
                   package_file="models/data/promptseg_demo.pt"),
