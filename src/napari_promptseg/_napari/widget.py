@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass, field
 
 import numpy as np
 from qtpy.QtCore import QEvent, QTimer
@@ -37,9 +36,11 @@ from ..commits import CommitHistory, commit_labels, next_free_id
 from ..embeddings import EmbeddingCache
 from ..interactive import bounding_box, decode_objects, group_prompts
 from ..prompts import inside_image
-from ..propagate import MIN_OVERLAP, MIN_SCORE, propagate_iter
+from ..propagate import MIN_OVERLAP, MIN_SCORE
 from . import layers as L
 from .decoding import LatestOnlyRunner
+from .plane_state import SliceState, compose, fmt, ids_in, object_ids, planes_of, signature
+from .propagation import PropagationMixin
 
 __all__ = ["PromptSegWidget", "KEYS"]
 
@@ -59,7 +60,7 @@ KEYS = {
 }
 
 
-class PromptSegWidget(QWidget):
+class PromptSegWidget(PropagationMixin, QWidget):
     """Interactive Segment Anything for one napari viewer (see the module docstring)."""
 
     PREFETCH = 4  # planes embedded ahead in the direction the user moves through a stack
@@ -78,7 +79,7 @@ class PromptSegWidget(QWidget):
         self._stack = None  # StackEmbeddings of the image (a 2D image is a stack of one plane)
         self._slice: tuple[int, ...] = ()  # the displayed plane's index (leading axes)
         self._move = (0, 1)  # (leading axis, direction) the user last moved along: prefetch that way
-        self._states: dict[tuple[int, ...], _SliceState] = {}  # decoded prompts per plane
+        self._states: dict[tuple[int, ...], SliceState] = {}  # decoded prompts per plane
         self._active: tuple[int, ...] = ()  # plane prompted last: J and the status line act on it
         self._propagation = None  # the running propagation worker
         self._linked: set[tuple[int, ...]] = set()  # planes a propagation seeded or wrote
@@ -494,9 +495,9 @@ class PromptSegWidget(QWidget):
         """The status line for the displayed plane: its prompts' masks, or what propagation put there."""
         ly = self.preview_layer
         if self._slice and self._slice not in self._states and ly is not None and ly in self.viewer.layers:
-            n = len(_ids(np.asarray(ly.data[self._slice])))
+            n = len(ids_in(np.asarray(ly.data[self._slice])))
             if n:
-                return (f"plane {_fmt(self._slice)}: {n} propagated object{'s' * (n > 1)} in the preview. "
+                return (f"plane {fmt(self._slice)}: {n} propagated object{'s' * (n > 1)} in the preview. "
                         "Correct a plane with points and press P again; K commits.")
         return self._describe()
 
@@ -558,7 +559,7 @@ class PromptSegWidget(QWidget):
             return
         token = self._embed_token = ("current", object(), layer, model, stack, idx)
         self._close_pbar()
-        where = f" plane {_fmt(idx)}" if idx else ""
+        where = f" plane {fmt(idx)}" if idx else ""
         self._embed_pbar = progress(total=0, desc=f"promptseg: embedding {layer.name}{where}")
         self._set_status(f"embedding {layer.name}{where} with {model.name}{_note(model)}…")
         # a request not started yet is replaced, so encoders never pile up
@@ -596,7 +597,7 @@ class PromptSegWidget(QWidget):
 
     def _embedded(self, emb) -> None:
         self.embedding = emb
-        where = f" plane {_fmt(self._slice)}" if self._slice else ""
+        where = f" plane {fmt(self._slice)}" if self._slice else ""
         self._set_status(f"{self.image_layer.name}{where}: ready ({self.model.name}{_note(self.model)}). "
                          "Click on an object.")
         self.request_decode()
@@ -766,8 +767,8 @@ class PromptSegWidget(QWidget):
         lo = np.maximum(boxes[:, :2], -0.5)
         hi = np.minimum(boxes[:, 2:], [h - 0.5, w - 0.5])
         bkeep = ((hi - lo) > 0).all(1)
-        p_planes, keep = _planes(pts[:, :n], shape[:n], keep)
-        b_planes, bkeep = _planes(box_lead[:, :n], shape[:n], bkeep)
+        p_planes, keep = planes_of(pts[:, :n], shape[:n], keep)
+        b_planes, bkeep = planes_of(box_lead[:, :n], shape[:n], bkeep)
         out = {}
         used = {p_planes[i] for i in np.flatnonzero(keep)} | {b_planes[i] for i in np.flatnonzero(bkeep)}
         for plane in sorted(used):
@@ -804,7 +805,7 @@ class PromptSegWidget(QWidget):
                              "to 2D (ndisplay) and do not roll or transpose them.")
             return
         by_plane = self.objects_by_plane()
-        sigs = {p: _signature(objs) for p, objs in by_plane.items()}
+        sigs = {p: signature(objs) for p, objs in by_plane.items()}
         changed = {p: o for p, o in by_plane.items()
                    if p not in self._states or self._states[p].sig != sigs[p]}
         removed = [p for p in self._states if p not in by_plane]
@@ -830,10 +831,10 @@ class PromptSegWidget(QWidget):
                 preds = decode_objects(model, emb, objs, mask_inputs[p]) if objs else []
                 choices = [q.best for q in preds]
                 hint, kept = bases[p]
-                ids = _object_ids(objs, hint, kept)
+                ids = object_ids(objs, hint, kept)
                 masks = [q.mask(c) for q, c in zip(preds, choices, strict=True)]
-                plane = _compose(masks, ids, kept, plane_shape)
-                out[p] = _SliceState(sigs[p], emb, preds, choices, {}, plane, ids, kept)
+                plane = compose(masks, ids, kept, plane_shape)
+                out[p] = SliceState(sigs[p], emb, preds, choices, {}, plane, ids, kept)
             return out, removed
 
         self._submit(gen, stack, work)
@@ -902,7 +903,7 @@ class PromptSegWidget(QWidget):
         preds, choices = self.predictions, self.choices
         if not preds:
             model = f" ({self.model.name}{_note(self.model)})" if self.model is not None else ""
-            where = f" on plane {_fmt(self._slice)}" if self._slice else ""
+            where = f" on plane {fmt(self._slice)}" if self._slice else ""
             return f"ready{model}{where}: click on an object (Shift-click: background) or draw a box."
         parts = []
         for p, c in zip(preds, choices, strict=True):
@@ -914,7 +915,7 @@ class PromptSegWidget(QWidget):
             else:
                 parts.append(f"score {p.scores[0]:.2f}")
         n = len(preds)
-        where = f" on plane {_fmt(self._active)}" if self._active else ""
+        where = f" on plane {fmt(self._active)}" if self._active else ""
         return f"{n} object{'s' * (n > 1)}{where}: " + "; ".join(parts) + ". K: commit."
 
     def next_mask(self) -> None:
@@ -932,7 +933,7 @@ class PromptSegWidget(QWidget):
         st.choices = choices
         st.logits = {i: q.logits[c] for i, (q, c) in enumerate(zip(st.preds, choices, strict=True))}
         masks = [q.mask(c) for q, c in zip(st.preds, choices, strict=True)]
-        st.plane = _compose(masks, st.ids, st.kept, st.plane.shape)
+        st.plane = compose(masks, st.ids, st.kept, st.plane.shape)
         self._write_planes({self._active: st.plane})
         self._set_status(self._describe())
 
@@ -943,7 +944,7 @@ class PromptSegWidget(QWidget):
             return
         p = self._slice
         preview = np.array(self.preview_layer.data[p] if p else self.preview_layer.data)
-        ids = _ids(preview)
+        ids = ids_in(preview)
         if not ids:
             self._set_status("the preview is empty: paint the object into it first.")
             return
@@ -953,162 +954,16 @@ class PromptSegWidget(QWidget):
         objects = group_prompts(pts, labels, boxes)
         self._generation += 1
         model, emb, stack = self.model, self.embedding, self._stack
-        sig = _signature(self.current_objects())
+        sig = signature(self.current_objects())
 
         def work():
             mask_inputs = {i: model.mask_prompt(emb, m) for i, m in enumerate(masks)}
             preds = decode_objects(model, emb, objects, mask_inputs)
-            st = _SliceState(sig, emb, preds, [0] * len(preds), {},
-                             _compose([q.mask(0) for q in preds], ids, None, preview.shape), ids, None)
+            st = SliceState(sig, emb, preds, [0] * len(preds), {},
+                             compose([q.mask(0) for q in preds], ids, None, preview.shape), ids, None)
             return {p: st}, []
 
         self._submit(self._generation, stack, work)
-
-    # ---------------------------------------------------------------- propagation (stacks)
-    def _refresh_axis_choices(self, event=None) -> None:
-        """List the image's leading axes by the viewer's axis labels; default z, else t, else the
-        axis next to the plane."""
-        n = self.n_lead
-        labels = list(self.viewer.dims.axis_labels)[-(n + 2):][:n] if n else []
-        names = [f"{lab} (axis {i})" for i, lab in enumerate(labels)]
-        low = [str(lab).lower() for lab in labels]
-        default = next((low.index(k) for k in ("z", "t", "time", "frame") if k in low), n - 1)
-        _set_items(self.axis_combo, names, names[default] if names else None)
-        self.axis_combo.setEnabled(n > 1)
-        self.buttons["propagate"].setEnabled(n > 0)
-
-    @property
-    def propagation_axis(self) -> int:
-        """The leading axis (0 = first) along which objects are propagated."""
-        return max(0, self.axis_combo.currentIndex())
-
-    @property
-    def _propagating(self) -> bool:
-        return self._propagation is not None
-
-    def propagate(self) -> None:
-        """Propagate the objects of the prompted planes through the stack along the chosen axis,
-        both ways from every prompted plane (between two prompted planes from both ends), into
-        the preview; a running propagation is cancelled first. Commit (K) keeps the result.
-
-        Objects are matched across planes by their order on each plane (the first box or
-        point-group of plane 10 and of plane 30 are the same object)."""
-        from napari.qt.threading import thread_worker
-        from napari.utils import progress
-
-        if self._closed or self.image_layer is None:
-            return
-        if self.n_lead == 0:
-            self._set_status("propagation needs a z-stack or a time series; this image is 2D.")
-            return
-        self._ensure_layers()
-        if self._stack is None:
-            self._set_status("choose a model first.")
-            return
-        if self._submitted == self._generation and self._shown != self._generation:
-            self._set_status("the newest prompts are still being decoded: propagate again when they show.")
-            return
-        self.cancel_propagation()
-        axis, here, stack = self.propagation_axis, self._slice, self._stack
-        line = set(stack.line(here, axis))
-        preview = self.preview_layer.data
-        seeds = {}
-        for p in self._states:
-            if p in line:
-                plane = np.asarray(preview[p])
-                objs = {i: plane == i for i in _ids(plane)}
-                if objs:
-                    seeds[p[axis]] = objs
-        if not seeds:
-            self._set_status("prompt an object on at least one plane of this stack first.")
-            return
-        prompted = sorted(p[axis] for p in self._states if p in line)
-        # a prompted plane is the user's: an object not prompted there stops before it
-        absent = {o: [k for k in prompted if o not in seeds.get(k, {})]
-                  for objs in seeds.values() for o in objs}
-
-        def plane_of(k: int) -> tuple[int, ...]:
-            idx = list(here)
-            idx[axis] = k
-            return tuple(idx)
-
-        kwargs = {"min_score": self.min_score_spin.value(), "min_overlap": self.min_overlap_spin.value(),
-                  "absent": absent}
-        visited: set[int] = set(prompted)  # planes this run has written (or must keep)
-        self._linked.update(plane_of(k) for k in seeds)
-        model, n = self.model, stack.lead_shape[axis]
-
-        @thread_worker
-        def run():
-            yield from propagate_iter(model, lambda k: stack.get(plane_of(k)), n, seeds, **kwargs)
-
-        worker = run()
-        pbar = progress(total=n, desc="promptseg: propagating")
-        self._propagation = worker
-        token = worker
-
-        def on_step(res):
-            if self._propagation is not token or self._closed:
-                return
-            k = res.index
-            # the first visit replaces what an earlier propagation left; a second (the other
-            # direction) adds to this run's objects
-            plane = (np.array(preview[plane_of(k)]) if k in visited
-                     else np.zeros(preview.shape[-2:], np.uint8))
-            visited.add(k)
-            self._linked.add(plane_of(k))
-            for oid, m in sorted(res.masks.items()):
-                plane[m & (plane == 0)] = oid
-            target = self.target_labels(create=False)
-            keep_committed = not self.overwrite_check.isChecked()
-            if target is not None and keep_committed and target.data.shape == preview.shape:
-                plane[np.asarray(target.data[plane_of(res.index)]) != 0] = 0  # committed objects stay
-            self._write_planes({plane_of(res.index): plane})
-            pbar.total = max(res.total, 1)
-            pbar.n = min(res.done, pbar.total)
-            pbar.refresh()
-            self._set_status(f"propagating: {res.done} / {res.total} planes (Cancel stops; K commits).")
-
-        def on_done(*args):
-            pbar.close()
-            if self._propagation is token:
-                self._propagation = None
-                # what an earlier run left where this one did not reach
-                self._write_planes({plane_of(k): None for k in range(n)
-                                    if k not in visited and preview[plane_of(k)].any()})
-                self._set_status("propagation done: check the planes, correct any plane with points "
-                                 "and press P again; K commits.")
-                self._prefetch()
-
-        def on_error(err):
-            if self._propagation is token:
-                self._propagation = None  # finished follows errored: keep this message
-                pbar.close()
-                self._set_status(f"propagation failed: {err}")
-
-        worker.yielded.connect(on_step)
-        worker.errored.connect(on_error)
-        worker.finished.connect(on_done)
-        where = ", ".join(map(str, sorted(seeds)))
-        self._set_status(f"propagating from plane{'s' * (len(seeds) > 1)} {where}…")
-        worker.start()
-
-    def cancel_propagation(self) -> None:
-        """Stop a running propagation; the planes it finished stay in the preview."""
-        worker, self._propagation = getattr(self, "_propagation", None), None
-        if worker is not None:
-            worker.quit()
-
-    def wait_propagation(self, timeout: float = 60.0) -> None:
-        """Block until the propagation ends (scripts and tests; processes Qt events)."""
-        import time
-
-        from qtpy.QtWidgets import QApplication
-
-        end = time.monotonic() + timeout
-        while self._propagation is not None and time.monotonic() < end:
-            QApplication.processEvents()
-            time.sleep(0.01)
 
     # ---------------------------------------------------------------- commit, undo, clear
     def _clear_prompts(self) -> None:
@@ -1199,7 +1054,7 @@ class PromptSegWidget(QWidget):
             if z0 + k in linked:
                 groups[k] = block[k]
                 continue
-            for i in _ids(block[k]):
+            for i in ids_in(block[k]):
                 groups[k][block[k] == i] = nxt
                 nxt += 1
         return groups
@@ -1239,70 +1094,6 @@ class PromptSegWidget(QWidget):
 _TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
 
 
-@dataclass
-class _SliceState:
-    """What the prompts of one plane decoded to (``sig`` identifies those prompts)."""
-
-    sig: bytes
-    embedding: object
-    preds: list
-    choices: list[int]
-    logits: dict[int, np.ndarray]  # per object: low-res logits of the shown mask, for refinement
-    plane: np.ndarray  # (H, W) uint8 preview of this plane
-    ids: list[int] = field(default_factory=list)  # preview id per object
-    kept: np.ndarray | None = None  # propagated objects left on this plane (their preview ids)
-
-
-def _object_ids(objects, hint: list[int] | None, kept: np.ndarray | None) -> list[int]:
-    """Preview ids for ``objects``: the ids they had (``hint``), else on a propagated plane the
-    id under the object's first positive point (or its box's centre), else the next free ids."""
-    used = list(hint or [])[: len(objects)]
-    if kept is None:
-        return used + [i for i in range(1, 256) if i not in used][: len(objects) - len(used)]
-    taken = set(used) | set(_ids(kept))
-    for o in objects[len(used):]:
-        pos = o.points[o.labels == 1]
-        at = pos[0] if len(pos) else (None if o.box is None else (o.box[:2] + o.box[2:]) / 2)
-        under = 0
-        if at is not None:
-            r, c = (int(np.clip(round(v), 0, n - 1)) for v, n in zip(at, kept.shape, strict=True))
-            under = int(kept[r, c])
-        if under and under not in used:
-            used.append(under)
-        else:
-            used.append(max(taken | set(used) | {0}) + 1)
-    return used
-
-
-def _compose(masks, ids: list[int], kept: np.ndarray | None, shape) -> np.ndarray:
-    """The plane's preview: ``masks`` with ``ids`` (earlier wins), then the kept propagated
-    objects whose ids are not re-prompted, where nothing else is."""
-    out = np.zeros(shape, np.uint8)
-    for m, i in zip(masks, ids, strict=True):
-        out[np.asarray(m, bool) & (out == 0)] = i
-    if kept is not None:
-        rest = np.where(np.isin(kept, ids), 0, kept).astype(np.uint8)
-        out = np.where(out == 0, rest, out)
-    return out
-
-
-def _signature(objects) -> bytes:
-    """Bytes that change whenever the objects' points, labels or boxes change."""
-    parts = []
-    for o in objects:
-        parts += [np.asarray(o.points, np.float64).tobytes(), b"|", np.asarray(o.labels, np.int32).tobytes(),
-                  b"|", b"-" if o.box is None else np.asarray(o.box, np.float64).tobytes(), b";"]
-    return b"".join(parts)
-
-
-def _planes(lead: np.ndarray, lead_shape, keep: np.ndarray) -> tuple[list[tuple[int, ...]], np.ndarray]:
-    """Plane index per row of leading coordinates (rounded); rows outside the stack are dropped
-    from ``keep``."""
-    idx = np.round(np.asarray(lead, float)).astype(int).reshape(len(keep), len(lead_shape))
-    inside = ((idx >= 0) & (idx < np.asarray(lead_shape, int))).all(1)  # all() of no axes: True
-    return [tuple(int(v) for v in row) for row in idx], keep & inside
-
-
 def _spin(value: float, tip: str) -> QDoubleSpinBox:
     box = QDoubleSpinBox()
     box.setRange(0.0, 1.0)
@@ -1311,16 +1102,6 @@ def _spin(value: float, tip: str) -> QDoubleSpinBox:
     box.setValue(value)
     box.setToolTip(tip)
     return box
-
-
-def _fmt(index: tuple[int, ...]) -> str:
-    return ", ".join(map(str, index))
-
-
-def _ids(labels: np.ndarray) -> list[int]:
-    """The non-zero ids present in a small-id labels image."""
-    v = labels.ravel()
-    return [int(i) + 1 for i in np.flatnonzero(np.bincount(v.clip(0) if v.dtype.kind == "i" else v)[1:])]
 
 
 def _note(model) -> str:
