@@ -804,7 +804,8 @@ class PromptSegWidget(PropagationMixin, QWidget):
             self._set_status("prompts work in a 2D view of the image's last two axes (Y, X): switch "
                              "to 2D (ndisplay) and do not roll or transpose them.")
             return
-        by_plane = self.objects_by_plane()
+        prompts = self._plane_prompts()  # once per request: every point goes through the transforms
+        by_plane = {plane: group_prompts(*v) for plane, v in prompts.items()}
         sigs = {p: signature(objs) for p, objs in by_plane.items()}
         changed = {p: o for p, o in by_plane.items()
                    if p not in self._states or self._states[p].sig != sigs[p]}
@@ -820,7 +821,6 @@ class PromptSegWidget(PropagationMixin, QWidget):
         model = self.model
         plane_shape = L.image_plane_shape(self.image_layer)[-2:]
         mask_inputs = {p: dict(self._states[p].logits) if p in self._states else {} for p in changed}
-        prompts = self._plane_prompts()
         # (ids of earlier decodes, propagated objects left); a negative point removes the one under it
         bases = {p: self._base(p, prompts[p][0][prompts[p][1] == 0]) for p in changed}
 
