@@ -43,8 +43,10 @@ class PropagationMixin:
         both ways from every prompted plane (between two prompted planes from both ends), into
         the preview; a running propagation is cancelled first. Commit (K) keeps the result.
 
-        Objects are matched across planes by their order on each plane (the first box or
-        point-group of plane 10 and of plane 30 are the same object)."""
+        An object is its preview id: on prompted planes the order of its prompts (the first box
+        or point group of plane 10 and of plane 30 are the same object), on a corrected
+        propagated plane the id of the object the correction landed on. A prompted plane is the
+        user's: nothing is written into it, and an object absent from it stops there."""
         from napari.qt.threading import thread_worker
         from napari.utils import progress
 
