@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Hashable
 
 import numpy as np
 
@@ -33,26 +34,30 @@ def embedding_key(model, rgb: np.ndarray) -> str:
 
 
 class EmbeddingCache:
-    """A thread-safe in-memory LRU of embeddings (``max_items`` most recently used)."""
+    """A thread-safe in-memory LRU of embeddings (``max_items`` most recently used), keyed by
+    :func:`embedding_key` (or any hashable key, e.g. a plane index)."""
 
     def __init__(self, max_items: int = 8) -> None:
         self.max_items = max_items
-        self._items: OrderedDict[str, Embedding] = OrderedDict()
+        self._items: OrderedDict[Hashable, Embedding] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> Embedding | None:
+    def get(self, key: Hashable) -> Embedding | None:
         with self._lock:
             emb = self._items.get(key)
             if emb is not None:
                 self._items.move_to_end(key)
             return emb
 
-    def put(self, key: str, embedding: Embedding) -> None:
+    def put(self, key: Hashable, embedding: Embedding) -> None:
         with self._lock:
             self._items[key] = embedding
             self._items.move_to_end(key)
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
 
     def __len__(self) -> int:
         return len(self._items)

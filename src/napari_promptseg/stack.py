@@ -12,7 +12,6 @@ Plane indices are tuples of the leading (non-plane) data axes: ``(z,)`` for ``(Z
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,7 +66,7 @@ class StackEmbeddings:
         self.window = stack_window(stack, rgb) if window is None else window
         self.cache, self.disk, self.max_items = cache, disk, max_items
         self.lead_shape = tuple(stack.shape[: stack.ndim - (3 if rgb else 2)])
-        self._mem: OrderedDict[tuple, Embedding] = OrderedDict()
+        self._mem = EmbeddingCache(max_items)  # by plane index
         self._inflight: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
         self.computed = 0  # planes encoded (or read from a cache) by this object
@@ -87,22 +86,16 @@ class StackEmbeddings:
 
     def cached(self, index) -> Embedding | None:
         """The plane's embedding if it is in memory (never computes)."""
-        idx = self.index(index)
-        with self._lock:
-            emb = self._mem.get(idx)
-            if emb is not None:
-                self._mem.move_to_end(idx)
-            return emb
+        return self._mem.get(self.index(index))
 
     def get(self, index) -> Embedding:
         """The plane's embedding, computed (or read from the caches) once; concurrent callers
         asking for the same plane wait for that one computation."""
         idx = self.index(index)
         while True:
-            with self._lock:
+            with self._lock:  # the memory check and the in-flight registration are one step
                 emb = self._mem.get(idx)
                 if emb is not None:
-                    self._mem.move_to_end(idx)
                     return emb
                 event = self._inflight.get(idx)
                 owner = event is None
@@ -112,13 +105,10 @@ class StackEmbeddings:
                 event.wait()
                 continue  # computed (or failed: then this caller tries itself)
             try:
-                kwargs = {"disk": self.disk} if self.disk is not None else {}
-                emb = embed_cached(self.model, self.plane(idx), self.window, self.cache, **kwargs)
+                emb = embed_cached(self.model, self.plane(idx), self.window, self.cache, disk=self.disk)
+                self._mem.put(idx, emb)  # before the in-flight entry goes: waiters find it
                 with self._lock:
-                    self._mem[idx] = emb
                     self.computed += 1
-                    while len(self._mem) > self.max_items:
-                        self._mem.popitem(last=False)
                 return emb
             finally:
                 with self._lock:
