@@ -30,8 +30,10 @@ SPEC = ModelSpec("components", "test", "components", "", "", 0, "0", "test backe
 class ComponentModel(PromptableModel):
     image_size = 64  # the low-res logits cover a 64 x 64 square, like SAM's 256 of 1024
 
-    def __init__(self, delay: float = 0.0, embed_delay: float = 0.0, mask_input: str = "pixels"):
+    def __init__(self, delay: float = 0.0, embed_delay: float = 0.0, mask_input: str = "pixels",
+                 multimask_scores=(0.9, 0.6, 0.3)):
         super().__init__(SPEC, "components-v1", "cpu")
+        self.multimask_scores = np.array(multimask_scores, np.float32)
         if mask_input not in ("pixels", "objects"):
             raise ValueError(f"mask_input must be 'pixels' or 'objects', got {mask_input!r}")
         self.delay, self.embed_delay, self.mask_input_mode = delay, embed_delay, mask_input
@@ -88,7 +90,7 @@ class ComponentModel(PromptableModel):
         if multimask:
             grown = ndimage.binary_dilation(mask, iterations=2)
             masks = np.stack([mask, grown, fg])
-            scores = np.array([0.9, 0.6, 0.3], np.float32)
+            scores = self.multimask_scores.copy()
         else:
             masks, scores = mask[None], np.array([0.95], np.float32)
         lh, lw = self.low_res_shape

@@ -213,6 +213,24 @@ def test_cycling_candidate_masks(env, qtbot):
     np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 1)
 
 
+def test_next_mask_skips_candidates_the_model_scores_as_wrong(make_napari_viewer, qtbot):
+    # promptseg_demo's second and third outputs are untrained (whole image, score ~0)
+    e = open_widget(make_napari_viewer, qtbot, ComponentModel(multimask_scores=(0.9, 0.6, 0.02)))
+    w, truth = e.w, e.truth
+    w.points_layer.add([[25, 30]])
+    settle(qtbot, w)
+    w.next_mask()
+    assert "[0.60]" in w.status.text()
+    w.next_mask()  # the 0.02 candidate (all bright pixels) is skipped: back to the best
+    np.testing.assert_array_equal(w.preview_layer.data > 0, truth == 1)
+    e2 = open_widget(make_napari_viewer, qtbot, ComponentModel(multimask_scores=(0.9, 0.05, 0.02)))
+    e2.w.points_layer.add([[25, 30]])
+    settle(qtbot, e2.w)
+    e2.w.next_mask()
+    np.testing.assert_array_equal(e2.w.preview_layer.data > 0, e2.truth == 1)
+    assert "score below 0.1" in e2.w.status.text()
+
+
 def test_refinement_logits_belong_to_one_object(env, qtbot):
     w, model = env.w, env.model
     w.points_layer.add([[25, 30]])

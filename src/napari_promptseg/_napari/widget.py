@@ -46,6 +46,9 @@ __all__ = ["PromptSegWidget", "KEYS"]
 
 LOCAL_CHECKPOINT = "local checkpoint…"
 NEW_LABELS = "(new) " + L.LABELS_NAME
+#: J skips candidate masks whose predicted IoU is below this (the model itself calls them wrong;
+#: e.g. the untrained second and third outputs of promptseg_demo); the best one is always kept
+MIN_CANDIDATE_SCORE = 0.1
 
 #: key -> (method name, help text); bound on the viewer while the widget is open
 KEYS = {
@@ -922,13 +925,14 @@ class PromptSegWidget(PropagationMixin, QWidget):
         """Show the next candidate mask (by score) of each ambiguous object of the plane
         prompted last."""
         st = self._states.get(self._active)
-        if st is None or not any(len(p.scores) > 1 for p in st.preds):
-            self._set_status("only one candidate mask: add a point or a box to change it.")
+        orders = [] if st is None else [_offered(p, c) for p, c in zip(st.preds, st.choices, strict=True)]
+        if not any(len(o) > 1 for o in orders):
+            low = st is not None and any(len(p.scores) > 1 for p in st.preds)
+            why = (f"the other candidate masks score below {MIN_CANDIDATE_SCORE}" if low
+                   else "only one candidate mask")
+            self._set_status(f"{why}: add a point or a box to change the mask.")
             return
-        choices = []
-        for p, c in zip(st.preds, st.choices, strict=True):
-            order = list(np.argsort(-p.scores))
-            choices.append(int(order[(order.index(c) + 1) % len(order)]))
+        choices = [int(o[(o.index(c) + 1) % len(o)]) for o, c in zip(orders, st.choices, strict=True)]
         # not a new prompt state: a decode in flight for newer prompts still lands
         st.choices = choices
         st.logits = {i: q.logits[c] for i, (q, c) in enumerate(zip(st.preds, choices, strict=True))}
@@ -1109,6 +1113,13 @@ def _note(model) -> str:
 
     return ", the offline demo model: pick another and 'Load model' for real work" if (
         model.name == DEMO_MODEL) else ""
+
+
+def _offered(pred, chosen: int) -> list[int]:
+    """Candidate indices that J cycles through, best score first: those scoring at least
+    :data:`MIN_CANDIDATE_SCORE`, plus the best and the one shown."""
+    order = [int(k) for k in np.argsort(-pred.scores)]
+    return [k for k in order if k in (order[0], chosen) or pred.scores[k] >= MIN_CANDIDATE_SCORE]
 
 
 def _candidates(preds) -> None:
