@@ -520,13 +520,22 @@ def test_offline_default_is_the_demo_model(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: w.ready, timeout=60000)
     assert w.model.name == "promptseg_demo" and "offline demo model" in w.status.text()
     assert w.model_combo.currentText() == "promptseg_demo"
+    from scipy import ndimage as ndi
+
     _, truth = nuclei_image()
-    i = np.bincount(truth.ravel())[1:].argmax() + 1  # the largest nucleus
+
+    def isolated(j):
+        ring = ndi.binary_dilation(truth == j, iterations=2) & (truth != j)
+        return not np.any(truth[ring])
+
+    # the largest nucleus that touches no other (one click on a touching one may give the cluster)
+    counts = np.bincount(truth.ravel())
+    i = max((j for j in range(1, len(counts)) if counts[j] and isolated(j)), key=lambda j: counts[j])
     w.points_layer.add(np.argwhere(truth == i).mean(0))
     settle(qtbot, w, timeout=30000)
     pred = w.preview_layer.data > 0
     iou = (pred & (truth == i)).sum() / (pred | (truth == i)).sum()
-    assert iou > 0.5, iou
+    assert iou > 0.85, iou  # measured 0.97 through the API (the step-6135 weights: 0.95)
 
 
 def test_choosing_a_model_that_needs_a_download_waits_for_load(env, qtbot):
