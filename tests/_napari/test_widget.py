@@ -226,6 +226,7 @@ def test_next_mask_skips_candidates_the_model_scores_as_wrong(make_napari_viewer
     e2 = open_widget(make_napari_viewer, qtbot, ComponentModel(multimask_scores=(0.9, 0.05, 0.02)))
     e2.w.points_layer.add([[25, 30]])
     settle(qtbot, e2.w)
+    assert "score 0.90" in e2.w.status.text() and "J: next" not in e2.w.status.text()
     e2.w.next_mask()
     np.testing.assert_array_equal(e2.w.preview_layer.data > 0, e2.truth == 1)
     assert "score below 0.1" in e2.w.status.text()

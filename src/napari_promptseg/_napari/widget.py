@@ -910,13 +910,13 @@ class PromptSegWidget(PropagationMixin, QWidget):
             return f"ready{model}{where}: click on an object (Shift-click: background) or draw a box."
         parts = []
         for p, c in zip(preds, choices, strict=True):
-            if len(p.scores) > 1:
-                order = np.argsort(-p.scores)
+            offered = _offered(p, c)  # the candidates J cycles through
+            if len(offered) > 1:
                 parts.append("masks " + " ".join(
-                    (f"[{p.scores[i]:.2f}]" if i == c else f"{p.scores[i]:.2f}") for i in order
+                    (f"[{p.scores[i]:.2f}]" if i == c else f"{p.scores[i]:.2f}") for i in offered
                 ) + " (J: next)")
             else:
-                parts.append(f"score {p.scores[0]:.2f}")
+                parts.append(f"score {p.scores[c]:.2f}")
         n = len(preds)
         where = f" on plane {fmt(self._active)}" if self._active else ""
         return f"{n} object{'s' * (n > 1)}{where}: " + "; ".join(parts) + ". K: commit."
