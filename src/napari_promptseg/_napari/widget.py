@@ -882,7 +882,7 @@ class PromptSegWidget(PropagationMixin, QWidget):
         self._shown = gen
         self._set_status(self._describe())
         preds = [q for st in states.values() for q in st.preds]
-        if any(len(q.scores) > 1 for q in preds):  # the other candidates, for J, off the UI thread
+        if any(len(_offered(q, q.best)) > 1 for q in preds):  # J's other candidates, off the UI thread
             threading.Thread(target=_candidates, args=(preds,), daemon=False).start()
         if self._commit_after_decode:
             self._commit_after_decode = False
@@ -1124,7 +1124,7 @@ def _offered(pred, chosen: int) -> list[int]:
 
 def _candidates(preds) -> None:
     for p in preds:
-        for i in range(len(p.scores)):
+        for i in _offered(p, p.best):  # not the ones J skips
             p.mask(i)  # cached in the Prediction
 
 
