@@ -91,7 +91,7 @@ REGISTRY: dict[str, ModelSpec] = {
         # `python -m napari_promptseg.training.export CHECKPOINT --update-registry`.
         ModelSpec(DEMO_MODEL, "sam", "promptseg_demo",
                   "package://napari_promptseg/models/data/promptseg_demo.pt",
-                  "sha256:5d3865200be980651a2dd02610439bbfde54f3df7fce3d38371c84454a6bcec5",
+                  "sha256:7ca3b95b7ce0ecf918d8df6e98f8d4a47eb5afba81934f2a2b3a98ba973a8f54",
                   4.6, "2.3M", "Small SAM trained on synthetic fluorescence nuclei; ships with the "
                   "package, works offline (demos, tests). Not a replacement for SAM.", _OURS,
                   package_file="models/data/promptseg_demo.pt"),
