@@ -97,13 +97,17 @@ def test_first_mask_does_not_wait_for_the_other_planes(make_napari_viewer, qtbot
 def test_neighbours_are_prefetched_in_the_direction_of_movement(make_napari_viewer, qtbot):
     img = np.full((60, 48, 48), BG, np.uint16)
     viewer, layer, w, model = open_stack(make_napari_viewer, qtbot, img)
-    goto(viewer, w, qtbot, 30)
-    goto(viewer, w, qtbot, 31)  # moving up
-    qtbot.waitUntil(lambda: all(w._stack.cached((31 + k,)) is not None for k in range(1, w.PREFETCH + 1)),
+    # start far from the plane shown on opening (the middle, ~29): its own prefetch (one of which
+    # is one plane behind) may still be running and must not reach the planes checked below
+    goto(viewer, w, qtbot, 45)
+    goto(viewer, w, qtbot, 46)  # moving up
+    qtbot.waitUntil(lambda: all(w._stack.cached((46 + k,)) is not None for k in range(1, w.PREFETCH + 1)),
                     timeout=10000)
-    qtbot.waitUntil(lambda: not w._embedder.busy, timeout=10000)
-    assert w._stack.cached((30,)) is not None  # one behind
-    assert w._stack.cached((31 - 3,)) is None and w._stack.cached((31 + w.PREFETCH + 2,)) is None
+    # prefetching is over: nothing left to fetch around plane 46 and no embedding in flight
+    qtbot.waitUntil(lambda: not w._stack.prefetch_order(w._slice, *w._move, count=w.PREFETCH)
+                    and w._embed_token is None and not w._embedder.busy, timeout=10000)
+    assert w._stack.cached((45,)) is not None  # one behind
+    assert w._stack.cached((46 - 3,)) is None and w._stack.cached((46 + w.PREFETCH + 2,)) is None
     goto(viewer, w, qtbot, 20)  # moving down: the next ones are below
     qtbot.waitUntil(lambda: w._stack.cached((19,)) is not None and w._stack.cached((18,)) is not None,
                     timeout=10000)
