@@ -20,6 +20,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from napari_promptseg.cancel import check_cancelled
 from napari_promptseg.models.base import PromptableModel
 from napari_promptseg.models.registry import ModelSpec
 from napari_promptseg.results import Embedding, Prediction
@@ -51,7 +52,10 @@ class ComponentModel(PromptableModel):
 
     def _embed_rgb(self, rgb):
         self.embed_calls += 1
-        time.sleep(self.embed_delay)
+        end = time.monotonic() + self.embed_delay
+        while (left := end - time.monotonic()) > 0:  # small steps: a cancel_scope can stop it
+            check_cancelled()
+            time.sleep(min(0.02, left))
         gray = rgb.astype(np.float32).mean(-1)
         fg = gray > 127
         comps, _ = ndimage.label(fg)

@@ -13,9 +13,38 @@ def test_uint8_rgb_passes_unchanged():
     np.testing.assert_array_equal(out, img)
 
 
-def test_uint8_contrast_limits_are_ignored():
-    img = np.full((4, 5), 77, np.uint8)
-    np.testing.assert_array_equal(to_rgb_uint8(img, contrast_limits=(0, 10)), 77)
+@pytest.mark.parametrize("channels", [3, 4])
+def test_uint8_rgb_ignores_contrast_limits(channels):
+    img = np.random.default_rng(1).integers(0, 256, (6, 7, channels), dtype=np.uint8)
+    np.testing.assert_array_equal(to_rgb_uint8(img, contrast_limits=(0, 10)), img[..., :3])
+    np.testing.assert_array_equal(to_rgb_uint8(img, contrast_limits=(0, 40)), img[..., :3])
+
+
+@pytest.mark.parametrize("shape", [(8, 9), (8, 9, 1)])
+def test_dim_uint8_gray_is_stretched_by_contrast_limits(shape):
+    """A dim 8-bit fluorescence image reaches the model with the stretch the user sees."""
+    img = np.zeros(shape, np.uint8)
+    img.reshape(8, 9)[2, 3] = 20
+    img.reshape(8, 9)[4, 5] = 40
+    img.reshape(8, 9)[6, 7] = 200
+    out = to_rgb_uint8(img, contrast_limits=(0, 40))
+    assert out.shape == (8, 9, 3) and out.dtype == np.uint8
+    assert abs(int(out[2, 3, 0]) - 128) <= 1  # 20 of (0, 40) -> mid-gray
+    assert out[4, 5, 0] == 255 and out[6, 7, 0] == 255 and out[0, 0, 0] == 0
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+@pytest.mark.parametrize("limits", [None, (0, 255), (0.0, 255.0)])
+def test_uint8_gray_full_range_or_no_limits_is_identity(limits):
+    img = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    out = to_rgb_uint8(img, contrast_limits=limits)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], img)
+
+
+def test_uint8_gray_bad_limits_raise():
+    with pytest.raises(ValueError, match="contrast_limits"):
+        to_rgb_uint8(np.zeros((4, 4), np.uint8), contrast_limits=(10, 0))
 
 
 @pytest.mark.parametrize("shape", [(10, 12), (10, 12, 1)])

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from napari_promptseg.embeddings import DiskCache
+from napari_promptseg.embeddings import DiskCache, EmbeddingCache
 from napari_promptseg.stack import StackEmbeddings, embed_stack_iter, stack_window
 from tests.component_model import ComponentModel
 
@@ -101,3 +101,19 @@ def test_propagate_finds_a_stack_precomputed_on_disk(tmp_path):
     labels = ps.propagate(fresh, img, {3: [{"points": [[10, 15]]}]}, disk=disk, prompt="box+point")
     assert fresh.embed_calls == 0  # every plane came from the disk cache (same default window)
     assert (labels[3] > 0).sum() == 100 and (labels > 0).any(axis=(1, 2)).sum() >= 5
+
+
+def test_uint8_gray_stack_uses_the_given_window():
+    """A dim 8-bit stack: the window the user sees (napari's contrast limits) reaches the model."""
+    img = np.full((3, 30, 40), 5, np.uint8)
+    img[:, 10:20, 10:20] = 40  # dim object: below the test model's threshold of 127 as is
+    plain = StackEmbeddings(ComponentModel(), img)
+    assert plain.window is None and plain.get(1).features["components"].max() == 0
+    cache = EmbeddingCache()
+    full = StackEmbeddings(ComponentModel(), img, (0, 255), cache=cache)
+    assert full.get(1).features["components"].max() == 0  # (0, 255): identity
+    model = ComponentModel()
+    st = StackEmbeddings(model, img, (0, 60), cache=cache)  # shared cache: no stale reuse
+    comps = st.get(1).features["components"]
+    assert model.embed_calls == 1 and comps.max() == 1
+    assert comps[10:20, 10:20].all() and not comps[:10].any()

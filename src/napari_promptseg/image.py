@@ -3,7 +3,9 @@
 Rules (see DESIGN.md, "Intensity"):
 
 - ``(H, W)`` gray and ``(H, W, 1)`` are repeated to RGB; ``(H, W, 4)`` drops alpha.
-- uint8 passes unchanged, so results equal the official predictors'.
+- uint8 RGB(A) passes unchanged, so results equal the official predictors'; so does uint8 gray
+  unless ``contrast_limits`` other than ``(0, 255)`` are given (a dim 8-bit fluorescence image
+  then reaches the model with the stretch the user sees in napari).
 - Every other real dtype maps to uint8 through ONE window ``(lo, hi)`` for all pixels and
   channels: ``contrast_limits`` when given (napari's layer contrast limits), else robust
   percentiles of the finite values. NaN and -inf map to 0, +inf to 255. bool maps to 0/255.
@@ -89,16 +91,22 @@ def to_rgb_uint8(
 ) -> np.ndarray:
     """Return a C-contiguous ``(H, W, 3)`` uint8 copy or view of ``image``.
 
-    ``contrast_limits``: the ``(lo, hi)`` window for non-uint8 data; values ``<= lo`` map to 0
-    and ``>= hi`` to 255. Ignored for uint8 and bool input.
+    ``contrast_limits``: the ``(lo, hi)`` window; values ``<= lo`` map to 0 and ``>= hi`` to 255.
+    Applied to every dtype but bool (always 0/255) and uint8 RGB(A) (always unchanged, for parity
+    with the official predictors). uint8 gray ``(H, W)``/``(H, W, 1)`` passes unchanged when
+    ``contrast_limits`` is None or ``(0, 255)``, else goes through the window like other dtypes.
+    None for other dtypes: robust percentiles (:func:`intensity_window`).
     """
     arr = _channels_last(_check_array(image))
     if arr.shape[0] < 2 or arr.shape[1] < 2:
         raise ValueError(f"image of shape {arr.shape[:2]} is too small; need at least 2x2 pixels")
     if arr.shape[-1] == 4:
         arr = arr[..., :3]
-    if arr.dtype == np.uint8:
+    if arr.dtype == np.uint8 and (arr.shape[-1] != 1 or contrast_limits is None):
         out = arr
+    elif arr.dtype == np.uint8:  # gray with explicit limits: the stretch the user sees
+        lo, hi = _check_limits(contrast_limits)
+        out = arr if (lo, hi) == (0.0, 255.0) else _apply_window(arr, lo, hi)
     elif arr.dtype == np.bool_:
         out = arr.astype(np.uint8) * 255
     else:

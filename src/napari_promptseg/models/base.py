@@ -51,8 +51,9 @@ class PromptableModel(ABC):
     def embed(self, image, contrast_limits: tuple[float, float] | None = None) -> Embedding:
         """Encode ``image`` (H, W) or (H, W, 1|3|4) of any real dtype.
 
-        uint8 goes to the model unchanged; other dtypes through the ``contrast_limits`` window
-        (default: robust percentiles). For a stack, pass the stack's window for every slice.
+        uint8 RGB goes to the model unchanged; uint8 gray too unless ``contrast_limits`` other than
+        ``(0, 255)`` are given; other dtypes through the ``contrast_limits`` window (default:
+        robust percentiles). For a stack, pass the stack's window for every slice.
         """
         return self._embed_rgb(to_rgb_uint8(image, contrast_limits))
 

@@ -16,6 +16,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from ..cancel import install_cancel_hooks
 from ..devices import resolve_device
 from ..prompts import Prompt
 from ..results import Embedding, Prediction
@@ -151,6 +152,7 @@ class SamModel(PromptableModel):
         super().__init__(spec, checkpoint_id, device)
         self.sam = sam.to(device).eval()
         use_lean_attention(self.sam.image_encoder)  # in place; same weights, same numbers
+        install_cancel_hooks(self.sam.image_encoder)  # a cancel_scope stops it between blocks
         self.image_size = int(sam.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.image_size)
         self.decoder = FastMaskDecoder(self.sam)

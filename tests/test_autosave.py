@@ -1,0 +1,277 @@
+"""Autosave: content keys, round trips, journal, placement, and survival of a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_promptseg.autosave import AnnotationStore, AutosaveWarning, image_key
+
+
+class CountingArray:
+    """A lazy array-like that counts how many planes are read."""
+
+    def __init__(self, arr):
+        self._arr, self.shape, self.dtype, self.ndim = arr, arr.shape, arr.dtype, arr.ndim
+        self.reads = 0
+
+    def __getitem__(self, idx):
+        self.reads += 1
+        return self._arr[idx]
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole array must never be read")
+
+
+def test_image_key_tracks_content():
+    img = np.arange(24 * 31, dtype=np.uint16).reshape(24, 31)
+    key = image_key(img)
+    assert len(key) == 32
+    assert image_key(img.copy()) == key
+    changed = img.copy()
+    changed[13, 7] += 1
+    assert image_key(changed) != key
+    assert image_key(img.astype(np.int32)) != key  # dtype is part of the key
+    assert image_key(img.reshape(31, 24)) != key  # and the shape
+    rgb = np.zeros((2, 5, 6, 3), np.uint8)
+    rgb2 = rgb.copy()
+    rgb2[1, 4, 5, 2] = 1
+    assert image_key(rgb, rgb=True) != image_key(rgb2, rgb=True)
+
+
+def test_image_key_reads_16_planes_of_a_large_stack():
+    arr = np.random.default_rng(0).integers(0, 255, (200, 32, 32), dtype=np.uint8)
+    lazy = CountingArray(arr)
+    key = image_key(lazy)
+    assert lazy.reads == 16
+    assert image_key(arr) == key  # numpy and a lazy array of the same content agree
+    small = CountingArray(arr[:10])
+    image_key(small)
+    assert small.reads == 10
+    tz = CountingArray(arr.reshape(20, 10, 32, 32))  # (T, Z, H, W)
+    image_key(tz)
+    assert tz.reads == 16
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.uint32])
+def test_round_trip_2d(tmp_path, dtype):
+    store = AnnotationStore(tmp_path / "s")
+    assert not store.exists() and not store.root.exists()
+    plane = np.zeros((40, 50), dtype)
+    plane[5:20, 10:30] = np.iinfo(dtype).max
+    plane[30:, :5] = 3
+    store.save({(): plane}, {"op": "commit", "ids": [3]}, shape=(40, 50), dtype=dtype)
+    assert store.exists()
+    shape, dt, planes = store.load()
+    assert shape == (40, 50) and dt == np.dtype(dtype)
+    assert list(planes) == [()]
+    assert planes[()].dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(planes[()], plane)
+
+
+def test_round_trip_3d_and_4d(tmp_path):
+    store = AnnotationStore(tmp_path / "s3")
+    a, b = np.zeros((8, 9), np.uint16), np.zeros((8, 9), np.uint16)
+    a[1:3, 1:3], b[4:, 4:] = 1, 2
+    store.save({(2,): a}, {"op": "commit"}, shape=(5, 8, 9), dtype=np.uint16)
+    store.save({(4,): b, (0,): a}, {"op": "commit"}, shape=(5, 8, 9), dtype=np.uint16)
+    shape, _, planes = store.load()
+    assert shape == (5, 8, 9) and sorted(planes) == [(0,), (2,), (4,)]
+    np.testing.assert_array_equal(planes[(4,)], b)
+    np.testing.assert_array_equal(planes[(2,)], a)
+
+    store4 = AnnotationStore(tmp_path / "s4")
+    store4.save({(1, 3): b}, {"op": "commit"}, shape=(2, 4, 8, 9), dtype=np.int32)
+    shape, dt, planes = store4.load()
+    assert shape == (2, 4, 8, 9) and dt == np.int32 and list(planes) == [(1, 3)]
+    np.testing.assert_array_equal(planes[(1, 3)], b)
+    with pytest.raises(ValueError, match="does not fit"):
+        store4.save({(2, 0): b}, {}, shape=(2, 4, 8, 9), dtype=np.int32)
+    with pytest.raises(ValueError, match="shape"):
+        store4.save({(0, 0): b[:4]}, {}, shape=(2, 4, 8, 9), dtype=np.int32)
+
+
+def test_later_saves_replace_and_undo_to_zero_removes(tmp_path):
+    store = AnnotationStore(tmp_path / "s")
+    kw = {"shape": (3, 10, 10), "dtype": np.uint16}
+    first, second = np.zeros((10, 10), np.uint16), np.zeros((10, 10), np.uint16)
+    first[:5] = 1
+    second[:5], second[7:] = 1, 2
+    store.save({(1,): first}, {"op": "commit", "ids": [1]}, **kw)
+    store.save({(1,): second}, {"op": "commit", "ids": [2]}, **kw)
+    np.testing.assert_array_equal(store.load()[2][(1,)], second)
+    store.save({(1,): first}, {"op": "undo"}, **kw)
+    np.testing.assert_array_equal(store.load()[2][(1,)], first)
+    store.save({(1,): np.zeros((10, 10), np.uint16)}, {"op": "undo"}, **kw)
+    assert store.load()[2] == {}
+    assert store.exists()  # the journal still says what happened
+    assert [r["op"] for r in store.records()] == ["commit", "commit", "undo", "undo"]
+
+
+def test_records_in_order_with_prompts_and_summary(tmp_path):
+    store = AnnotationStore(tmp_path / "s")
+    plane = np.zeros((6, 6), np.uint32)
+    for k in range(3):
+        plane[k, k] = k + 1
+        prompts = {"points": np.array([[k, k]]), "labels": [np.int64(1)], "box": None}
+        store.save({(k,): plane.copy()}, {"op": "commit", "ids": [k + 1], "prompts": prompts,
+                                          "time": time.time()}, shape=(3, 6, 6), dtype=np.uint32)
+    recs = store.records()
+    assert [r["ids"] for r in recs] == [[1], [2], [3]]
+    assert recs[2]["prompts"] == {"points": [[2, 2]], "labels": [1], "box": None}
+    assert [r["planes"] for r in recs] == [[[0]], [[1]], [[2]]]
+    s = store.summary()
+    assert s.startswith("3 commits, 3 labels on 3 planes, last saved ")
+    store.clear()
+    assert not store.root.exists() and not store.exists()
+
+
+def test_torn_journal_line_is_ignored(tmp_path):
+    store = AnnotationStore(tmp_path / "s")
+    plane = np.ones((4, 4), np.uint16)
+    store.save({(): plane}, {"op": "commit", "ids": [1]}, shape=(4, 4), dtype=np.uint16)
+    with open(store.root / "journal.jsonl", "ab") as f:
+        f.write(b'{"op": "commit", "ids": [2], "pro')  # a crash in the middle of a line
+    assert [r["ids"] for r in store.records()] == [[1]]
+    # the next save ends the torn line first, so its own record stays whole
+    store.save({(): plane * 3}, {"op": "commit", "ids": [3]}, shape=(4, 4), dtype=np.uint16)
+    assert [r["ids"] for r in store.records()] == [[1], [3]]
+
+
+def test_a_corrupt_plane_is_reported_and_the_others_restored(tmp_path):
+    store = AnnotationStore(tmp_path / "s")
+    plane = np.full((6, 6), 4, np.uint16)
+    store.save({(0,): plane, (1,): plane}, {"op": "commit"}, shape=(2, 6, 6), dtype=np.uint16)
+    path = store.root / "planes" / "plane_1.npz"
+    path.write_bytes(path.read_bytes()[:40])
+    (store.root / "planes" / ".tmp-plane_0.npz-123").write_bytes(b"half")  # an interrupted write
+    with pytest.warns(AutosaveWarning, match="plane_1.npz"):
+        planes = store.load()[2]
+    assert list(planes) == [(0,)]
+    np.testing.assert_array_equal(planes[(0,)], plane)
+
+
+def test_missing_or_corrupt_meta_says_what_to_delete(tmp_path):
+    store = AnnotationStore(tmp_path / "s")
+    store.save({(): np.ones((4, 4), np.uint8)}, {"op": "commit"}, shape=(4, 4), dtype=np.uint8)
+    (store.root / "meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match="delete the folder"):
+        store.load()
+    (store.root / "meta.json").unlink()
+    with pytest.raises(ValueError, match=str(store.root).replace("\\", "\\\\")):
+        store.load()
+    assert "labels unreadable" in store.summary()
+
+
+def test_for_image_placement(tmp_path):
+    img = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    key = image_key(img)
+    default = AnnotationStore.for_image(img)
+    assert default.root == tmp_path / "cache" / "annotations" / key
+    src = tmp_path / "data" / "cells.tif"
+    src.parent.mkdir()
+    src.write_bytes(b"")
+    beside = AnnotationStore.for_image(img, source_path=str(src))
+    assert beside.root == tmp_path / "data" / "cells.tif.promptseg" / key[:16]
+    beside.save({(): img}, {"op": "commit"}, shape=(8, 8), dtype=np.uint8)
+    assert AnnotationStore.for_image(img.copy(), source_path=str(src)).exists()
+    gone = AnnotationStore.for_image(img, source_path=str(tmp_path / "nowhere" / "x.tif"))
+    assert gone.root == default.root
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions: the read-only fallback cannot be tested")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "img.tif").write_bytes(b"")
+    ro.chmod(0o555)
+    try:
+        assert AnnotationStore.for_image(img, source_path=str(ro / "img.tif")).root == default.root
+    finally:
+        ro.chmod(0o755)
+
+
+CHILD = textwrap.dedent("""
+    import numpy as np
+
+    Z, H, W = 50, 256, 256
+
+    def expected(k):
+        plane = np.zeros((H, W), np.uint16)
+        r, c = (k * 37) % (H - 96), (k * 53) % (W - 96)
+        plane[r:r + 96, c:c + 96] = k + 1
+        plane[::7, ::5] = np.random.default_rng(k).integers(1, 60000, plane[::7, ::5].shape)
+        return plane
+
+    if __name__ == "__main__":
+        import sys
+        from napari_promptseg.autosave import AnnotationStore
+
+        store = AnnotationStore(sys.argv[1])
+        k = 0
+        while True:
+            store.save({(k % Z,): expected(k)}, {"op": "commit", "commit": k, "prompts":
+                        {"points": [[k % H, k % W]], "labels": [1]}}, shape=(Z, H, W), dtype="uint16")
+            print(k, flush=True)
+            k += 1
+""")
+
+
+@pytest.mark.parametrize(("kill_after", "delay"), [(5, 0.0), (12, 0.0005), (30, 0.001), (57, 0.0015)])
+def test_survives_sigkill_mid_save(tmp_path, kill_after, delay):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    ns: dict = {}
+    exec(compile(CHILD, str(script), "exec"), ns)
+    expected, Z = ns["expected"], ns["Z"]
+    root = tmp_path / "store"
+    env = {**os.environ, "PROMPTSEG_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    printed = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(printed) <= kill_after and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            printed.append(int(line))
+        time.sleep(delay)  # a save takes ~2 ms: the delays land the kill at different steps of it
+        os.kill(proc.pid, signal.SIGKILL)  # while it is busy with the next saves
+        rest, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    printed += [int(s) for s in rest.split()]
+    last = printed[-1]
+    assert printed == list(range(last + 1)) and last >= kill_after
+
+    store = AnnotationStore(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutosaveWarning)  # a torn plane file would be reported
+        shape, dtype, planes = store.load()
+    assert shape == (Z, 256, 256) and dtype == np.uint16
+    for z in range(Z):
+        touched = [k for k in range(last + 1) if k % Z == z]
+        if not touched:
+            # a commit after the last print may or may not have landed, but never half of it
+            if (z,) in planes:
+                assert any(np.array_equal(planes[(z,)], expected(k)) for k in range(last + 1, last + 3))
+            continue
+        got = planes[(z,)]
+        ok = [expected(touched[-1])] + [expected(k) for k in range(last + 1, last + 3) if k % Z == z]
+        assert any(np.array_equal(got, e) for e in ok), f"plane {z} is not a committed state"
+    recs = store.records()
+    assert [r["commit"] for r in recs[: last + 1]] == list(range(last + 1))
+    assert all(r["planes"] == [[r["commit"] % Z]] for r in recs)
+    assert len(recs) <= last + 3
+    assert json.loads((root / "meta.json").read_text())["shape"] == [Z, 256, 256]
