@@ -61,6 +61,34 @@ def pump(app, cond, timeout=600.0) -> float:
     return seen[0]
 
 
+class Probe:
+    """The widget's preview layer, busy flag and "a new mask is shown" hook, for this widget and
+    for the one before the session redesign (``--label before``: run with the old ``src`` first on
+    PYTHONPATH), so that both are timed in one run."""
+
+    def __init__(self, w) -> None:
+        self.w, self.new = w, hasattr(w, "session")
+
+    @property
+    def preview_layer(self):
+        return self.w.bridge.preview_layer if self.new else self.w.preview_layer
+
+    @property
+    def points_layer(self):
+        return self.w.bridge.points_layer if self.new else self.w.points_layer
+
+    @property
+    def busy(self) -> bool:
+        return self.w.scheduler.busy if self.new else self.w._runner.busy
+
+    def on_shown(self, callback) -> None:
+        """``callback()`` right after the preview layer got a new mask (on the UI thread)."""
+        if self.new:  # the bridge refreshes the layer first (connected earlier)
+            self.w.session.events.preview.connect(lambda planes: callback())
+        else:
+            self.w.preview_layer.events.data.connect(lambda e: callback())
+
+
 def main(argv=None) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
@@ -75,6 +103,7 @@ def main(argv=None) -> None:
     p.add_argument("--edits", type=int, default=30)
     p.add_argument("--embeds", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--label", default="", help="tag printed with each row (e.g. before / after)")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -110,14 +139,15 @@ def main(argv=None) -> None:
 
     def latency_row(label, spots, official_predictor):
         """Median time from a Points data change to the preview holding the new mask."""
-        shown = []  # when the preview received each new mask (napari's data event, UI thread)
-        w.preview_layer.events.data.connect(lambda e: shown.append(time.perf_counter()))
+        shown = []  # when the preview received each new mask (UI thread)
+        probe = Probe(w)
+        probe.on_shown(lambda: shown.append(time.perf_counter()))
         lat = []
         for i, spot in enumerate(spots):
             n = len(shown)
             t0 = time.perf_counter()
-            w.points_layer.data = spot[None]
-            pump(app, lambda n=n: len(shown) > n and not w._runner.busy)
+            probe.points_layer.data = spot[None]
+            pump(app, lambda n=n: len(shown) > n and not probe.busy)
             t_draw = time.perf_counter() + 0.15
             pump(app, lambda t_draw=t_draw: time.perf_counter() > t_draw)  # napari draws, the user looks
             if i >= 3:  # the first decodes build the per-image decoder cache
@@ -129,7 +159,8 @@ def main(argv=None) -> None:
                                        multimask_output=True)
             off.append(time.perf_counter() - t0)
         m, p90, o = 1e3 * med(lat), 1e3 * np.percentile(lat, 90), 1e3 * med(off)
-        print(f"{label}: median {m:.1f} ms (p90 {p90:.1f}); SamPredictor.predict {o:.1f} ms", flush=True)
+        print(f"{args.label} {label}: median {m:.1f} ms (p90 {p90:.1f}); SamPredictor.predict {o:.1f} ms",
+              flush=True)
         rows.append(f"| {label} (median of {len(lat)}) | {m:.1f} ms (p90 {p90:.1f}) "
                     f"| `predict` alone {o:.1f} ms |")
 

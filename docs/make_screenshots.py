@@ -61,19 +61,19 @@ def main(argv=None) -> None:
     ids = [int(i) for i in np.argsort(-sizes) if i][:6]  # the larger nuclei, as a user would start
     centres = [np.argwhere(truth == i).mean(0) for i in ids]
 
-    w.points_layer.add(centres[0])  # one click on a nucleus
-    wait(app, lambda: not w._runner.busy and w.preview_layer.data.any())
+    w.bridge.points_layer.add(centres[0])  # one click on a nucleus
+    wait(app, lambda: not w.scheduler.busy and w.session.preview_plane().any())
     shot(viewer, app, "click.png")
 
     w.commit()
     for c in centres[1:4]:
-        w.points_layer.add(c)
-        wait(app, lambda: not w._runner.busy)
+        w.bridge.points_layer.add(c)
+        wait(app, lambda: not w.scheduler.busy)
         w.commit()
     rows, cols = np.nonzero(truth == ids[4])  # a box drawn around the next nucleus, 4 px margin
     corners = [[rows.min() - 4, cols.min() - 4], [rows.max() + 4, cols.max() + 4]]
-    w.boxes_layer.add_rectangles(np.array([corners], float))
-    wait(app, lambda: not w._runner.busy and w.preview_layer.data.any())
+    w.bridge.boxes_layer.add_rectangles(np.array([corners], float))
+    wait(app, lambda: not w.scheduler.busy and w.session.preview_plane().any())
     shot(viewer, app, "committed_and_box.png")
     viewer.close()
     stack_shot(args, app)
@@ -92,16 +92,16 @@ def stack_shot(args, app) -> None:
     wait(app, lambda: w.ready)
     viewer.reset_view()
     _, truth = nuclei_stack()
-    z = w._slice[0]
+    z = w.session.plane[0]
     ids, areas = np.unique(truth[z][truth[z] > 0], return_counts=True)
     for i in ids[np.argsort(-areas)][:3]:  # the three largest nuclei of this plane, one box each
         rows, cols = np.nonzero(truth[z] == i)
         r0, c0, r1, c1 = rows.min() - 3, cols.min() - 3, rows.max() + 3, cols.max() + 3
         corners = [[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]]  # nD rectangles: 4 vertices
-        w.boxes_layer.add_rectangles(np.array([corners], float))
-    wait(app, lambda: not w._runner.busy and w.preview_layer.data[z].any())
+        w.bridge.boxes_layer.add_rectangles(np.array([corners], float))
+    wait(app, lambda: not w.scheduler.busy and w.session.preview_plane((z,)).any())
     w.propagate()
-    wait(app, lambda: not w._propagating)
+    wait(app, lambda: not w.session.propagating and not w.scheduler.busy)
     step = list(viewer.dims.point)
     step[0] = (z + 3) * STACK_SCALE[0]  # three planes above the prompted one
     viewer.dims.point = step

@@ -1,46 +1,54 @@
-"""Which prompts form which object; decoding rules; the preview; mask prompts."""
+"""Prompts per object, refinement rule, preview composition; mask prompts."""
 
 import numpy as np
 import pytest
 
 from napari_promptseg.embeddings import EmbeddingCache, embed_cached, embedding_key
-from napari_promptseg.interactive import bounding_box, compose_preview, decode_objects, group_prompts
+from napari_promptseg.interactive import ObjectPrompt, bounding_box
+from napari_promptseg.session.planes import (
+    ObjectDecode,
+    PlaneDecode,
+    compose,
+    extends,
+    merge_prompts,
+    present,
+    signature,
+)
 from tests.component_model import ComponentModel, blob_image
 
 
-def test_points_without_boxes_form_one_object_only_with_a_positive_point():
-    objs = group_prompts([[1, 2], [3, 4]], [1, 0], np.zeros((0, 4)))
-    assert len(objs) == 1 and len(objs[0].points) == 2 and objs[0].box is None
-    assert group_prompts([[1, 2]], [0], []) == []
-    assert group_prompts(np.zeros((0, 2)), [], []) == []
-    assert objs[0].ambiguous is False
-    assert group_prompts([[1, 2]], [1], [])[0].ambiguous
+def test_prompts_are_grouped_by_object_and_negative_only_means_absent():
+    pts = np.array([[1, 2], [3, 4], [5, 6]], float)
+    objs = merge_prompts(pts, np.array([1, 0, 0]), np.array([1, 1, 2]),
+                         np.array([[0, 0, 9, 9], [1, 1, 8, 8]], float), np.array([3, 3]))
+    assert sorted(objs) == [1, 2, 3]
+    assert len(objs[1].points) == 2 and objs[1].box is None and present(objs[1])
+    assert not present(objs[2])  # only a negative point: the object is not on this plane
+    np.testing.assert_array_equal(objs[3].box, [1, 1, 8, 8])  # one box per object: the last one
+    assert objs[3].ambiguous is False and ObjectPrompt(pts[:1], np.ones(1, np.int32)).ambiguous
 
 
-def test_one_box_takes_all_points_several_boxes_split_them():
-    one = group_prompts([[50, 50], [5, 5]], [1, 0], [[0, 0, 10, 10]])
-    assert len(one) == 1 and len(one[0].points) == 2
-    boxes = [[0, 0, 10, 10], [20, 20, 30, 30], [5, 5, 25, 25]]
-    objs = group_prompts([[5, 5], [25, 25], [100, 100]], [1, 0, 1], boxes)
-    assert len(objs) == 3
-    np.testing.assert_array_equal(objs[0].points, [[5, 5]])  # first containing box wins
-    np.testing.assert_array_equal(objs[1].points, [[25, 25]])
-    assert len(objs[2].points) == 0  # the outside point is not used
-    with pytest.raises(ValueError, match="labels"):
-        group_prompts([[1, 1]], [1, 1], [])
+def test_added_points_refine_a_moved_point_starts_afresh():
+    one = ObjectPrompt(np.array([[5.0, 5.0]]), np.array([1], np.int32))
+    two = ObjectPrompt(np.array([[5.0, 5.0], [9.0, 9.0]]), np.array([1, 0], np.int32))
+    moved = ObjectPrompt(np.array([[6.0, 5.0], [9.0, 9.0]]), np.array([1, 0], np.int32))
+    assert extends(two, one) and not extends(moved, one) and not extends(one, two)
+    assert signature(two) != signature(moved)
 
 
-def test_decode_rules_and_preview():
+def test_decoded_objects_win_over_propagated_ones_and_absent_objects_leave():
     img, truth = blob_image()
     model = ComponentModel()
     emb = model.embed(img)
-    objs = group_prompts([[25, 30]], [1], [])
-    (pred,) = decode_objects(model, emb, objs)
-    assert len(pred.masks) == 3 and model.calls[-1]["multimask"]
-    (pred2,) = decode_objects(model, emb, objs, {0: pred.logits[0]})
-    assert len(pred2.masks) == 1 and model.calls[-1]["mask_input"] is not None
-    preview = compose_preview([truth == 1, truth > 0], truth.shape)
-    assert set(np.unique(preview)) == {0, 1, 2} and (preview[truth == 1] == 1).all()
+    o = ObjectPrompt(np.array([[25.0, 30.0]]), np.array([1], np.int32))
+    dec = PlaneDecode({2: ObjectDecode(signature(o), o, model.predict(emb, points=o.points))})
+    propagated = np.where(truth > 0, truth, 0).astype(np.uint32)  # objects 1, 2, 3 propagated here
+    plane = compose(dec, propagated, truth.shape)
+    assert (plane[truth == 1] == 2).all()  # object 2 was prompted onto the first blob
+    assert not (plane == 2)[truth == 2].any() and (plane[truth == 3] == 3).all()
+    gone = ObjectPrompt(np.array([[70.0, 30.0]]), np.array([0], np.int32))
+    dec.objects[3] = ObjectDecode(signature(gone), gone, None)  # negative only: absent here
+    assert not (compose(dec, propagated, truth.shape) == 3).any()
 
 
 def test_mask_prompt_round_trips_through_the_model():

@@ -1,29 +1,27 @@
-"""The dock widget on z-stacks, time series and T x Z images, with the deterministic backend."""
+"""The dock widget on z-stacks, time series and T x Z images, with the deterministic backend: the
+napari plumbing (planes from the layers' transforms and coordinates, embedding and prefetching in
+workers, keys, progress, cancel). The propagation and commit logic itself is tested without a
+viewer in tests/test_session_stack.py."""
 
 import numpy as np
-import pytest
 
 from napari_promptseg._napari.demo import WIDGET_NAME
 from tests._napari.test_widget import click, settle
 from tests.component_model import ComponentModel
-
-BG, FG = 1000, 30000
-
-
-def sphere_stack(n=20, shape=(120, 160), center=(10, 60, 80), radius=8.0, zscale=4.0):
-    """uint16 (n, H, W) stack with a ball (physical radius ``radius`` in x/y pixels, z spacing
-    ``zscale``) and a disjoint bright bar on every plane (a second object); truth ids 1 (ball), 2."""
-    z, y, x = np.ogrid[:n, : shape[0], : shape[1]]
-    ball = ((z - center[0]) * zscale) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2 <= (radius * 4) ** 2
-    truth = np.zeros((n, *shape), np.int32)
-    truth[ball] = 1
-    truth[:, 5:15, 10:150] = 2
-    img = np.where(truth > 0, FG, BG).astype(np.uint16)
-    return img, truth
+from tests.test_session_stack import BG, iou, sphere_stack
 
 
-def iou(a, b):
-    return np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum())
+def wait_propagation(qtbot, w, timeout=20000):
+    qtbot.waitUntil(lambda: not w.session.propagating and not w.scheduler.running("propagate"),
+                    timeout=timeout)
+
+
+def preview(w) -> np.ndarray:
+    return np.asarray(w.bridge.preview_layer.data[...])
+
+
+def labels(w) -> np.ndarray:
+    return np.asarray(w.target_labels().data[...])
 
 
 def open_stack(make_napari_viewer, qtbot, data, model=None, **kwargs):
@@ -48,81 +46,90 @@ def test_prompt_on_plane_7_with_anisotropic_scale_lands_on_plane_7(make_napari_v
     img, truth = sphere_stack()
     viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, scale=(4, 1, 1), translate=(10, 0, 0))
     goto(viewer, w, qtbot, 10 + 7 * 4)  # world z of plane 7
-    assert w._slice == (7,)
-    click(w.points_layer, (38, 60, 80))  # world coordinates: (z, y, x)
-    np.testing.assert_allclose(w.points_layer.data[0], [7, 60, 80])
-    np.testing.assert_allclose(w.points_layer.face_color[0], [0, 1, 0, 1])  # positive: lime
+    assert w.bridge.displayed_plane() == (7,) and w.session.plane == (7,)
+    points = w.bridge.points_layer
+    click(points, (38, 60, 80))  # world coordinates: (z, y, x)
+    np.testing.assert_allclose(points.data[0], [7, 60, 80])
+    np.testing.assert_allclose(points.face_color[0], [0, 1, 0, 1])  # positive: lime
+    assert set(w.session.prompts) == {(7,)}
     settle(qtbot, w)
-    preview = np.asarray(w.preview_layer.data)
-    assert preview.shape == img.shape
-    np.testing.assert_array_equal(preview[7] > 0, truth[7] == 1)
-    assert not preview[np.arange(20) != 7].any()  # nothing on the other planes
-    ids = w.commit()
-    labels = w.target_labels().data
-    assert labels.shape == img.shape and ids == (1,)
-    np.testing.assert_array_equal(labels[7] == 1, truth[7] == 1)
-    assert (labels > 0).sum() == (truth[7] == 1).sum()
+    got = preview(w)
+    assert got.shape == img.shape
+    np.testing.assert_array_equal(got[7] > 0, truth[7] == 1)
+    assert not got[np.arange(20) != 7].any()  # nothing on the other planes
+    w.commit()
+    lab = labels(w)
+    assert lab.shape == img.shape and set(np.unique(lab)) == {0, 1}
+    np.testing.assert_array_equal(lab[7] == 1, truth[7] == 1)
+    assert (lab > 0).sum() == (truth[7] == 1).sum()
     assert w.target_labels().scale[0] == 4  # committed labels keep the anisotropic scale
+    assert w.target_labels().translate[0] == 10
 
 
 def test_prompts_take_their_plane_from_their_own_coordinates(make_napari_viewer, qtbot):
     img, truth = sphere_stack()
     viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img)
-    # points added by a script on two planes that are not displayed
-    w.points_layer.data = np.array([[9.0, 60, 80], [12.0, 10, 50]])
+    # points added by a script on two planes that are not displayed; without O they are one object
+    w.bridge.points_layer.data = np.array([[9.0, 60, 80], [12.0, 10, 50]])
+    assert set(w.session.prompts) == {(9,), (12,)}
     settle(qtbot, w, timeout=20000)
-    preview = np.asarray(w.preview_layer.data)
-    np.testing.assert_array_equal(preview[9] > 0, truth[9] == 1)
-    np.testing.assert_array_equal(preview[12] > 0, truth[12] == 2)
-    assert not preview[[0, 5, 10, 11]].any()
+    got = preview(w)
+    np.testing.assert_array_equal(got[9] > 0, truth[9] == 1)
+    np.testing.assert_array_equal(got[12] > 0, truth[12] == 2)
+    assert not got[[0, 5, 10, 11]].any()
     # removing plane 12's point clears only plane 12
-    w.points_layer.data = w.points_layer.data[:1]
+    w.bridge.points_layer.data = w.bridge.points_layer.data[:1]
     settle(qtbot, w)
-    preview = np.asarray(w.preview_layer.data)
-    assert not preview[12].any() and (preview[9] > 0).any()
+    got = preview(w)
+    assert not got[12].any() and (got[9] > 0).any()
 
 
 def test_first_mask_does_not_wait_for_the_other_planes(make_napari_viewer, qtbot):
     img = np.full((100, 64, 64), BG, np.uint16)
-    img[:, 20:40, 20:40] = FG
+    img[:, 20:40, 20:40] = 30000
     model = ComponentModel(embed_delay=0.05)
     viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=model)
     assert model.embed_calls <= 2  # the displayed plane (plus at most one prefetch started)
-    click(w.points_layer, (w._slice[0], 30, 30))
+    z = w.session.plane[0]
+    click(w.bridge.points_layer, (z, 30, 30))
+    qtbot.waitUntil(lambda: (preview(w)[z] > 0).sum() == 400, timeout=10000)
+    assert model.embed_calls <= 1 + w.session.prefetch + 1  # shown while only neighbours were embedded
     settle(qtbot, w)
-    assert (np.asarray(w.preview_layer.data)[w._slice] > 0).sum() == 400
-    assert model.embed_calls <= 1 + w.PREFETCH + 1
+    assert model.embed_calls <= 1 + w.session.prefetch + 1  # and prefetching stops there
 
 
 def test_neighbours_are_prefetched_in_the_direction_of_movement(make_napari_viewer, qtbot):
     img = np.full((60, 48, 48), BG, np.uint16)
     viewer, layer, w, model = open_stack(make_napari_viewer, qtbot, img)
+    stack, n = w.session.stack, w.session.prefetch
+    assert n >= 2
     # start far from the plane shown on opening (the middle, ~29): its own prefetch (one of which
     # is one plane behind) may still be running and must not reach the planes checked below
     goto(viewer, w, qtbot, 45)
     goto(viewer, w, qtbot, 46)  # moving up
-    qtbot.waitUntil(lambda: all(w._stack.cached((46 + k,)) is not None for k in range(1, w.PREFETCH + 1)),
-                    timeout=10000)
+    qtbot.waitUntil(lambda: all(stack.cached((46 + k,)) is not None for k in range(1, n + 1)), timeout=10000)
     # prefetching is over: nothing left to fetch around plane 46 and no embedding in flight
-    qtbot.waitUntil(lambda: not w._stack.prefetch_order(w._slice, *w._move, count=w.PREFETCH)
-                    and w._embed_token is None and not w._embedder.busy, timeout=10000)
-    assert w._stack.cached((45,)) is not None  # one behind
-    assert w._stack.cached((46 - 3,)) is None and w._stack.cached((46 + w.PREFETCH + 2,)) is None
-    goto(viewer, w, qtbot, 20)  # moving down: the next ones are below
-    qtbot.waitUntil(lambda: w._stack.cached((19,)) is not None and w._stack.cached((18,)) is not None,
+    qtbot.waitUntil(lambda: not stack.prefetch_order((46,), 0, 1, count=n) and not w.scheduler.busy,
                     timeout=10000)
+    assert stack.cached((45,)) is not None  # one behind
+    assert stack.cached((46 - 3,)) is None and stack.cached((46 + n + 2,)) is None
+    goto(viewer, w, qtbot, 20)  # moving down: the next ones are below
+    qtbot.waitUntil(lambda: stack.cached((19,)) is not None and stack.cached((18,)) is not None,
+                    timeout=10000)
+    qtbot.waitUntil(lambda: not w.scheduler.busy, timeout=10000)
+    assert stack.cached((20 + 2,)) is None  # only one behind
 
 
 def test_one_intensity_window_for_the_whole_stack(make_napari_viewer, qtbot):
     img = np.full((6, 40, 40), BG, np.uint16)
-    img[0, 10:20, 10:20] = FG
+    img[0, 10:20, 10:20] = 30000
     img[3, 10:20, 10:20] = BG + 500  # a dim object: below the stack's window midpoint
     viewer, layer, w, model = open_stack(make_napari_viewer, qtbot, img)
     goto(viewer, w, qtbot, 3)
     # per-plane min-max would have stretched plane 3's dim square to full brightness
-    assert w.embedding.features["components"].max() == 0
+    assert w.session.stack.cached((3,)).features["components"].max() == 0
     goto(viewer, w, qtbot, 0)
-    assert w.embedding.features["components"].max() == 1
+    assert w.session.stack.cached((0,)).features["components"].max() == 1
 
 
 def test_time_by_z_image_defaults_to_z_and_prompts_land_on_t_and_z(make_napari_viewer, qtbot):
@@ -136,132 +143,134 @@ def test_time_by_z_image_defaults_to_z_and_prompts_land_on_t_and_z(make_napari_v
     qtbot.waitUntil(lambda: w.ready, timeout=10000)
     assert w.axis_combo.currentText().startswith("z") and w.propagation_axis == 1
     viewer.dims.point = (1, 5, 0, 0)
-    qtbot.waitUntil(lambda: w.ready and w._slice == (1, 5), timeout=10000)
-    click(w.points_layer, (1, 5, 60, 100))
+    qtbot.waitUntil(lambda: w.ready and w.session.plane == (1, 5), timeout=10000)
+    click(w.bridge.points_layer, (1, 5, 60, 100))
+    assert set(w.session.prompts) == {(1, 5)}
     settle(qtbot, w)
-    preview = np.asarray(w.preview_layer.data)
-    np.testing.assert_array_equal(preview[1, 5] > 0, np.roll(truth3[5] == 1, 20, axis=1))
-    assert not preview[0].any()
+    got = preview(w)
+    assert got.shape == img.shape
+    np.testing.assert_array_equal(got[1, 5] > 0, np.roll(truth3[5] == 1, 20, axis=1))
+    assert not got[0].any() and not got[1, np.arange(8) != 5].any()
 
 
 def test_rgb_stack(make_napari_viewer, qtbot):
     img3, truth3 = sphere_stack(n=6, center=(3, 60, 80))
     rgb = np.repeat((img3 > BG).astype(np.uint8)[..., None] * 200, 3, axis=-1)
     viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, rgb, rgb=True)
-    assert w.n_lead == 1 and w.preview_layer.data.shape == img3.shape
+    assert w.session.lead_shape == (6,) and w.bridge.preview_layer.data.shape == img3.shape
     goto(viewer, w, qtbot, 2)
-    click(w.points_layer, (2, 60, 80))
+    click(w.bridge.points_layer, (2, 60, 80))
     settle(qtbot, w)
-    np.testing.assert_array_equal(np.asarray(w.preview_layer.data)[2] > 0, truth3[2] == 1)
+    got = preview(w)
+    np.testing.assert_array_equal(got[2] > 0, truth3[2] == 1)
+    assert not got[np.arange(6) != 2].any()
 
 
 def test_2d_image_refuses_propagation(make_napari_viewer, qtbot):
     viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, np.full((40, 40), BG, np.uint16))
+    assert not w.buttons["propagate"].isEnabled()
     w.propagate()
     assert "2D" in w.status.text()
+    assert not w.session.propagating and not w.scheduler.running("propagate")
 
 
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_propagation_fills_the_stack_commits_and_undoes(make_napari_viewer, qtbot, overwrite):
+def test_propagation_with_the_p_key_progress_commit_and_undo(make_napari_viewer, qtbot):
+    """End to end through the canvas: click, P (the points layer is active: its own P, add mode,
+    must not win), progress in the status line, K commits one 3D label, U undoes it."""
+    from qtpy.QtCore import Qt
+
     img, truth = sphere_stack()
-    viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, scale=(4, 1, 1))
-    labels = w.target_labels()
-    labels.data[15, 50:70, 70:90] = 9  # a committed object inside the ball's plane 15
-    before = labels.data.copy()
-    w.overwrite_check.setChecked(overwrite)
+    viewer, layer, w, model = open_stack(make_napari_viewer, qtbot, img, scale=(4, 1, 1))
+    canvas = viewer.window._qt_viewer.canvas.native
+    progress, status = [], []
+    w.session.events.progress.connect(lambda done, total: progress.append((done, total)))
+    w.session.events.status.connect(status.append)
     goto(viewer, w, qtbot, 10 * 4)
-    click(w.points_layer, (40, 60, 80))
+    points = w.bridge.points_layer
+    click(points, (40, 60, 80))
     settle(qtbot, w)
-    w.propagate()
-    w.wait_propagation()
-    preview = np.asarray(w.preview_layer.data)
+    points.mode = "pan_zoom"
+    assert viewer.layers.selection.active is points
+    qtbot.keyClick(canvas, Qt.Key_P)
+    assert points.mode == "pan_zoom"  # napari's P (add mode) of the points layer did not take the key
+    assert w.session.propagating or progress  # started (it may already be done)
+    wait_propagation(qtbot, w)
+    assert any(s.startswith("propagating: ") for s in status)
+    assert progress and progress[-1][0] == progress[-1][1] > 0  # the progress ends complete
+    assert "propagation done" in w.status.text()
+    got = preview(w)
     ball = truth == 1
-    expect = ball if overwrite else ball & (before == 0)
-    # the default prompt (box + the previous plane's low-res logits) follows the ball; the test
-    # backend's coarse logits cells shave its edges, and a tip under min_area pixels is dropped
-    assert iou(preview > 0, expect) >= 0.9
-    assert not (preview > 0)[~ball].any()  # no bleeding into the bar, nothing past the ball's end
-    planes = np.flatnonzero((preview > 0).any(axis=(1, 2)))
-    assert planes.min() <= 4 and planes.max() >= 16  # the ball spans planes 2..18
-    if not overwrite:
-        assert not preview[before > 0].any()  # the committed object is left out of the preview
-    np.testing.assert_array_equal(labels.data, before)  # nothing committed yet
-    goto(viewer, w, qtbot, 13 * 4)
-    assert "1 propagated object" in w.status.text()
-    ids = w.commit()
-    assert len(ids) == 1
-    np.testing.assert_array_equal(labels.data == ids[0], preview > 0)  # one id for the 3D object
-    assert (labels.data[15, 50:70, 70:90] == (ids[0] if overwrite else 9)).all()
-    w.undo()
-    np.testing.assert_array_equal(labels.data, before)
+    assert iou(got > 0, ball) >= 0.9
+    assert not (got > 0)[~ball].any()
+    assert w.target_labels() is None  # nothing committed yet
+    qtbot.keyClick(canvas, Qt.Key_K)
+    lab = labels(w)
+    assert set(np.unique(lab)) == {0, 1}
+    np.testing.assert_array_equal(lab == 1, got > 0)  # one id for the 3D object
+    assert not preview(w).any() and len(points.data) == 0  # the commit cleared prompts and preview
+    qtbot.keyClick(canvas, Qt.Key_U)
+    assert not labels(w).any()
 
 
-def test_two_prompted_planes_and_a_correction(make_napari_viewer, qtbot):
-    """Two prompted planes fill the stack between them and beyond; a plane prompted with only a
-    negative point says "not here": propagation neither writes it nor runs past it."""
-    img = np.full((20, 120, 160), BG, np.uint16)
-    zz, yy, xx = np.ogrid[:20, :120, :160]
-    tube = (zz >= 3) & (zz <= 16) & ((yy - 60) ** 2 + (xx - 80) ** 2 <= 20**2)
-    img[tube] = FG
-    # the whole bright object under the previous logits, cropped by the box (see ComponentModel)
-    model = ComponentModel(mask_input="objects")
-    viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=model)
-    w.points_layer.data = np.array([[5.0, 60, 80], [14.0, 60, 80]])
-    settle(qtbot, w, timeout=20000)
-    w.propagate()
-    w.wait_propagation()
-    preview = np.asarray(w.preview_layer.data)
-    np.testing.assert_array_equal(preview > 0, tube)  # between the planes, and on to both ends
-    w.points_layer.data = np.concatenate([w.points_layer.data, [[10.0, 60, 80]]])
-    w.points_layer.features.loc[2, "label"] = 0
-    w.points_layer.events.data(value=w.points_layer.data, action="added", data_indices=(2,),
-                               vertex_indices=((),))
-    settle(qtbot, w)
-    assert not np.asarray(w.preview_layer.data)[10].any()
-    w.propagate()
-    w.wait_propagation()
-    preview = np.asarray(w.preview_layer.data)
-    expect = tube.copy()
-    expect[10] = False
-    np.testing.assert_array_equal(preview > 0, expect)
-
-
-def test_cancel_mid_propagation_keeps_labels_and_a_consistent_preview(make_napari_viewer, qtbot):
+def test_cancel_button_stops_a_propagation_in_the_widget(make_napari_viewer, qtbot):
     img, truth = sphere_stack()
     model = ComponentModel(delay=0.15, mask_input="objects")  # exact masks: a plane is whole or empty
     viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=model)
-    labels = w.target_labels()
-    before = labels.data.copy()
     goto(viewer, w, qtbot, 10)
-    click(w.points_layer, (10, 60, 80))
+    click(w.bridge.points_layer, (10, 60, 80))
     settle(qtbot, w)
     w.propagate()
-    qtbot.waitUntil(lambda: (np.asarray(w.preview_layer.data) > 0).any(axis=(1, 2)).sum() >= 3, timeout=10000)
-    w.cancel()
-    assert not w._propagating
-    qtbot.wait(600)  # a step in flight must not land after the cancel
-    preview = np.asarray(w.preview_layer.data)
-    done = (preview > 0).any(axis=(1, 2))
+    assert w.session.propagating and w.scheduler.running("propagate")
+    qtbot.waitUntil(lambda: (preview(w) > 0).any(axis=(1, 2)).sum() >= 3, timeout=10000)
+    w.buttons["cancel"].click()
+    assert not w.session.propagating
+    qtbot.waitUntil(lambda: not w.scheduler.running("propagate"), timeout=5000)  # the worker ends
+    shown = preview(w)
+    qtbot.wait(400)  # a step in flight must not land after the cancel
+    got = preview(w)
+    np.testing.assert_array_equal(got, shown)
+    done = (got > 0).any(axis=(1, 2))
     assert 3 <= done.sum() < (truth == 1).any(axis=(1, 2)).sum()
     for z in np.flatnonzero(done):  # every written plane is whole
-        np.testing.assert_array_equal(preview[z] > 0, truth[z] == 1)
-    np.testing.assert_array_equal(labels.data, before)
+        np.testing.assert_array_equal(got[z] > 0, truth[z] == 1)
+    assert w.target_labels() is None  # nothing committed
+
+
+def test_cancelling_an_embedding_is_not_reported_as_an_error(make_napari_viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    img = np.full((10, 48, 48), BG, np.uint16)
+    model = ComponentModel(embed_delay=2.0)  # stops at its next cancel check (every 20 ms)
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="stack")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    errors = []
+    notification_manager.notification_ready.connect(errors.append)
+    w.set_model(model)
+    qtbot.waitUntil(lambda: model.embed_calls == 1, timeout=5000)  # the encoder is running
+    w.buttons["cancel"].click()
+    qtbot.waitUntil(lambda: not w.scheduler.running("embed"), timeout=1500)  # it stopped long before 2 s
+    qtbot.wait(50)
+    notification_manager.notification_ready.disconnect(errors.append)
+    assert not w.ready and w.status.text() == "cancelled."
+    assert not errors  # napari reports a worker's exception to the user: a cancel is none
 
 
 def test_reopening_a_stack_uses_the_disk_cache(make_napari_viewer, qtbot):
     img, truth = sphere_stack(n=8)
     first = ComponentModel()
     viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=first)
-    qtbot.waitUntil(lambda: first.embed_calls >= 2 and not w._embedder.busy, timeout=10000)
+    qtbot.waitUntil(lambda: first.embed_calls >= 2 and not w.scheduler.busy, timeout=10000)
     n_first = first.embed_calls
     second = ComponentModel()  # a second viewer (or a new session) with the same model
     viewer2, layer2, w2, _ = open_stack(make_napari_viewer, qtbot, img, model=second)
-    qtbot.waitUntil(lambda: not w2._embedder.busy, timeout=10000)
+    qtbot.waitUntil(lambda: not w2.scheduler.busy, timeout=10000)
     assert n_first >= 2 and second.embed_calls == 0  # every plane the first one embedded: from disk
-    click(w2.points_layer, (w2._slice[0], 60, 80))
+    assert w2.session.stack.computed >= 1
+    z = w2.session.plane[0]
+    click(w2.bridge.points_layer, (z, 60, 80))
     settle(qtbot, w2)
-    z = w2._slice[0]
-    np.testing.assert_array_equal(np.asarray(w2.preview_layer.data)[z] > 0, truth[z] == 1)
+    np.testing.assert_array_equal(preview(w2)[z] > 0, truth[z] == 1)
 
 
 def test_stack_demo_with_the_trained_model_end_to_end(make_napari_viewer, qtbot):
@@ -276,79 +285,22 @@ def test_stack_demo_with_the_trained_model_end_to_end(make_napari_viewer, qtbot)
     qtbot.waitUntil(lambda: w.ready, timeout=60000)
     _, truth = nuclei_stack()
     layer = viewer.layers["nuclei stack"]
-    assert tuple(layer.scale) == STACK_SCALE and w._slice == (16,)
+    assert tuple(layer.scale) == STACK_SCALE and w.session.plane == (16,)
     # the nucleus with the largest area on the middle plane; click its interior-most pixel
     ids, areas = np.unique(truth[16][truth[16] > 0], return_counts=True)
     target = int(ids[np.argmax(areas)])
     dist = ndi.distance_transform_edt(truth[16] == target)
     r, c = np.unravel_index(np.argmax(dist), dist.shape)
-    click(w.points_layer, (16 * STACK_SCALE[0], r, c))
-    settle(qtbot, w)
+    click(w.bridge.points_layer, (16 * STACK_SCALE[0], r, c))
+    settle(qtbot, w, timeout=60000)
     obj = truth == target
-    assert iou(np.asarray(w.preview_layer.data)[16] > 0, obj[16]) >= 0.6
+    assert iou(preview(w)[16] > 0, obj[16]) >= 0.6
     w.propagate()
-    w.wait_propagation(timeout=120)
-    got = np.asarray(w.preview_layer.data) > 0
+    wait_propagation(qtbot, w, timeout=120000)
+    got = preview(w) > 0
     planes = obj.any(axis=(1, 2))
     assert got.any(axis=(1, 2))[planes].mean() >= 0.7  # most of the nucleus' planes are reached
     assert iou(got, obj) >= 0.5
-    ids = w.commit()
-    assert len(ids) == 1 and (w.target_labels().data == ids[0]).sum() == got.sum()
-
-
-def two_tubes(n=20):
-    """Two bright cylinders through planes 3..16 (ids 1 left, 2 right)."""
-    img = np.full((n, 120, 160), BG, np.uint16)
-    truth = np.zeros(img.shape, np.int32)
-    zz, yy, xx = np.ogrid[:n, :120, :160]
-    for i, cx in enumerate((45, 115), 1):
-        truth[(zz >= 3) & (zz <= 16) & ((yy - 60) ** 2 + (xx - cx) ** 2 <= 18**2)] = i
-    img[truth > 0] = FG
-    return img, truth
-
-
-def test_cells_clicked_on_two_planes_without_propagation_stay_two_labels(make_napari_viewer, qtbot):
-    img, truth = two_tubes()
-    model = ComponentModel(mask_input="objects")
-    viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=model)
-    w.points_layer.data = np.array([[4.0, 60, 45], [12.0, 60, 115]])  # cell A on plane 4, B on 12
-    settle(qtbot, w, timeout=20000)
-    ids = w.commit()
-    labels = w.target_labels().data
-    assert len(ids) == 2
-    assert set(np.unique(labels[4])) - {0} != set(np.unique(labels[12])) - {0}
-    np.testing.assert_array_equal(labels[4] > 0, truth[4] == 1)
-    np.testing.assert_array_equal(labels[12] > 0, truth[12] == 2)
-
-
-def test_correcting_one_object_keeps_the_other_propagated_objects(make_napari_viewer, qtbot):
-    img, truth = two_tubes()
-    model = ComponentModel(mask_input="objects")
-    viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img, model=model)
-    for cx in (45, 115):  # one box per tube on plane 5
-        w.boxes_layer.add_rectangles(np.array([[[5, 40, cx - 20], [5, 40, cx + 20], [5, 80, cx + 20],
-                                                [5, 80, cx - 20]]], float))
-    settle(qtbot, w, timeout=20000)
-    w.propagate()
-    w.wait_propagation()
-    np.testing.assert_array_equal(np.asarray(w.preview_layer.data), truth)
-    # a point on the right tube on plane 12 edits that object; the left one stays on plane 12
-    w.points_layer.data = np.array([[12.0, 60, 115]])
-    settle(qtbot, w)
-    np.testing.assert_array_equal(np.asarray(w.preview_layer.data)[12], truth[12])
-    # re-propagating from planes 5 and 12: both objects still run through the whole stack
-    model.delay = 0.05
-    w.propagate()
-    qtbot.waitUntil(lambda: w.status.text().startswith("propagating:"), timeout=10000)
-    w.cancel()  # cancelled midway: the planes it did not reach keep the earlier result
-    np.testing.assert_array_equal(np.asarray(w.preview_layer.data), truth)
-    model.delay = 0.0
-    w.propagate()
-    w.wait_propagation()
-    np.testing.assert_array_equal(np.asarray(w.preview_layer.data), truth)
-    ids = w.commit()
-    labels = w.target_labels().data
-    assert len(ids) == 2  # one 3D label per tube
-    for i in ids:
-        z = np.flatnonzero((labels == i).any(axis=(1, 2)))
-        assert (z.min(), z.max()) == (3, 16)
+    w.commit()
+    lab = labels(w)
+    assert set(np.unique(lab)) == {0, 1} and (lab == 1).sum() == got.sum()

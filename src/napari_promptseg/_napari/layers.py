@@ -56,6 +56,7 @@ def add_points_layer(viewer, image_layer):
         warnings.filterwarnings("ignore", "Feature 'label' looks like categorical", RuntimeWarning)
         layer = _add_points(viewer, image_layer, pd)
     layer.feature_defaults["label"] = 1
+    layer.feature_defaults["object"] = 1
     layer.mode = "add"
     return layer
 
@@ -64,7 +65,7 @@ def _add_points(viewer, image_layer, pd):
     return viewer.add_points(
         np.zeros((0, len(image_plane_shape(image_layer)))),
         name=POINTS_NAME,
-        features=pd.DataFrame({"label": pd.Series([], dtype=np.int64)}),
+        features=pd.DataFrame({k: pd.Series([], dtype=np.int64) for k in ("label", "object")}),
         face_color="label",
         face_color_cycle={1: POSITIVE, 0: NEGATIVE},
         border_color="white",
@@ -74,29 +75,34 @@ def _add_points(viewer, image_layer, pd):
 
 
 def add_boxes_layer(viewer, image_layer):
-    """Shapes whose rectangles are box prompts (one object per rectangle)."""
-    return viewer.add_shapes(
+    """Shapes whose rectangles are box prompts (feature ``object``: the object id of each)."""
+    import pandas as pd
+
+    layer = viewer.add_shapes(
         ndim=len(image_plane_shape(image_layer)),
+        features=pd.DataFrame({"object": pd.Series([], dtype=np.int64)}),
         name=BOXES_NAME,
         edge_color="yellow",
         face_color="transparent",
         edge_width=max(1.0, _size(image_layer) / 4),
         **transform_kwargs(image_layer),
     )
+    layer.feature_defaults["object"] = 1
+    return layer
 
 
-def add_preview_layer(viewer, image_layer):
-    """Labels that show the current, uncommitted object(s)."""
+def add_preview_layer(viewer, image_layer, data):
+    """Labels that show the session's preview ``data`` (uncommitted objects, by object id)."""
     return viewer.add_labels(
-        np.zeros(image_plane_shape(image_layer), np.uint8), name=PREVIEW_NAME, opacity=0.55,
+        data, name=PREVIEW_NAME, opacity=0.55,
         **transform_kwargs(image_layer),
     )
 
 
-def add_labels_layer(viewer, image_layer):
-    """Labels that receive committed objects."""
+def add_labels_layer(viewer, image_layer, data):
+    """Labels that show the committed objects ``data`` (the session's target array)."""
     return viewer.add_labels(
-        np.zeros(image_plane_shape(image_layer), np.int32), name=LABELS_NAME,
+        data, name=LABELS_NAME,
         **transform_kwargs(image_layer),
     )
 

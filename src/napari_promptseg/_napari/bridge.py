@@ -1,0 +1,318 @@
+"""The layer bridge: napari layers <-> the annotation session.
+
+Reads the prompt layers (points with features ``label`` 1/0 and ``object``; rectangles with
+feature ``object``) through the layers' transforms into per-plane, per-object prompts; shows the
+session's preview and commits in Labels layers; follows the displayed plane, the image's
+transforms, contrast limits and data. It holds no segmentation state of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..labels_io import level0
+from ..prompts import inside_image
+from ..session.planes import merge_prompts
+from . import layers as L
+
+__all__ = ["LayerBridge"]
+
+_TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
+
+
+class LayerBridge:
+    """Connects ``session`` with ``viewer``'s layers for one image layer at a time."""
+
+    def __init__(self, viewer, session) -> None:
+        self.viewer, self.session = viewer, session
+        self.image_layer = self.points_layer = self.boxes_layer = self.preview_layer = None
+        self.target_layer = None
+        self.negative = False
+        self._syncing = False
+        self.layers_made = lambda: None  # called after the bridge (re)made one of its layers
+        ev = session.events
+        ev.preview.connect(self._on_preview)
+        ev.preview_reset.connect(self._on_preview_reset)
+        ev.target.connect(self._on_target_created)
+        ev.labels.connect(self._on_labels)
+        ev.prompts_cleared.connect(self._clear_prompt_layers)
+        ev.current_object.connect(self._on_current_object)
+        viewer.dims.events.point.connect(self.sync_plane)
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, layer) -> None:
+        """Segment the Image ``layer`` (2D or a stack, gray or RGB(A)); prompt and preview layers
+        are (re)made to match it."""
+        if self.image_layer is not None:
+            self._disconnect_image()
+        self.image_layer = layer
+        data = layer.data[0] if layer.multiscale else layer.data
+        source = getattr(getattr(layer, "source", None), "path", None)
+        self.ensure_prompt_layers()
+        self.session.set_image(data, rgb=layer.rgb, window=self.window(), source_path=source)
+        layer.events.data.connect(self._on_image_data)
+        for name in _TRANSFORMS:
+            getattr(layer.events, name).connect(self._on_transform)
+        self._on_transform()
+        self.sync_plane()
+
+    def window(self) -> tuple[float, float]:
+        return tuple(float(v) for v in self.image_layer.contrast_limits)
+
+    def _disconnect_image(self) -> None:
+        ly = self.image_layer
+        _disconnect(ly.events.data, self._on_image_data)
+        for name in _TRANSFORMS:
+            _disconnect(getattr(ly.events, name), self._on_transform)
+
+    def _on_image_data(self, event=None) -> None:
+        self.set_image(self.image_layer)
+
+    def _on_transform(self, event=None) -> None:
+        for ly in (self.points_layer, self.boxes_layer, self.preview_layer, self.target_layer):
+            if ly is not None and ly.ndim == self.image_layer.ndim - (1 if self.image_layer.rgb else 0):
+                L.copy_transform(self.image_layer, ly)
+
+    def displayed_plane(self) -> tuple[int, ...]:
+        """The image's plane index shown in the viewer (dims point through the layer's transform,
+        so a scale of (4, 1, 1) maps world z 28 to plane 7)."""
+        shape = L.image_plane_shape(self.image_layer)
+        n = len(shape) - 2
+        if n == 0:
+            return ()
+        data = np.asarray(self.image_layer.world_to_data(self.viewer.dims.point), float)
+        return tuple(int(np.clip(np.round(v), 0, s - 1)) for v, s in zip(data[:n], shape[:n], strict=True))
+
+    def plane_view(self) -> bool:
+        """True when the viewer shows the image's planes: a 2D view of its last two axes."""
+        dims = self.viewer.dims
+        if dims.ndisplay != 2:
+            return False
+        return not self.session.lead_shape or set(dims.displayed) == {dims.ndim - 2, dims.ndim - 1}
+
+    def sync_plane(self, event=None) -> None:
+        if self.image_layer is not None and self.session.image is not None:
+            self.session.set_plane(self.displayed_plane())
+
+    # ------------------------------------------------------------------ layers
+    def ensure_prompt_layers(self) -> None:
+        v, img = self.viewer, self.image_layer
+        ndim = len(L.image_plane_shape(img))
+        for ly in (self.points_layer, self.boxes_layer):
+            if ly is not None and ly.ndim != ndim and ly in v.layers:  # made for another image
+                v.layers.remove(ly)
+        if self.points_layer is None or self.points_layer not in v.layers or self.points_layer.ndim != ndim:
+            self.points_layer = L.add_points_layer(v, img)
+            self.points_layer.events.data.connect(self._on_prompts)
+            self.points_layer.mouse_drag_callbacks.insert(0, self._on_press)
+        if self.boxes_layer is None or self.boxes_layer not in v.layers or self.boxes_layer.ndim != ndim:
+            self.boxes_layer = L.add_boxes_layer(v, img)
+            self.boxes_layer.events.data.connect(self._on_boxes)
+        self.set_negative(self.negative)
+        self._on_current_object(self.session.current_object)
+        v.layers.selection.active = self.points_layer
+        self.layers_made()
+
+    def _on_preview_reset(self, array) -> None:
+        v = self.viewer
+        if self.preview_layer is not None and self.preview_layer in v.layers:
+            _disconnect(self.preview_layer.events.paint, self._on_paint)
+            v.layers.remove(self.preview_layer)
+        self.preview_layer = L.add_preview_layer(v, self.image_layer, array)
+        self.preview_layer.events.paint.connect(self._on_paint)
+        self.layers_made()
+        if self.points_layer is not None:
+            v.layers.selection.active = self.points_layer
+
+    def _on_preview(self, planes) -> None:
+        ly = self.preview_layer
+        if ly is not None and ly in self.viewer.layers:
+            ly.refresh()
+        elif self.image_layer is not None:  # the user removed it: show the preview again
+            self._on_preview_reset(self.session.preview)
+
+    def _on_paint(self, event=None) -> None:
+        n = len(self.session.lead_shape)
+        planes = set()
+        for indices, *_ in (event.value or []):  # napari's undo atoms: (indices or slices, old, new)
+            axes = [range(*ix.indices(s)) if isinstance(ix, slice) else np.unique(np.asarray(ix))
+                    for ix, s in zip(indices[:n], self.session.lead_shape, strict=True)]
+            planes.update(tuple(int(v) for v in combo) for combo in itertools.product(*axes))
+        self.session.preview_edited(planes or {self.session.plane})
+
+    def use_target(self, layer) -> None:
+        """Commit into Labels ``layer`` (None: a new layer at the first commit)."""
+        if self.target_layer is not None:
+            _disconnect(self.target_layer.events.data, self._on_target_data)
+        self.target_layer = layer
+        self.session.set_target(None if layer is None else _array(layer))
+        if layer is not None:
+            layer.events.data.connect(self._on_target_data)
+
+    def _on_target_data(self, event=None) -> None:
+        self.session.set_target(_array(self.target_layer))
+
+    def _on_target_created(self, array) -> None:
+        layer = L.add_labels_layer(self.viewer, self.image_layer, array)
+        self.use_target(layer)
+        if self.points_layer is not None:
+            self.viewer.layers.selection.active = self.points_layer
+
+    def _on_labels(self, planes) -> None:
+        ly = self.target_layer
+        if ly is not None and ly in self.viewer.layers:
+            ly.refresh()
+
+    def forget(self, layer) -> None:
+        """``layer`` was removed from the viewer."""
+        for name in ("points_layer", "boxes_layer", "preview_layer", "target_layer"):
+            if getattr(self, name) is layer:
+                setattr(self, name, None)
+        if layer is self.target_layer or self.target_layer is None:
+            self.session.set_target(None if self.target_layer is None else _array(self.target_layer))
+
+    # ------------------------------------------------------------------ prompts
+    def _on_press(self, layer, event):
+        """Shift-click or right-click in add mode adds a negative point (napari adds on release)."""
+        if layer.mode == "add":
+            negative = self.negative ^ ("Shift" in event.modifiers or event.button == 2)
+            layer.feature_defaults["label"] = 0 if negative else 1
+            layer.feature_defaults["object"] = self.session.current_object
+
+    def set_negative(self, negative: bool) -> None:
+        self.negative = bool(negative)
+        if self.points_layer is not None:
+            self.points_layer.feature_defaults["label"] = 0 if negative else 1
+
+    def _on_current_object(self, oid: int) -> None:
+        for ly in (self.points_layer, self.boxes_layer):
+            if ly is not None:
+                ly.feature_defaults["object"] = int(oid)
+
+    def _on_prompts(self, event=None) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action.endswith("ing") or "ING" in action or self._syncing:
+            return  # wait for the past-tense event
+        self.push_prompts()
+
+    def _on_boxes(self, event=None) -> None:
+        action = str(getattr(event, "action", "changed"))
+        if action.endswith("ing") or "ING" in action or self._syncing:
+            return
+        if "add" in action.lower():
+            self._one_box_per_object()
+        self.push_prompts()
+
+    def _one_box_per_object(self) -> None:
+        """A second box drawn for the current object on the same plane starts a new object (draw
+        several boxes: several objects)."""
+        ly = self.boxes_layer
+        feats = ly.features
+        if "object" not in feats or len(feats) < 2:
+            return
+        _, lead = L.boxes_in_image(ly, self.image_layer, with_lead=True)
+        lead = np.round(lead).astype(int)
+        objs = np.asarray(feats["object"], int)
+        last = len(objs) - 1
+        same = [i for i in range(last) if objs[i] == objs[last] and np.array_equal(lead[i], lead[last])]
+        if same:
+            oid = self.session.new_object()
+            ly.features.loc[last, "object"] = oid
+
+    def push_prompts(self) -> None:
+        """Hand every prompt of the layers to the session (per plane and object)."""
+        if self.image_layer is None or self.points_layer is None or self.boxes_layer is None:
+            return
+        if not self.plane_view():
+            self.session.events.status.emit(
+                "prompts work in a 2D view of the image's last two axes (Y, X): switch to 2D and do not "
+                "roll or transpose them.")
+            return
+        self.session.set_prompts(self.read_prompts())
+
+    def read_prompts(self) -> dict:
+        """``{plane: {object id: ObjectPrompt}}`` from the layers. A point or box belongs to the
+        plane given by its own coordinates (through the transforms); points off the image and
+        boxes that miss it are left out."""
+        shape = L.image_plane_shape(self.image_layer)
+        n, (h, w) = len(shape) - 2, shape[-2:]
+        pts, labels = L.points_in_image(self.points_layer, self.image_layer)
+        pobj = _objects(self.points_layer, len(pts), self.session.current_object)
+        boxes, blead = L.boxes_in_image(self.boxes_layer, self.image_layer, with_lead=True)
+        bobj = _objects(self.boxes_layer, len(self.boxes_layer.data), self.session.current_object)
+        bobj = bobj[[k == "rectangle" for k in self.boxes_layer.shape_type]] if len(bobj) else bobj
+        keep = inside_image(pts[:, -2:], (h, w)) if len(pts) else np.zeros(0, bool)
+        lo, hi = np.maximum(boxes[:, :2], -0.5), np.minimum(boxes[:, 2:], [h - 0.5, w - 0.5])
+        bkeep = ((hi - lo) > 0).all(1)
+        pplane, keep = _planes(pts[:, :n], shape[:n], keep)
+        bplane, bkeep = _planes(blead[:, :n], shape[:n], bkeep)
+        out = {}
+        used = {pplane[i] for i in np.flatnonzero(keep)} | {bplane[i] for i in np.flatnonzero(bkeep)}
+        for plane in sorted(used):
+            pm = keep & np.array([q == plane for q in pplane], bool).reshape(-1)
+            bm = bkeep & np.array([q == plane for q in bplane], bool).reshape(-1)
+            out[plane] = merge_prompts(pts[pm][:, -2:], labels[pm], pobj[pm], boxes[bm], bobj[bm])
+        return out
+
+    def _clear_prompt_layers(self) -> None:
+        self._syncing = True
+        try:
+            if self.points_layer is not None and len(self.points_layer.data):
+                self.points_layer.data = np.zeros((0, self.points_layer.ndim))
+            if self.boxes_layer is not None and len(self.boxes_layer.data):
+                self.boxes_layer.data = []
+        finally:
+            self._syncing = False
+
+    def close(self) -> None:
+        ev = self.session.events
+        for sig, cb in ((ev.preview, self._on_preview), (ev.preview_reset, self._on_preview_reset),
+                        (ev.target, self._on_target_created), (ev.labels, self._on_labels),
+                        (ev.prompts_cleared, self._clear_prompt_layers),
+                        (ev.current_object, self._on_current_object)):
+            _disconnect(sig, cb)
+        _disconnect(self.viewer.dims.events.point, self.sync_plane)
+        if self.image_layer is not None:
+            self._disconnect_image()
+        if self.points_layer is not None:
+            _disconnect(self.points_layer.events.data, self._on_prompts)
+            if self._on_press in self.points_layer.mouse_drag_callbacks:
+                self.points_layer.mouse_drag_callbacks.remove(self._on_press)
+        if self.boxes_layer is not None:
+            _disconnect(self.boxes_layer.events.data, self._on_boxes)
+        if self.preview_layer is not None:
+            _disconnect(self.preview_layer.events.paint, self._on_paint)
+        if self.target_layer is not None:
+            _disconnect(self.target_layer.events.data, self._on_target_data)
+
+
+def _array(layer):
+    """A Labels layer's data as the session's target (a multiscale layer: its list of levels)."""
+    return list(layer.data) if layer.multiscale else layer.data
+
+
+def _objects(layer, n: int, default: int) -> np.ndarray:
+    feats = layer.features
+    if "object" in feats and len(feats) == n:
+        return np.asarray(feats["object"].fillna(default), int).reshape(-1)
+    return np.full(n, default, int)
+
+
+def _planes(lead: np.ndarray, lead_shape, keep: np.ndarray) -> tuple[list[tuple[int, ...]], np.ndarray]:
+    """Plane index per row of leading coordinates (rounded); rows outside the stack leave ``keep``."""
+    idx = np.round(np.asarray(lead, float)).astype(int).reshape(len(keep), len(lead_shape))
+    inside = ((idx >= 0) & (idx < np.asarray(lead_shape, int))).all(1)
+    return [tuple(int(v) for v in row) for row in idx], keep & inside
+
+
+def _disconnect(emitter, callback) -> None:
+    try:
+        emitter.disconnect(callback)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+
+
+def level0_shape(layer) -> tuple[int, ...]:
+    return tuple(level0(_array(layer)).shape)

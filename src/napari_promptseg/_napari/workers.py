@@ -1,0 +1,134 @@
+"""The one way slow work runs in the GUI: session :class:`~napari_promptseg.session.Job` objects in
+napari's (superqt) thread workers.
+
+Per job kind at most one runs and only the newest waits (rapid edits never queue up; a waiting
+job that is replaced is cancelled). Results come back on the UI thread through the workers'
+signals; the session drops stale ones. Labelled jobs get a napari progress bar. ``close()``
+cancels everything: an encoder stops at its next block, so closing returns at once, and napari's
+quit (which quits and awaits every worker) does not wait for a whole embedding either.
+"""
+
+from __future__ import annotations
+
+from napari.qt.threading import create_worker
+
+from ..cancel import Cancelled, cancel_scope
+from ..session.jobs import Job
+
+__all__ = ["WorkerScheduler"]
+
+
+class _Stopped:
+    """A cancelled job's result (an exception returned by the work would be raised again)."""
+
+    def __init__(self, err: Cancelled) -> None:
+        self.err = err
+
+
+class WorkerScheduler:
+    """``scheduler(job)``: run ``job`` in a napari worker (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, tuple[Job, object]] = {}
+        self._waiting: dict[str, Job] = {}
+        self._closed = False
+
+    def __call__(self, job: Job) -> None:
+        if self._closed:
+            return
+        if job.kind in self._running:
+            old = self._waiting.pop(job.kind, None)
+            if old is not None:
+                old.token.cancel()
+                old.on_error(Cancelled("replaced by newer work"))
+            self._waiting[job.kind] = job
+            return
+        self._start(job)
+
+    @property
+    def busy(self) -> bool:
+        """True while a job on the image runs or waits (a model load in the background is not one:
+        see :meth:`running`)."""
+        return any(k != "load" for k in (*self._running, *self._waiting))
+
+    def running(self, kind: str) -> bool:
+        return kind in self._running or kind in self._waiting
+
+    def _start(self, job: Job) -> None:
+        from napari.utils import progress
+
+        pbar = progress(total=0, desc=f"promptseg: {job.label}") if job.label else None
+
+        if job.on_step is not None:
+            def work():
+                with cancel_scope(lambda: worker.abort_requested):
+                    try:
+                        yield from job.iterate()
+                    except Cancelled as err:  # returned, not raised: napari shows a worker's errors
+                        return _Stopped(err)
+        else:
+            def work():
+                with cancel_scope(lambda: worker.abort_requested):
+                    try:
+                        return job.compute()
+                    except Cancelled as err:
+                        return _Stopped(err)
+
+        # errors reach the job through on_errored; without _ignore_errors napari re-raises them too
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        state = {"error": None, "result": None}
+
+        def on_step(item) -> None:
+            if pbar is not None and hasattr(item, "total"):
+                pbar.total = max(int(item.total), 1)
+                pbar.n = min(int(item.done), pbar.total)
+                pbar.refresh()
+            if not self._closed and not job.token.cancelled:
+                job.on_step(item)
+
+        def on_returned(result) -> None:
+            state["result"] = result
+
+        def on_errored(err) -> None:
+            state["error"] = err
+
+        def on_finished() -> None:
+            if pbar is not None:
+                pbar.close()
+            if self._running.get(job.kind, (None,))[0] is job:
+                del self._running[job.kind]
+            if not self._closed:
+                stopped = state["result"] if isinstance(state["result"], _Stopped) else None
+                if state["error"] is not None or worker.abort_requested or stopped is not None:
+                    job.on_error(state["error"] or (stopped.err if stopped else Cancelled("cancelled")))
+                else:
+                    job.on_done(state["result"])
+            nxt = self._waiting.pop(job.kind, None)
+            if nxt is not None and not self._closed:
+                self._start(nxt)
+
+        if job.on_step is not None:
+            worker.yielded.connect(on_step)
+        worker.returned.connect(on_returned)
+        worker.errored.connect(on_errored)
+        worker.finished.connect(on_finished)
+        self._running[job.kind] = (job, worker)
+        worker.start()
+
+    def cancel(self, kind: str) -> None:
+        """Cancel the running and waiting job of ``kind``."""
+        job = self._waiting.pop(kind, None)
+        if job is not None:
+            job.token.cancel()
+        if kind in self._running:
+            self._running[kind][0].token.cancel()
+
+    def close(self) -> None:
+        """Cancel every job; their results are dropped."""
+        self._closed = True
+        for job in self._waiting.values():
+            job.token.cancel()
+        self._waiting.clear()
+        for job, worker in self._running.values():
+            job.token.cancel()
+            worker.quit()

@@ -1,0 +1,743 @@
+"""The annotation session: the ``SamPredictor`` of interaction, with no Qt and no napari.
+
+It owns the model, the lazy per-plane embeddings of one image (2D or a stack ``(..., H, W)``),
+the prompts per plane and object, the decode generations (newest wins), candidate masks and
+refinement logits, the preview, propagation runs, commits with undo/redo and the autosave. It
+emits :class:`SessionEvents` (psygnal). Slow work is handed to ``scheduler`` as
+:class:`~.jobs.Job` objects; the default runs them at once, so in a script every call is done
+when it returns::
+
+    s = AnnotationSession(ps.load_model("vit_b"), stack)       # (Z, H, W) any dtype
+    s.set_plane((12,)); s.add_point((60, 80))                   # (row, col) on plane 12
+    s.propagate(); s.commit()                                    # one 3D label
+    labels = s.target                                            # (Z, H, W) int32 (lazy zarr)
+
+Plane indices are tuples of the leading axes (``()`` for 2D); coordinates ``(row, col)`` pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from psygnal import Signal, SignalGroup
+
+from ..embeddings import EmbeddingCache
+from ..labels_io import LabelsCommit, LabelsHistory, PlaneEdit, lazy_labels, level0, read_plane, write_objects
+from ..propagate import MIN_OVERLAP, MIN_SCORE, propagate_iter
+from .jobs import Job, run_now
+from .planes import (
+    ObjectDecode,
+    ObjectPrompt,
+    Plane,
+    PlaneDecode,
+    compose,
+    extends,
+    fmt,
+    ids_in,
+    offered,
+    present,
+    prompts_json,
+    signature,
+)
+from .propagation import PropagationRun, seeds_and_absent
+from .text import describe
+
+__all__ = ["AnnotationSession", "SessionEvents"]
+
+
+class SessionEvents(SignalGroup):
+    status = Signal(str)  # a line for the user
+    preview = Signal(tuple)  # plane indices whose preview changed
+    preview_reset = Signal(object)  # a new preview array (new image)
+    target = Signal(object)  # the session created a labels array for commits
+    labels = Signal(tuple)  # target planes written by commit, undo, redo, restore
+    prompts_cleared = Signal()  # after a commit or clear: the prompt layers empty
+    current_object = Signal(int)
+    ready = Signal(tuple)  # the plane's embedding is ready
+    busy = Signal(str, bool)  # job kind, running
+    progress = Signal(int, int)  # propagation (done, total)
+    restorable = Signal(str)  # an autosave exists for this image (summary)
+
+
+class AnnotationSession:
+    """Interactive segmentation of one image with one model (see the module docstring)."""
+
+    def __init__(self, model=None, image=None, *, rgb: bool = False, window=None,
+                 scheduler: Callable[[Job], None] = run_now, prefetch: int | None = None,
+                 autosave: bool = True, source_path: str | None = None, disk=None) -> None:
+        self.events = SessionEvents()
+        self.schedule = scheduler
+        self.prefetch = (0 if scheduler is run_now else 4) if prefetch is None else prefetch
+        self.autosave_enabled = autosave
+        self.overwrite = False  # commits replace other objects' pixels
+        self.min_score, self.min_overlap = MIN_SCORE, MIN_OVERLAP
+        self.model, self.image, self.rgb, self.window, self.disk = model, None, rgb, window, disk
+        self.stack = None  # StackEmbeddings of the image
+        self.plane: Plane = ()  # the plane shown to the user
+        self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
+        self.current_object = 1
+        self.preview = None  # (H, W) numpy or a lazy (..., H, W) zarr array, uint32 object ids
+        self.target = None  # labels array-like receiving commits (numpy, zarr, dask, multiscale)
+        self.store = None  # AnnotationStore (autosave)
+        self._cache = EmbeddingCache(8)
+        self._prompts: dict[Plane, dict[int, ObjectPrompt]] = {}
+        self._decoded: dict[Plane, PlaneDecode] = {}
+        self._propagated: dict[Plane, np.ndarray] = {}
+        self._painted: set[Plane] = set()
+        self._histories: dict[int, tuple[object, LabelsHistory]] = {}
+        self._gen = 0  # bumped by every prompt change: older decodes are stale
+        self._pending: Job | None = None  # the newest decode not applied yet
+        self._after_decode: list[Callable[[], object]] = []  # commit / propagate waiting for it
+        self._embed_job: Job | None = None
+        self._run: PropagationRun | None = None
+        self._move = (0, 1)
+        self._closed = False
+        if image is not None:
+            self.set_image(image, rgb=rgb, window=window, source_path=source_path)
+
+    # ------------------------------------------------------------------ image, model, window
+    @property
+    def lead_shape(self) -> tuple[int, ...]:
+        return self.stack.lead_shape if self.stack is not None else self._lead
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return self._plane_shape
+
+    @property
+    def ready(self) -> bool:
+        """The displayed plane's embedding is ready (a prompt there decodes at once)."""
+        return self.stack is not None and self.stack.cached(self.plane) is not None
+
+    def set_image(self, image, *, rgb: bool = False, window=None, source_path: str | None = None) -> None:
+        """Segment ``image`` (array-like ``(..., H, W)`` or ``(..., H, W, 3|4)`` with ``rgb``; numpy,
+        dask, zarr: planes are read when needed). window: ``(lo, hi)`` for every plane (napari's
+        contrast limits; default robust percentiles; uint8 RGB is never windowed). Prompts,
+        preview and the commit target start afresh; an autosave of this image is announced."""
+        ndim = image.ndim - (1 if rgb else 0)
+        if ndim < 2:
+            raise ValueError(f"image of shape {image.shape} has no 2D plane to segment")
+        self._cancel_jobs()
+        self.image, self.rgb, self.window = image, rgb, window
+        shape = tuple(image.shape[:ndim])
+        self._lead, self._plane_shape = shape[:-2], shape[-2:]
+        self.plane = self.active = tuple(0 for _ in self._lead)
+        self._reset_state()
+        self.preview = np.zeros(shape, np.uint32) if not self._lead else lazy_labels(shape, np.uint32)
+        self.target, self.store = None, None
+        self.events.preview_reset.emit(self.preview)
+        self._restart_embeddings()
+        if self.autosave_enabled:
+            self._open_store(source_path)
+
+    def forget_image(self) -> None:
+        """The image is gone (e.g. its layer was removed): stop its work, drop its embeddings."""
+        self._cancel_jobs()
+        self.image = self.stack = None
+
+    def set_model(self, model) -> None:
+        """Use ``model``; embeddings restart, prompts and preview are kept and decoded again."""
+        self.model = model
+        self._restart_embeddings()
+
+    def set_window(self, window) -> None:
+        """A new intensity window (napari contrast limits): as :meth:`set_model`."""
+        window = None if window is None else tuple(float(v) for v in window)
+        if window != self.window:
+            self.window = window
+            self._restart_embeddings()
+
+    def _restart_embeddings(self) -> None:
+        from ..stack import StackEmbeddings
+
+        self._cancel_jobs(keep_run=False)
+        self.stack = None
+        if self.model is None or self.image is None:
+            self._status("choose a model: the image is embedded as soon as one is loaded." if self.image
+                         is not None else "choose an image.")
+            return
+        self.stack = StackEmbeddings(self.model, self.image, self.window, rgb=self.rgb, cache=self._cache,
+                                     disk=self.disk)
+        for d in self._decoded.values():  # keep showing their masks; decode again on the new embeddings
+            d.stale = True
+        self._embed_current()
+        if self._decoded:
+            self._request_decode()
+
+    def set_plane(self, plane: Plane) -> None:
+        """The user now looks at ``plane``: embed it first, then its neighbours that way."""
+        plane = tuple(int(v) for v in plane)
+        if plane == self.plane:
+            return
+        moved = [i for i, (a, b) in enumerate(zip(self.plane, plane, strict=True)) if a != b]
+        if moved:
+            self._move = (moved[0], 1 if plane[moved[0]] > self.plane[moved[0]] else -1)
+        self.plane = plane
+        if self.stack is not None:
+            self._embed_current()
+            self._status(self.describe())
+
+    def _embed_current(self) -> None:
+        stack, plane = self.stack, self.plane
+        if stack.cached(plane) is not None:
+            self.events.ready.emit(plane)
+            self._prefetch()
+            return
+        if self._embed_job is not None and getattr(self._embed_job, "plane", None) == plane:
+            return
+        name = getattr(self.image, "name", "image")
+        where = f" plane {fmt(plane)}" if plane else ""
+        self._status(f"embedding{where} with {self.model.name}…")
+        self._embed(plane, f"embedding {name}{where}")
+
+    def _embed(self, plane: Plane, label: str) -> None:
+        stack = self.stack
+
+        def done(_emb) -> None:
+            if job is self._embed_job:
+                self._embed_job = None
+            if self._closed or stack is not self.stack:
+                return
+            if plane == self.plane:
+                self.events.ready.emit(plane)
+                self._status(self.describe())
+            self._prefetch()
+
+        def failed(err: BaseException) -> None:
+            if job is self._embed_job:
+                self._embed_job = None
+            if not self._closed and stack is self.stack and not job.token.cancelled:
+                self._status(f"could not embed plane {fmt(plane) or '(2D)'}: {err}")
+
+        job = Job("embed", lambda: stack.get(plane), done, failed, label=label)
+        job.plane = plane
+        if self._embed_job is not None and self._embed_job.plane != self.plane:
+            self._embed_job.token.cancel()  # a prefetch gives way to the plane shown
+        self._embed_job = job
+        self.schedule(job)
+
+    def _prefetch(self) -> None:
+        stack = self.stack
+        if (not self.prefetch or stack is None or not self._lead or self._closed or self._run is not None
+                or self._embed_job is not None):
+            return
+        order = stack.prefetch_order(self.plane, *self._move, count=self.prefetch)
+        if order:
+            self._embed(order[0], "")
+
+    # ------------------------------------------------------------------ objects and prompts
+    def new_object(self) -> int:
+        """Start a new object: the next prompts belong to it. Returns its id."""
+        used = {self.current_object} | {o for objs in self._prompts.values() for o in objs}
+        used |= {o for pl in self._propagated.values() for o in ids_in(pl)}
+        return self.select_object(max(used) + 1)
+
+    def select_object(self, oid: int) -> int:
+        """Make ``oid`` (>= 1) the current object: new prompts belong to it (e.g. to correct it)."""
+        oid = int(oid)
+        if oid < 1:
+            raise ValueError(f"object ids start at 1, got {oid}")
+        self.current_object = oid
+        self.events.current_object.emit(oid)
+        self._status(self.describe())
+        return oid
+
+    @property
+    def prompts(self) -> dict[Plane, dict[int, ObjectPrompt]]:
+        """``{plane: {object id: ObjectPrompt}}`` (a copy)."""
+        return {p: dict(objs) for p, objs in self._prompts.items()}
+
+    def set_prompts(self, prompts: Mapping[Plane, Mapping[int, ObjectPrompt]]) -> None:
+        """Replace all prompts (the napari bridge calls this when a prompt layer changes); only
+        the objects whose prompts changed are decoded again."""
+        self._prompts = {tuple(p): dict(objs) for p, objs in prompts.items() if objs}
+        if self._prompts:
+            changed = [p for p in self._prompts if p not in self._decoded or any(
+                signature(o) != (self._decoded[p].objects[i].sig if i in self._decoded[p].objects else None)
+                for i, o in self._prompts[p].items())]
+            if changed:
+                self.active = self.plane if self.plane in changed else changed[-1]
+        self._request_decode()
+
+    def add_point(self, rc, positive: bool = True, plane: Plane | None = None,
+                  obj: int | None = None) -> None:
+        """Add a point ``(row, col)`` to object ``obj`` (default: the current one) on ``plane``
+        (default: the displayed one) and decode."""
+        self._add(plane, obj, points=[rc], labels=[1 if positive else 0])
+
+    def add_box(self, box, plane: Plane | None = None, obj: int | None = None) -> None:
+        """Set the box ``(row0, col0, row1, col1)`` of object ``obj`` on ``plane`` and decode."""
+        self._add(plane, obj, box=np.asarray(box, np.float64))
+
+    def _add(self, plane, obj, points=(), labels=(), box=None) -> None:
+        plane = self.plane if plane is None else tuple(plane)
+        obj = self.current_object if obj is None else int(obj)
+        prompts = self.prompts
+        old = prompts.setdefault(plane, {}).get(obj) or ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
+        pts = np.concatenate([old.points, np.asarray(points, np.float64).reshape(-1, 2)])
+        prompts[plane][obj] = ObjectPrompt(pts, np.concatenate([old.labels, np.asarray(labels, np.int32)]),
+                                           old.box if box is None else box)
+        self.set_prompts(prompts)
+
+    # ------------------------------------------------------------------ decoding
+    @property
+    def decoding(self) -> bool:
+        """True while the newest prompts are being decoded (their masks are not shown yet)."""
+        return self._pending is not None
+
+    def _request_decode(self) -> None:
+        self._gen += 1
+        gen, stack, model = self._gen, self.stack, self.model
+        todo: dict[Plane, dict[int, tuple]] = {}
+        removed: dict[Plane, list[int]] = {}
+        for p in set(self._prompts) | set(self._decoded):
+            objs, dec = self._prompts.get(p, {}), self._decoded.get(p)
+            known = dec.objects if dec is not None and not dec.stale else {}
+            removed[p] = [i for i in (dec.objects if dec else {}) if i not in objs]
+            for i, o in objs.items():
+                d = known.get(i)
+                if d is None or d.sig != signature(o):
+                    mi = d.logits if (d is not None and d.pred is not None and extends(o, d.prompt)) else None
+                    todo.setdefault(p, {})[i] = (o, mi)
+        removed = {p: ids for p, ids in removed.items() if ids}
+        if stack is None or (not todo and not removed):
+            self._pending = None
+            self._finish_waiting(bool(todo))
+            return
+
+        def work():
+            out = {}
+            for p, objs in todo.items():
+                emb = stack.get(p) if any(present(o) for o, _ in objs.values()) else None
+                out[p] = {i: _decoded(o, _predict(model, emb, o, mi) if present(o) else None)
+                          for i, (o, mi) in objs.items()}
+            return out
+
+        def done(result) -> None:
+            if self._closed or gen != self._gen or stack is not self.stack:
+                return  # stale: a newer decode (made from the prompts now) is on its way
+            self._pending = None
+            touched = set(result) | set(removed)
+            for p in touched:
+                dec = self._decoded.setdefault(p, PlaneDecode())
+                for i in removed.get(p, []):
+                    dec.objects.pop(i, None)
+                dec.objects.update(result.get(p, {}))
+                here = self._prompts.get(p, {})
+                dec.objects = {i: dec.objects[i] for i in sorted(dec.objects) if i in here}
+                dec.stale = False
+                if not dec.objects:
+                    del self._decoded[p]
+            self._show(touched)
+            self._status(self.describe())
+            self._candidates(result)
+            self._finish_waiting(True)
+
+        def failed(err: BaseException) -> None:
+            if self._closed or gen != self._gen:
+                return
+            self._pending = None
+            self._after_decode.clear()  # a commit or propagation waiting for these masks is off
+            self._status(f"could not decode the prompts: {err}. Commit and propagate use what is shown.")
+
+        self._pending = Job("decode", work, done, failed)
+        self.schedule(self._pending)
+
+    def _finish_waiting(self, ok: bool) -> None:
+        waiting, self._after_decode = self._after_decode, []
+        for action in waiting:
+            action()
+
+    def _candidates(self, result) -> None:
+        preds = [d.pred for objs in result.values() for d in objs.values() if d.pred is not None]
+        preds = [q for q in preds if len(offered(q, q.best)) > 1]
+        if preds and self.schedule is not run_now:  # J's other masks, computed before J is pressed
+            self.schedule(Job("candidates", lambda: [q.mask(i) for q in preds for i in offered(q, q.best)],
+                              lambda _: None, lambda _: None))
+
+    def _show(self, planes) -> None:
+        """Compose ``planes`` from their decoded and propagated objects into the preview."""
+        planes = tuple(sorted(set(planes)))
+        for p in planes:
+            plane = compose(self._decoded.get(p), self._propagated.get(p), self._plane_shape)
+            self.preview[p if p else ...] = plane
+            self._painted.discard(p)
+        if planes:
+            self.events.preview.emit(planes)
+
+    def preview_plane(self, plane: Plane | None = None) -> np.ndarray:
+        """``(H, W)`` uint32 object ids of the preview on ``plane`` (default: the displayed one)."""
+        p = self.plane if plane is None else tuple(plane)
+        return np.asarray(self.preview[p] if p else self.preview)
+
+    def preview_edited(self, planes) -> None:
+        """The user painted into the preview on ``planes``: a decode in flight must not undo it,
+        and a commit takes the painted pixels."""
+        self._gen += 1
+        self._pending = None
+        self._painted.update(tuple(p) for p in planes)
+
+    @property
+    def predictions(self) -> dict[int, object]:
+        """``{object id: Prediction}`` on :attr:`focus` (objects absent there left out)."""
+        dec = self._decoded.get(self.focus)
+        return {i: d.pred for i, d in (dec.objects.items() if dec else ()) if d.pred is not None}
+
+    @property
+    def choices(self) -> dict[int, int]:
+        """``{object id: index of the shown candidate mask}`` on :attr:`focus`."""
+        dec = self._decoded.get(self.focus)
+        return {i: d.choice for i, d in (dec.objects.items() if dec else ()) if d.pred is not None}
+
+    def next_mask(self) -> None:
+        """Show the next candidate mask (by score) of each ambiguous object on :attr:`focus`."""
+        focus = self.focus
+        dec = self._decoded.get(focus)
+        objs = [d for d in (dec.objects.values() if dec else ()) if d.pred is not None]
+        if not any(len(offered(d.pred, d.choice)) > 1 for d in objs):
+            low = any(len(d.pred.scores) > 1 for d in objs)
+            why = "the other candidate masks score below 0.1" if low else "only one candidate mask"
+            self._status(f"{why}: add a point or a box to change the mask.")
+            return
+        for d in objs:
+            o = offered(d.pred, d.choice)
+            d.choice = o[(o.index(d.choice) + 1) % len(o)]
+        self._show([focus])
+        self._status(self.describe())
+
+    def refine_from_preview(self) -> None:
+        """Each object of the displayed plane's (painted) preview becomes a mask prompt, with its
+        bounding box and its points on this plane."""
+        from ..interactive import bounding_box
+
+        p, stack, model = self.plane, self.stack, self.model
+        painted = np.array(self.preview_plane(p))
+        ids = ids_in(painted)
+        if stack is None or not ids:
+            self._status("choose a model." if stack is None else "the preview is empty: paint one first.")
+            return
+        objs = self._prompts.get(p, {})
+        empty = ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
+        prompts = {i: ObjectPrompt(objs.get(i, empty).points, objs.get(i, empty).labels,
+                                   bounding_box(painted == i)) for i in ids}
+        self._gen += 1
+        gen = self._gen
+
+        def work():
+            emb = stack.get(p)
+            return {i: _predict(model, emb, o, model.mask_prompt(emb, painted == i))
+                    for i, o in prompts.items()}
+
+        def done(preds) -> None:
+            if self._closed or gen != self._gen or stack is not self.stack:
+                return
+            self._pending = None
+            dec = self._decoded.setdefault(p, PlaneDecode())
+            kept = np.array(self._propagated.get(p, np.zeros(self._plane_shape, np.uint32)))
+            for i, q in preds.items():
+                if i in objs:
+                    dec.objects[i] = ObjectDecode(signature(objs[i]), objs[i], q, 0)
+                else:  # painted without prompts: kept like a propagated object
+                    kept[kept == i] = 0
+                    kept[q.mask(0) & (kept == 0)] = i
+            self._propagated[p] = kept
+            if not dec.objects:
+                self._decoded.pop(p, None)
+            self._show([p])
+            self._status(self.describe())
+
+        self._pending = Job("decode", work, done, lambda err: self._status(f"refine failed: {err}"))
+        self.schedule(self._pending)
+
+    # ------------------------------------------------------------------ propagation
+    @property
+    def propagating(self) -> bool:
+        return self._run is not None
+
+    def propagate(self, axis: int = 0) -> bool:
+        """Propagate the objects of the prompted planes through the stack along leading ``axis``,
+        both ways from every prompted plane, into the preview (a running propagation is cancelled
+        first; newest prompts are decoded first). A prompted plane is the user's: nothing is
+        written over its prompted objects, and an object absent from it stops there. Commit keeps
+        the result. Returns False (with a status) when there is nothing to propagate."""
+        if not self._lead:
+            self._status("propagation needs a z-stack or a time series; this image is 2D.")
+            return False
+        if self.stack is None:
+            self._status("choose a model first.")
+            return False
+        if self._pending is not None:
+            self._after_decode.append(lambda: self.propagate(axis))
+            self._status("propagating as soon as the newest prompts are decoded…")
+            return True
+        self.cancel_propagation()
+        axis, stack, model = int(axis), self.stack, self.model
+        line = set(stack.line(self.plane, axis))
+        prompted = {p[axis]: p for p in self._prompts if p in line}
+        seeds, absent = seeds_and_absent({k: self.preview_plane(p) for k, p in prompted.items()})
+        if not seeds:
+            self._status("prompt an object on at least one plane of this line of the stack first.")
+            return False
+        run = self._run = PropagationRun(axis, self.plane, stack.lead_shape[axis], set(prompted))
+        run.visited.update(prompted)
+        kwargs = {"min_score": self.min_score, "min_overlap": self.min_overlap, "absent": absent}
+
+        def step(res) -> None:
+            if run is not self._run or self._closed:
+                return
+            p = run.plane_of(res.index)
+            blocked = None
+            if self.target is not None and not self.overwrite:
+                blocked = read_plane(self.target, p) != 0  # committed objects stay
+            self._propagated[p] = run.merge(res.index, res.masks, self._propagated.get(p), self._plane_shape,
+                                            blocked)
+            self._show([p])
+            run.done, run.total = res.done, max(res.total, 1)
+            self.events.progress.emit(run.done, run.total)
+            self._status(f"propagating: {res.done} / {res.total} planes (Cancel stops; K commits).")
+
+        def done(_) -> None:
+            if run is not self._run:
+                return
+            self._run = None
+            left = [run.plane_of(k) for k in range(run.n) if k not in run.visited]
+            stale = [p for p in left if p in self._propagated]
+            for p in stale:  # what an earlier run left where this one did not reach
+                del self._propagated[p]
+            self._show(stale)
+            self.events.progress.emit(run.total, run.total)
+            self._status("propagation done: check the planes, correct any plane with points and press P "
+                         "again; K commits.")
+            self._prefetch()
+
+        def failed(err: BaseException) -> None:
+            if run is self._run:
+                self._run = None
+                self.events.progress.emit(run.total, run.total)
+                if not run.token.cancelled:
+                    self._status(f"propagation failed: {err}")
+
+        def work():
+            return propagate_iter(model, lambda k: stack.get(run.plane_of(k)), run.n, seeds, **kwargs)
+
+        job = Job("propagate", work, done, failed, step, "propagating", run.token)
+        self._status(f"propagating from plane{'s' * (len(seeds) > 1)} {', '.join(map(str, sorted(seeds)))}…")
+        self.schedule(job)
+        return True
+
+    def cancel_propagation(self) -> None:
+        """Stop a running propagation; the planes it finished stay in the preview."""
+        run, self._run = self._run, None
+        if run is not None:
+            run.token.cancel()
+            self.events.progress.emit(run.total, run.total)
+
+    def cancel(self) -> None:
+        """Cancel the propagation and the embedding in progress."""
+        self.cancel_propagation()
+        if self._embed_job is not None:
+            self._embed_job.token.cancel()
+            self._embed_job = None
+        self._status("cancelled.")
+
+    # ------------------------------------------------------------------ commit, undo, clear
+    def ensure_target(self):
+        """The labels array that receives commits; a new int32 one (lazy for stacks) if none."""
+        if self.target is None:
+            shape = (*self._lead, *self._plane_shape)
+            self.target = np.zeros(shape, np.int32) if not self._lead else lazy_labels(shape, np.int32)
+            self.events.target.emit(self.target)
+        return self.target
+
+    def set_target(self, target) -> None:
+        """Commit into ``target`` (numpy, zarr, dask array or a multiscale list; written in place,
+        plane by plane); None: a new array is made at the first commit."""
+        self.target = target
+
+    def _history(self) -> LabelsHistory:
+        key = id(level0(self.target))
+        if key not in self._histories or self._histories[key][0] is not level0(self.target):
+            self._histories[key] = (level0(self.target), LabelsHistory())
+        return self._histories[key][1]
+
+    def commit(self) -> tuple[int, ...]:
+        """Write the preview's objects into the target with new ids (one label per object, on
+        every plane it is on); clear the prompts. Other objects keep their pixels unless
+        :attr:`overwrite`. Newest prompts still decoding: the commit happens when they show.
+        Returns the new ids (``()`` when nothing was written now)."""
+        if self.image is None or self._closed:
+            return ()
+        if self._run is not None:
+            self._status("a propagation is running: wait for it or press Cancel, then commit.")
+            return ()
+        if self._pending is not None:
+            self._after_decode.append(self.commit)
+            self._status("committing as soon as the decode finishes…")
+            return ()
+        planes = set(self._decoded) | set(self._propagated) | self._painted
+        groups = {p: pl for p in sorted(planes) if (pl := self.preview_plane(p)).any()}
+        if not groups:
+            self._status("nothing to commit: the preview is empty.")
+            return ()
+        target = self.ensure_target()
+        shape = tuple(level0(target).shape)
+        if shape != (*self._lead, *self._plane_shape):
+            self._status(f"cannot commit: the labels' shape {shape} is not the image's "
+                         f"{(*self._lead, *self._plane_shape)}; choose other labels or new ones.")
+            return ()
+        try:
+            c = write_objects(target, groups, overwrite=self.overwrite)
+        except (TypeError, ValueError, OverflowError) as err:
+            self._status(f"cannot commit: {err}")
+            return ()
+        if not c.ids:
+            self._status("nothing committed: every pixel already belongs to another object "
+                         "(check 'overwrite other objects' to replace them).")
+            return ()
+        self._history().record(c)
+        self._autosave("commit", c, {"ids": list(c.ids), "objects": {str(k): v for k, v in c.mapping.items()},
+                                     "prompts": prompts_json(self._prompts)})
+        self.events.labels.emit(tuple(e.plane for e in c.edits))
+        self.clear(quiet=True)
+        self._status(f"committed object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))}. U: undo.")
+        return c.ids
+
+    def undo(self) -> LabelsCommit | None:
+        """Undo the last commit (exactly; refused when the pixels were edited since)."""
+        return self._replay("undo", "undid", " Shift-U: redo.")
+
+    def redo(self) -> LabelsCommit | None:
+        """Redo the last undone commit."""
+        return self._replay("redo", "redid", "")
+
+    def _replay(self, which: str, verb: str, hint: str) -> LabelsCommit | None:
+        if self.target is None:
+            self._status(f"nothing to {which}.")
+            return None
+        c, why = getattr(self._history(), which)(self.target)
+        if c is None:
+            self._status(why or f"nothing to {which}.")
+            return None
+        self._autosave(which, c, {"ids": list(c.ids)})
+        self.events.labels.emit(tuple(e.plane for e in c.edits))
+        self._status(f"{verb} object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))}.{hint}")
+        return c
+
+    def clear(self, quiet: bool = False) -> None:
+        """Remove the prompts and the preview (nothing committed changes)."""
+        self.cancel_propagation()
+        shown = set(self._decoded) | set(self._propagated) | self._painted
+        self._prompts.clear()
+        self._gen += 1
+        self._pending = None
+        self._after_decode.clear()
+        self._reset_state(keep_object=False)
+        self._show(shown)
+        self.events.prompts_cleared.emit()
+        self.events.current_object.emit(self.current_object)
+        if not quiet:
+            self._status("cleared.")
+
+    def _reset_state(self, keep_object: bool = False) -> None:
+        self._prompts.clear()
+        self._decoded.clear()
+        self._propagated.clear()
+        self._painted.clear()
+        if not keep_object:
+            self.current_object = 1
+
+    # ------------------------------------------------------------------ autosave
+    def _open_store(self, source_path) -> None:
+        from ..autosave import AnnotationStore
+
+        try:
+            self.store = AnnotationStore.for_image(self.image, rgb=self.rgb, source_path=source_path)
+        except (OSError, ValueError) as err:
+            self.store = None
+            self._status(f"autosave is off for this image: {err}")
+            return
+        if self.store.exists():
+            self.events.restorable.emit(self.store.summary())
+
+    def _autosave(self, op: str, c: LabelsCommit, record: dict) -> None:
+        if self.store is None:
+            return
+        planes = sorted({e.plane for e in c.edits})
+        try:
+            self.store.save({p: read_plane(self.target, p) for p in planes},
+                            {"op": op, "time": time.time(), **record},
+                            shape=tuple(level0(self.target).shape), dtype=level0(self.target).dtype)
+        except OSError as err:
+            self._status(f"autosave failed ({err}); the labels in napari are fine: save them (File > Save).")
+
+    def restore_autosave(self) -> tuple[int, ...]:
+        """Write the autosaved labels of this image into the target (undoable); returns their ids."""
+        if self.store is None or not self.store.exists():
+            self._status("nothing autosaved for this image.")
+            return ()
+        shape, _, planes = self.store.load()
+        target = self.ensure_target()
+        if tuple(level0(target).shape) != tuple(shape):
+            self._status(f"cannot restore: the autosave has shape {tuple(shape)}, the labels "
+                         f"{tuple(level0(target).shape)}.")
+            return ()
+        edits = []
+        for p, new in planes.items():
+            cur = read_plane(target, p)
+            idx = np.flatnonzero(cur.ravel() != new.ravel())
+            if len(idx):
+                edits.append(PlaneEdit(p, idx, cur.ravel()[idx], new.ravel()[idx].astype(cur.dtype)))
+        ids = tuple(sorted({int(i) for e in edits for i in np.unique(e.new) if i}))
+        c = LabelsCommit(tuple(edits), ids, {})
+        c.redo(target)
+        self._history().record(c)
+        self.events.labels.emit(tuple(e.plane for e in edits))
+        self._status(f"restored {len(ids)} autosaved label{'s' * (len(ids) != 1)}. U: undo.")
+        return ids
+
+    # ------------------------------------------------------------------ status, close
+    def describe(self) -> str:
+        """The status line: the current object and the masks of the displayed plane when it is
+        prompted; on a propagated plane its objects; else the masks of the plane prompted last."""
+        if self.plane in self._decoded:
+            return describe(self, self._decoded[self.plane], self.plane)
+        shown = self.preview is not None and self.image is not None and self.preview_plane().any()
+        return describe(self, None if shown else self._decoded.get(self.active), self.active)
+
+    @property
+    def focus(self) -> Plane:
+        """The plane J and :attr:`predictions` act on: the displayed one when it is prompted, else
+        the plane prompted last."""
+        return self.plane if self.plane in self._decoded else self.active
+
+    def _status(self, text: str) -> None:
+        if not self._closed:
+            self.events.status.emit(text)
+
+    def _cancel_jobs(self, keep_run: bool = False) -> None:
+        if self._embed_job is not None:
+            self._embed_job.token.cancel()
+            self._embed_job = None
+        self._pending = None
+        self._gen += 1
+        if not keep_run:
+            self.cancel_propagation()
+
+    def close(self) -> None:
+        """Stop every job (an encoder stops at its next block); the session is done."""
+        self._cancel_jobs()
+        self._after_decode.clear()
+        self._closed = True
+
+
+def _decoded(o: ObjectPrompt, pred) -> ObjectDecode:
+    """The decode of ``o``, showing its best-scoring candidate first (not necessarily index 0)."""
+    return ObjectDecode(signature(o), o, pred, 0 if pred is None else pred.best)
+
+
+def _predict(model, emb, o: ObjectPrompt, mask_input):
+    pts = o.points if len(o.points) else None
+    return model.predict(emb, points=pts, labels=o.labels if pts is not None else None, box=o.box,
+                         mask_input=mask_input, multimask=o.ambiguous and mask_input is None)

@@ -1,0 +1,148 @@
+"""Per-plane state of an annotation session (numpy only): the prompts of each object on each
+plane, what they decoded to, the propagated objects, and how a plane's preview is composed.
+
+Plane indices are tuples of the image's leading axes: ``()`` for 2D, ``(z,)`` for a z-stack,
+``(t, z)`` for T x Z. Coordinates are ``(row, col)`` image pixels; boxes ``(row0, col0, row1, col1)``.
+Object ids are explicit integers >= 1, chosen by the user (``new_object``), the same on every
+plane: an object prompted on planes 10 and 40 is one object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..interactive import ObjectPrompt
+
+__all__ = ["Plane", "ObjectPrompt", "ObjectDecode", "PlaneDecode", "signature", "merge_prompts",
+           "compose", "ids_in", "fmt", "MIN_CANDIDATE_SCORE", "offered"]
+
+Plane = tuple[int, ...]
+#: J skips candidate masks whose predicted IoU is below this (the model itself calls them wrong);
+#: the best one and the shown one are always kept
+MIN_CANDIDATE_SCORE = 0.1
+
+
+def signature(obj: ObjectPrompt | None) -> bytes:
+    """Bytes that change whenever the object's points, labels or box change."""
+    if obj is None:
+        return b"none"
+    box = b"-" if obj.box is None else np.asarray(obj.box, np.float64).tobytes()
+    pts, labels = np.asarray(obj.points, np.float64).tobytes(), np.asarray(obj.labels, np.int32).tobytes()
+    return b"|".join([pts, labels, box])
+
+
+def extends(new: ObjectPrompt, old: ObjectPrompt) -> bool:
+    """True when ``new`` only adds points to ``old`` (same box, old points first): the mask shown
+    for ``old`` is then a good mask prompt for ``new`` (refinement); a moved or removed point or
+    a changed box starts afresh."""
+    same_box = (new.box is None and old.box is None) or (
+        new.box is not None and old.box is not None and np.array_equal(new.box, old.box))
+    n = len(old.points)
+    return (same_box and len(new.points) > n and np.array_equal(new.points[:n], old.points)
+            and np.array_equal(new.labels[:n], old.labels))
+
+
+def merge_prompts(points: np.ndarray, labels: np.ndarray, objects: np.ndarray,
+                  boxes: np.ndarray, box_objects: np.ndarray) -> dict[int, ObjectPrompt]:
+    """Group one plane's prompts by object id: points ``(N, 2)``, labels ``(N,)`` 1/0, their object
+    ids ``(N,)``; boxes ``(B, 4)`` and their object ids ``(B,)`` (one box per object: the last
+    one wins). An object with only negative points is kept: it says "not on this plane"."""
+    out = {}
+    ids = sorted({int(i) for i in objects} | {int(i) for i in box_objects})
+    for i in ids:
+        pm = objects == i
+        bm = np.flatnonzero(box_objects == i)
+        box = np.asarray(boxes[bm[-1]], np.float64) if len(bm) else None
+        out[i] = ObjectPrompt(np.asarray(points[pm], np.float64).reshape(-1, 2),
+                              np.asarray(labels[pm], np.int32), box)
+    return out
+
+
+def present(obj: ObjectPrompt) -> bool:
+    """The prompts place the object on the plane (a positive point or a box)."""
+    return obj.box is not None or bool((obj.labels == 1).any())
+
+
+@dataclass
+class ObjectDecode:
+    """What one object's prompts on one plane decoded to."""
+
+    sig: bytes
+    prompt: ObjectPrompt
+    pred: object | None  # Prediction; None: the object is absent from this plane
+    choice: int = 0
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return None if self.pred is None else self.pred.mask(self.choice)
+
+    @property
+    def logits(self) -> np.ndarray | None:
+        return None if self.pred is None else self.pred.logits[self.choice]
+
+
+@dataclass
+class PlaneDecode:
+    """The decoded objects of one plane, by object id (in prompt order)."""
+
+    objects: dict[int, ObjectDecode] = field(default_factory=dict)
+    stale: bool = False  # the embedding changed (window, model): decode again, keep showing these
+
+
+def offered(pred, chosen: int) -> list[int]:
+    """Candidate indices that J cycles through, best score first: those scoring at least
+    :data:`MIN_CANDIDATE_SCORE`, plus the best and the shown one."""
+    order = [int(k) for k in np.argsort(-pred.scores)]
+    return [k for k in order if k in (order[0], chosen) or pred.scores[k] >= MIN_CANDIDATE_SCORE]
+
+
+def compose(decoded: PlaneDecode | None, propagated: np.ndarray | None, shape, overwrite_blocked=None,
+            ) -> np.ndarray:
+    """A plane's preview ``(H, W)`` uint32: decoded objects by id (earlier objects win where they
+    overlap), then the propagated objects that are not decoded here, where nothing else is. An
+    object decoded as absent (negative points only) removes its propagated mask from the plane.
+    overwrite_blocked: optional ``(H, W)`` bool of pixels that must stay empty (committed objects)."""
+    out = np.zeros(shape, np.uint32)
+    here: set[int] = set()
+    if decoded is not None:
+        for oid, d in decoded.objects.items():
+            here.add(oid)
+            m = d.mask
+            if m is not None:
+                out[np.asarray(m, bool) & (out == 0)] = oid
+    if propagated is not None:
+        rest = np.where(np.isin(propagated, list(here)), 0, propagated) if here else propagated
+        out = np.where(out == 0, rest, out).astype(np.uint32)
+    if overwrite_blocked is not None:
+        out[overwrite_blocked] = 0
+    return out
+
+
+def masks_of(plane: np.ndarray) -> dict[int, np.ndarray]:
+    """``{object id: (H, W) bool}`` of a labels plane."""
+    return {i: plane == i for i in ids_in(plane)}
+
+
+def ids_in(labels: np.ndarray) -> list[int]:
+    """The non-zero ids present in a labels array (any integer dtype, ids of any size)."""
+    v = np.asarray(labels).ravel()
+    if v.size == 0:
+        return []
+    return [int(i) for i in np.unique(v) if i > 0]
+
+
+def fmt(index: Plane) -> str:
+    return ", ".join(map(str, index))
+
+
+def prompts_json(prompts: Mapping[Plane, Mapping[int, ObjectPrompt]]) -> dict:
+    """The prompts as json-able data (for the autosave journal): ``{"z,y": {"id": {...}}}``."""
+    out = {}
+    for p, objs in prompts.items():
+        out[fmt(p) or "2d"] = {str(i): {"points": o.points.tolist(), "labels": o.labels.tolist(),
+                                        "box": None if o.box is None else o.box.tolist()}
+                               for i, o in objs.items()}
+    return out

@@ -1,0 +1,44 @@
+"""The session's status line (plain text, no Qt)."""
+
+from __future__ import annotations
+
+from .planes import PlaneDecode, fmt, ids_in, offered
+
+__all__ = ["describe", "model_note"]
+
+
+def model_note(model) -> str:
+    from ..models.registry import DEMO_MODEL
+
+    return ", the offline demo model: pick another and 'Load model' for real work" if (
+        model is not None and model.name == DEMO_MODEL) else ""
+
+
+def describe(session, dec: PlaneDecode | None, plane: tuple[int, ...]) -> str:
+    """``object 3 · 2 objects on plane 7: masks [0.90] 0.60 (J: next); score 0.95. K: commit.``"""
+    head = f"object {session.current_object}"
+    objs = [(i, d) for i, d in (dec.objects.items() if dec is not None else ()) if d.pred is not None]
+    if not objs:
+        where = f" on plane {fmt(session.plane)}" if session.plane else ""
+        n = len(ids_in(session.preview_plane())) if session.preview is not None else 0
+        if session.model is None:
+            return f"{head}: choose a model."
+        if not session.ready:
+            return f"{head}: embedding{where}…"
+        if n:
+            return (f"{head} · plane {fmt(session.plane)}: {n} propagated object{'s' * (n > 1)} in the "
+                    "preview. Correct it with points (choose the object first) and press P again; K commits.")
+        model = f" ({session.model.name}{model_note(session.model)})"
+        return (f"{head}: ready{model}{where}: click on the object (Shift-click: background) or draw a box; "
+                "O: new object.")
+    parts = []
+    for i, d in objs:
+        o = offered(d.pred, d.choice)  # the candidates J cycles through
+        if len(o) > 1:
+            scores = [f"[{d.pred.scores[k]:.2f}]" if k == d.choice else f"{d.pred.scores[k]:.2f}" for k in o]
+            parts.append(f"{i}: masks {' '.join(scores)} (J: next)")
+        else:
+            parts.append(f"{i}: score {d.pred.scores[d.choice]:.2f}")
+    where = f" on plane {fmt(plane)}" if plane else ""
+    n = len(objs)
+    return f"{head} · {n} object{'s' * (n > 1)}{where} — " + "; ".join(parts) + ". K: commit."

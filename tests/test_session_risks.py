@@ -1,0 +1,290 @@
+"""The session's "nothing lost" rules, without a viewer: each test is one of the risks found in the
+old widget (issue 13), and fails on the old design."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from napari_promptseg.session import AnnotationSession, run_now
+from tests.component_model import ComponentModel, blob_image
+
+BG, FG = 1000, 30000
+
+
+def two_bars_stack(n=12, shape=(60, 80)):
+    """uint16 (n, H, W): two disjoint bars on every plane (objects at rows 10-20 and 35-45)."""
+    img = np.full((n, *shape), BG, np.uint16)
+    img[:, 10:20, 10:70] = FG
+    img[:, 35:45, 10:70] = FG
+    return img
+
+
+class ManualScheduler:
+    """Collects jobs; the test decides when each runs (deterministic asynchrony, no Qt)."""
+
+    def __init__(self):
+        self.jobs = []
+        self.steps = {}
+
+    def __call__(self, job):
+        self.jobs.append(job)
+
+    def pop(self, kind):
+        job = next(j for j in self.jobs if j.kind == kind)
+        self.jobs.remove(job)
+        return job
+
+    def run(self, kind):
+        job = self.pop(kind)
+        try:
+            result = job.compute()
+        except Exception as err:  # noqa: BLE001 - handed to the session like a worker does
+            job.on_error(err)
+            return
+        job.on_done(result)
+
+    def run_all(self, kind):
+        while any(j.kind == kind for j in self.jobs):
+            self.run(kind)
+
+    def step(self, n):
+        """Run ``n`` steps of the (first) propagation job."""
+        job = next(j for j in self.jobs if j.kind == "propagate")
+        it = self.steps.setdefault(id(job), job.iterate())
+        for _ in range(n):
+            try:
+                job.on_step(next(it))
+            except StopIteration:
+                self.jobs.remove(job)
+                job.on_done(None)
+                return
+
+    def finish(self):
+        self.step(10**6)
+
+
+def session(stack=None, scheduler=None, **kw):
+    s = AnnotationSession(ComponentModel(), two_bars_stack() if stack is None else stack,
+                          scheduler=scheduler or run_now, **kw)
+    s.statuses = []
+    s.events.status.connect(s.statuses.append)
+    return s
+
+
+def labels_of(s):
+    return np.asarray(s.target[...])
+
+
+# risk 1 -------------------------------------------------------------------------------------------
+def test_window_or_model_change_keeps_a_propagated_object_one_3d_label():
+    s = session()
+    s.set_plane((5,))
+    s.add_point((15, 40))
+    s.new_object()
+    s.add_point((40, 40))
+    assert s.propagate(0)
+    s.set_window((0, 40000))  # the user moved the contrast sliders: new embeddings
+    s.set_model(ComponentModel())  # and picked another model
+    ids = s.commit()
+    assert len(ids) == 2  # two objects, each one label through the whole stack
+    lab = labels_of(s)
+    for k in range(lab.shape[0]):
+        assert set(np.unique(lab[k])) == {0, *ids}
+    assert (lab[:, 15, 40] == lab[0, 15, 40]).all()
+
+
+def test_correction_after_a_window_change_keeps_the_other_propagated_objects():
+    s = session()
+    s.set_plane((5,))
+    s.add_point((15, 40))
+    s.new_object()
+    s.add_point((40, 40))
+    s.propagate(0)
+    s.set_window((0, 40000))
+    s.set_plane((9,))
+    s.select_object(1)
+    s.add_point((15, 40), positive=False)  # object 1 is not on plane 9
+    plane = s.preview_plane((9,))
+    assert not (plane == 1).any() and (plane == 2).sum() > 0  # object 2 stays
+
+
+# risk 2 -------------------------------------------------------------------------------------------
+def test_prompts_added_during_a_propagation_stay_and_are_committed():
+    sch = ManualScheduler()
+    s = session(scheduler=sch)
+    sch.run_all("embed")
+    s.set_plane((2,))
+    s.add_point((15, 40))
+    sch.run_all("decode")
+    assert s.propagate(0)
+    sch.step(3)  # planes 3, 4, 5 of the forward pass
+    s.set_plane((9,))
+    s.new_object()
+    s.add_point((40, 40))  # a new object, prompted on a plane the run has not reached
+    sch.run_all("decode")
+    assert (s.preview_plane((9,)) == 2).any()
+    sch.finish()
+    plane9 = s.preview_plane((9,))
+    assert (plane9 == 2).any() and (plane9 == 1).any()  # the run's object and the user's
+    assert 2 in s.prompts[(9,)]
+    ids = s.commit()
+    lab = labels_of(s)
+    assert len(ids) == 2 and lab[9, 40, 40] != 0 and lab[9, 40, 40] != lab[9, 15, 40]
+
+
+# risk 4 -------------------------------------------------------------------------------------------
+class FailingPlane(ComponentModel):
+    """Its encoder fails (once ``fail`` is set) on planes whose top-left pixel is bright."""
+
+    def _embed_rgb(self, rgb):
+        if rgb[0, 0, 0] == 255 and getattr(self, "fail", False):
+            raise RuntimeError("out of memory (test)")
+        return super()._embed_rgb(rgb)
+
+
+def test_a_failed_embedding_does_not_leave_commit_or_propagate_waiting():
+    sch = ManualScheduler()
+    stack = two_bars_stack()
+    stack[6, 0, 0] = FG  # plane 6 will fail
+    model = FailingPlane()
+    s = AnnotationSession(model, stack, scheduler=sch, window=(BG, FG))
+    sch.run_all("embed")
+    s.add_point((15, 40))  # plane 0
+    sch.run_all("decode")
+    model.fail = True
+    s.set_plane((6,))
+    s.new_object()
+    s.add_point((40, 40))
+    assert s.commit() == ()  # waits for the decode of plane 6
+    assert s.decoding
+    sch.run_all("embed")
+    sch.run_all("decode")  # its embedding fails
+    assert not s.decoding
+    assert s.commit() != ()  # what is shown can be committed: K does not wait forever
+    s.set_plane((0,))
+    s.add_point((15, 40))
+    sch.run_all("decode")
+    assert s.propagate(0)  # P is not refused either
+
+
+# risk 5 -------------------------------------------------------------------------------------------
+def test_objects_are_explicit_across_planes():
+    s = session()
+    s.set_plane((2,))
+    s.add_point((15, 40))  # a cell on plane 2
+    s.set_plane((8,))
+    s.new_object()
+    s.add_point((15, 40))  # another cell at the same place on plane 8: the user said "new object"
+    assert len(s.commit()) == 2
+    s.set_plane((2,))
+    s.add_point((40, 40))
+    s.set_plane((8,))
+    s.add_point((40, 40))  # no new object: the same object on both planes
+    assert len(s.commit()) == 1
+
+
+def test_time_by_z_objects_at_two_times_stay_two_labels():
+    tz = np.stack([two_bars_stack(4), two_bars_stack(4)])  # (T, Z, H, W)
+    s = session(tz)
+    s.set_plane((0, 1))
+    s.add_point((15, 40))
+    s.new_object()
+    s.set_plane((1, 1))
+    s.add_point((15, 40))
+    ids = s.commit()
+    lab = labels_of(s)
+    assert len(ids) == 2 and lab[0, 1, 15, 40] != lab[1, 1, 15, 40]
+
+
+# risk 6 -------------------------------------------------------------------------------------------
+def test_more_than_255_objects_and_lazy_planes():
+    img = np.full((2, 64, 1300), BG, np.uint16)
+    for k in range(300):
+        img[1, 10:20, 4 * k + 1:4 * k + 3] = FG
+    s = session(img)
+    assert s.preview.nchunks_initialized == 0 and s.target is None  # nothing allocated up front
+    s.set_plane((1,))
+    for k in range(300):
+        s.select_object(k + 1)
+        s.add_point((15, 4 * k + 1))
+    assert len(set(np.unique(s.preview_plane((1,))))) == 301
+    assert s.preview.nchunks_initialized == 1
+    ids = s.commit()
+    assert len(ids) == 300 and labels_of(s)[1].max() == max(ids)
+
+
+# nothing lost: undo vs brush, autosave ------------------------------------------------------------
+def test_undo_refuses_to_erase_a_brush_edit():
+    img, _ = blob_image()
+    s = session(img)
+    s.add_point((25, 30))
+    s.commit()
+    s.target[25, 30] = 99  # the user painted over the committed object
+    assert s.undo() is None
+    assert "brush" in s.statuses[-1] and s.target[25, 30] == 99
+
+
+def test_autosave_restores_the_labels_of_a_killed_session(tmp_path):
+    """A real SIGKILL between two commits loses at most the uncommitted preview."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    child = textwrap.dedent("""
+        import sys, time
+        import numpy as np
+        from napari_promptseg.session import AnnotationSession, run_now
+        from tests.component_model import ComponentModel
+        from tests.test_session_risks import two_bars_stack
+        s = AnnotationSession(ComponentModel(), two_bars_stack())
+        s.set_plane((3,)); s.add_point((15, 40)); s.propagate(0); s.commit()
+        s.set_plane((5,)); s.add_point((40, 40))      # previewed, never committed
+        print("committed", flush=True)
+        time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, env=env, text=True)
+    assert p.stdout.readline().strip() == "committed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(10)
+    assert p.returncode == -signal.SIGKILL
+    s = session()
+    assert s.store.exists()
+    ids = s.restore_autosave()
+    lab = labels_of(s)
+    assert ids == (1,) and (lab[:, 15, 40] == 1).all()  # the committed 3D object
+    assert not lab[:, 40, 40].any()  # the uncommitted preview is not there
+    s.undo()  # restoring is an ordinary, undoable write
+    assert not labels_of(s).any()
+
+
+@pytest.mark.parametrize("backing", ["zarr", "dask", "multiscale"])
+def test_commit_into_lazy_and_multiscale_labels_writes_in_place(tmp_path, backing):
+    import zarr
+
+    stack = two_bars_stack(6)
+    s = session(stack)
+    if backing == "zarr":
+        target = zarr.create_array(tmp_path / "l.zarr", shape=stack.shape, chunks=(1, 60, 80), dtype=np.int32)
+    elif backing == "dask":
+        import dask.array as da
+
+        target = da.zeros(stack.shape, chunks=(1, 60, 80), dtype=np.int32)
+    else:
+        target = [np.zeros(stack.shape, np.int32), np.zeros((6, 30, 40), np.int32)]
+    s.set_target(target)
+    s.set_plane((2,))
+    s.add_point((15, 40))
+    assert s.commit() == (1,)
+    level0 = target[0] if backing == "multiscale" else target
+    assert s.target is target and int(np.asarray(level0[2, 15, 40])) == 1
+    if backing == "zarr":
+        again = zarr.open_array(tmp_path / "l.zarr")
+        assert again[2, 15, 40] == 1 and again[3].max() == 0
+    if backing == "multiscale":
+        assert target[1][2, 7, 20] == 1
+    s.undo()
+    assert int(np.asarray(level0[2, 15, 40])) == 0
