@@ -54,7 +54,7 @@ def test_a_point_gives_the_mask_under_it_with_candidates():
     s, truth, model, statuses = make()
     s.add_point((25, 30))
     np.testing.assert_array_equal(s.preview > 0, truth == 1)
-    assert s.preview.dtype == np.uint32 and set(np.unique(s.preview)) == {0, 1}  # the object's id
+    assert s.preview.dtype == np.uint8 and set(np.unique(s.preview)) == {0, 1}  # uint8 until id 256
     assert model.calls[-1]["multimask"] and model.calls[-1]["mask_input"] is None
     assert list(s.predictions) == [1] and s.choices == {1: 0}
     assert "0.90" in statuses[-1] and not s.decoding

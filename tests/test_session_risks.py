@@ -215,6 +215,7 @@ def test_more_than_255_objects_and_lazy_planes():
         s.select_object(k + 1)
         s.add_point((15, 4 * k + 1))
     assert len(set(np.unique(s.preview_plane((1,))))) == 301
+    assert s.preview.dtype == np.uint32  # widened from uint8 at object 256
     assert s.preview.nchunks_initialized == 1
     ids = s.commit()
     assert len(ids) == 300 and labels_of(s)[1].max() == max(ids)
@@ -288,3 +289,24 @@ def test_commit_into_lazy_and_multiscale_labels_writes_in_place(tmp_path, backin
         assert target[1][2, 7, 20] == 1
     s.undo()
     assert int(np.asarray(level0[2, 15, 40])) == 0
+
+
+def test_an_autosave_that_was_not_restored_is_set_aside_not_mixed():
+    stack = two_bars_stack(4)
+    s = session(stack)
+    s.add_point((15, 40))  # plane 0
+    s.commit()
+    s2 = session(stack)  # the image opened again; the user does not restore
+    s2.set_plane((3,))
+    s2.add_point((40, 40))
+    s2.commit()
+    _, _, planes = s2.store.load()
+    assert sorted(planes) == [(3,)]  # only this session's labels
+    root = s2.store.root
+    earlier = [p for p in root.parent.iterdir() if p.name.startswith(root.name + ".earlier-")]
+    assert len(earlier) == 1  # the earlier session's autosave is kept aside, not lost
+    from napari_promptseg.autosave import AnnotationStore
+
+    assert sorted(AnnotationStore(earlier[0]).load()[2]) == [(0,)]
+    s3 = session(stack)
+    assert s3.restore_autosave() == (1,) and labels_of(s3)[3, 40, 40] == 1

@@ -117,7 +117,11 @@ class LayerBridge:
 
     def _on_preview_reset(self, array) -> None:
         v = self.viewer
-        if self.preview_layer is not None and self.preview_layer in v.layers:
+        ly = self.preview_layer
+        if ly is not None and ly in v.layers and ly.data.shape == array.shape:
+            ly.data = array  # the same image, wider ids
+            return
+        if ly is not None and ly in v.layers:
             _disconnect(self.preview_layer.events.paint, self._on_paint)
             v.layers.remove(self.preview_layer)
         self.preview_layer = L.add_preview_layer(v, self.image_layer, array)
@@ -146,13 +150,20 @@ class LayerBridge:
         """Commit into Labels ``layer`` (None: a new layer at the first commit)."""
         if self.target_layer is not None:
             _disconnect(self.target_layer.events.data, self._on_target_data)
+            _disconnect(self.target_layer.events.paint, self._on_target_paint)
         self.target_layer = layer
         self.session.set_target(None if layer is None else _array(layer))
         if layer is not None:
             layer.events.data.connect(self._on_target_data)
+            layer.events.paint.connect(self._on_target_paint)
 
     def _on_target_data(self, event=None) -> None:
         self.session.set_target(_array(self.target_layer))
+
+    def _on_target_paint(self, event=None) -> None:
+        """Brush work in the labels: the next commit's ids start above what was painted."""
+        new = [np.max(np.asarray(atom[2]), initial=0) for atom in (event.value or [])]
+        self.session.labels.target_edited(int(max(new, default=0)))
 
     def _on_target_created(self, array) -> None:
         layer = L.add_labels_layer(self.viewer, self.image_layer, array)
@@ -286,6 +297,7 @@ class LayerBridge:
             _disconnect(self.preview_layer.events.paint, self._on_paint)
         if self.target_layer is not None:
             _disconnect(self.target_layer.events.data, self._on_target_data)
+            _disconnect(self.target_layer.events.paint, self._on_target_paint)
 
 
 def _array(layer):

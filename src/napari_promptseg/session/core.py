@@ -17,31 +17,30 @@ Plane indices are tuples of the leading axes (``()`` for 2D); coordinates ``(row
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
 from psygnal import Signal, SignalGroup
 
-from ..embeddings import EmbeddingCache
-from ..labels_io import LabelsCommit, LabelsHistory, PlaneEdit, lazy_labels, level0, read_plane, write_objects
-from ..propagate import MIN_OVERLAP, MIN_SCORE, propagate_iter
+from ..labels_io import LabelsCommit, lazy_labels, read_plane
+from ..propagate import MIN_OVERLAP, MIN_SCORE
+from . import decoding
+from .embedding import PlaneEmbedder
 from .jobs import Job, run_now
+from .labels import CommitLog
 from .planes import (
     ObjectDecode,
     ObjectPrompt,
     Plane,
     PlaneDecode,
     compose,
-    extends,
-    fmt,
     ids_in,
     offered,
-    present,
     prompts_json,
     signature,
+    top_id,
 )
-from .propagation import PropagationRun, seeds_and_absent
+from .propagation import Propagator
 from .text import describe
 
 __all__ = ["AnnotationSession", "SessionEvents"]
@@ -74,25 +73,23 @@ class AnnotationSession:
         self.overwrite = False  # commits replace other objects' pixels
         self.min_score, self.min_overlap = MIN_SCORE, MIN_OVERLAP
         self.model, self.image, self.rgb, self.window, self.disk = model, None, rgb, window, disk
-        self.stack = None  # StackEmbeddings of the image
-        self.plane: Plane = ()  # the plane shown to the user
+        self.embedder = PlaneEmbedder(scheduler, self.prefetch, disk)
+        self.embedder.on_ready, self.embedder.on_status = self._embedded, self._status
+        self.propagation = Propagator(scheduler, self._show, self._status, self.events.progress.emit,
+                                      lambda: self.embedder.resume(), self._blocked)
+        self._propagated = self.propagation.planes  # {plane: (H, W) ids}, the same dict
+        self.embedder.paused = lambda: self.propagation.run is not None
         self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
         self.current_object = 1
-        self.preview = None  # (H, W) numpy or a lazy (..., H, W) zarr array, uint32 object ids
-        self.target = None  # labels array-like receiving commits (numpy, zarr, dask, multiscale)
-        self.store = None  # AnnotationStore (autosave)
-        self._cache = EmbeddingCache(8)
+        self.preview = None  # (H, W) numpy or a lazy (..., H, W) zarr array of object ids: uint8, uint32
+        # once an id is above 255
+        self.labels = CommitLog()  # the target labels, undo/redo, autosave
         self._prompts: dict[Plane, dict[int, ObjectPrompt]] = {}
         self._decoded: dict[Plane, PlaneDecode] = {}
-        self._propagated: dict[Plane, np.ndarray] = {}
         self._painted: set[Plane] = set()
-        self._histories: dict[int, tuple[object, LabelsHistory]] = {}
         self._gen = 0  # bumped by every prompt change: older decodes are stale
         self._pending: Job | None = None  # the newest decode not applied yet
         self._after_decode: list[Callable[[], object]] = []  # commit / propagate waiting for it
-        self._embed_job: Job | None = None
-        self._run: PropagationRun | None = None
-        self._move = (0, 1)
         self._closed = False
         if image is not None:
             self.set_image(image, rgb=rgb, window=window, source_path=source_path)
@@ -123,10 +120,11 @@ class AnnotationSession:
         self.image, self.rgb, self.window = image, rgb, window
         shape = tuple(image.shape[:ndim])
         self._lead, self._plane_shape = shape[:-2], shape[-2:]
-        self.plane = self.active = tuple(0 for _ in self._lead)
+        self.embedder.stop()
+        self.embedder.plane = self.active = tuple(0 for _ in self._lead)
         self._reset_state()
-        self.preview = np.zeros(shape, np.uint32) if not self._lead else lazy_labels(shape, np.uint32)
-        self.target, self.store = None, None
+        self.preview = np.zeros(shape, np.uint8) if not self._lead else lazy_labels(shape, np.uint8)
+        self.labels = CommitLog()
         self.events.preview_reset.emit(self.preview)
         self._restart_embeddings()
         if self.autosave_enabled:
@@ -135,7 +133,8 @@ class AnnotationSession:
     def forget_image(self) -> None:
         """The image is gone (e.g. its layer was removed): stop its work, drop its embeddings."""
         self._cancel_jobs()
-        self.image = self.stack = None
+        self.embedder.stop()
+        self.image = None
 
     def set_model(self, model) -> None:
         """Use ``model``; embeddings restart, prompts and preview are kept and decoded again."""
@@ -150,82 +149,36 @@ class AnnotationSession:
             self._restart_embeddings()
 
     def _restart_embeddings(self) -> None:
-        from ..stack import StackEmbeddings
-
         self._cancel_jobs(keep_run=False)
-        self.stack = None
         if self.model is None or self.image is None:
+            self.embedder.stop()
             self._status("choose a model: the image is embedded as soon as one is loaded." if self.image
                          is not None else "choose an image.")
             return
-        self.stack = StackEmbeddings(self.model, self.image, self.window, rgb=self.rgb, cache=self._cache,
-                                     disk=self.disk)
         for d in self._decoded.values():  # keep showing their masks; decode again on the new embeddings
             d.stale = True
-        self._embed_current()
+        self.embedder.restart(self.model, self.image, self.window, self.rgb, self.plane)
         if self._decoded:
             self._request_decode()
 
+    @property
+    def stack(self):
+        """The :class:`~napari_promptseg.stack.StackEmbeddings` of the image (None without a model)."""
+        return self.embedder.stack
+
+    @property
+    def plane(self) -> Plane:
+        """The plane shown to the user (embedded first; new prompts land there)."""
+        return self.embedder.plane
+
     def set_plane(self, plane: Plane) -> None:
         """The user now looks at ``plane``: embed it first, then its neighbours that way."""
-        plane = tuple(int(v) for v in plane)
-        if plane == self.plane:
-            return
-        moved = [i for i, (a, b) in enumerate(zip(self.plane, plane, strict=True)) if a != b]
-        if moved:
-            self._move = (moved[0], 1 if plane[moved[0]] > self.plane[moved[0]] else -1)
-        self.plane = plane
-        if self.stack is not None:
-            self._embed_current()
+        if self.embedder.set_plane(plane) and self.stack is not None:
             self._status(self.describe())
 
-    def _embed_current(self) -> None:
-        stack, plane = self.stack, self.plane
-        if stack.cached(plane) is not None:
-            self.events.ready.emit(plane)
-            self._prefetch()
-            return
-        if self._embed_job is not None and getattr(self._embed_job, "plane", None) == plane:
-            return
-        name = getattr(self.image, "name", "image")
-        where = f" plane {fmt(plane)}" if plane else ""
-        self._status(f"embedding{where} with {self.model.name}…")
-        self._embed(plane, f"embedding {name}{where}")
-
-    def _embed(self, plane: Plane, label: str) -> None:
-        stack = self.stack
-
-        def done(_emb) -> None:
-            if job is self._embed_job:
-                self._embed_job = None
-            if self._closed or stack is not self.stack:
-                return
-            if plane == self.plane:
-                self.events.ready.emit(plane)
-                self._status(self.describe())
-            self._prefetch()
-
-        def failed(err: BaseException) -> None:
-            if job is self._embed_job:
-                self._embed_job = None
-            if not self._closed and stack is self.stack and not job.token.cancelled:
-                self._status(f"could not embed plane {fmt(plane) or '(2D)'}: {err}")
-
-        job = Job("embed", lambda: stack.get(plane), done, failed, label=label)
-        job.plane = plane
-        if self._embed_job is not None and self._embed_job.plane != self.plane:
-            self._embed_job.token.cancel()  # a prefetch gives way to the plane shown
-        self._embed_job = job
-        self.schedule(job)
-
-    def _prefetch(self) -> None:
-        stack = self.stack
-        if (not self.prefetch or stack is None or not self._lead or self._closed or self._run is not None
-                or self._embed_job is not None):
-            return
-        order = stack.prefetch_order(self.plane, *self._move, count=self.prefetch)
-        if order:
-            self._embed(order[0], "")
+    def _embedded(self, plane: Plane) -> None:
+        self.events.ready.emit(plane)
+        self._status(self.describe())
 
     # ------------------------------------------------------------------ objects and prompts
     def new_object(self) -> int:
@@ -290,47 +243,17 @@ class AnnotationSession:
     def _request_decode(self) -> None:
         self._gen += 1
         gen, stack, model = self._gen, self.stack, self.model
-        todo: dict[Plane, dict[int, tuple]] = {}
-        removed: dict[Plane, list[int]] = {}
-        for p in set(self._prompts) | set(self._decoded):
-            objs, dec = self._prompts.get(p, {}), self._decoded.get(p)
-            known = dec.objects if dec is not None and not dec.stale else {}
-            removed[p] = [i for i in (dec.objects if dec else {}) if i not in objs]
-            for i, o in objs.items():
-                d = known.get(i)
-                if d is None or d.sig != signature(o):
-                    mi = d.logits if (d is not None and d.pred is not None and extends(o, d.prompt)) else None
-                    todo.setdefault(p, {})[i] = (o, mi)
-        removed = {p: ids for p, ids in removed.items() if ids}
+        todo, removed = decoding.plan(self._prompts, self._decoded)
         if stack is None or (not todo and not removed):
             self._pending = None
             self._finish_waiting(bool(todo))
             return
 
-        def work():
-            out = {}
-            for p, objs in todo.items():
-                emb = stack.get(p) if any(present(o) for o, _ in objs.values()) else None
-                out[p] = {i: _decoded(o, _predict(model, emb, o, mi) if present(o) else None)
-                          for i, (o, mi) in objs.items()}
-            return out
-
         def done(result) -> None:
             if self._closed or gen != self._gen or stack is not self.stack:
                 return  # stale: a newer decode (made from the prompts now) is on its way
             self._pending = None
-            touched = set(result) | set(removed)
-            for p in touched:
-                dec = self._decoded.setdefault(p, PlaneDecode())
-                for i in removed.get(p, []):
-                    dec.objects.pop(i, None)
-                dec.objects.update(result.get(p, {}))
-                here = self._prompts.get(p, {})
-                dec.objects = {i: dec.objects[i] for i in sorted(dec.objects) if i in here}
-                dec.stale = False
-                if not dec.objects:
-                    del self._decoded[p]
-            self._show(touched)
+            self._show(decoding.apply(self._decoded, self._prompts, result, removed))
             self._status(self.describe())
             self._candidates(result)
             self._finish_waiting(True)
@@ -342,7 +265,7 @@ class AnnotationSession:
             self._after_decode.clear()  # a commit or propagation waiting for these masks is off
             self._status(f"could not decode the prompts: {err}. Commit and propagate use what is shown.")
 
-        self._pending = Job("decode", work, done, failed)
+        self._pending = Job("decode", lambda: decoding.decode(model, stack, todo), done, failed)
         self.schedule(self._pending)
 
     def _finish_waiting(self, ok: bool) -> None:
@@ -361,14 +284,28 @@ class AnnotationSession:
         """Compose ``planes`` from their decoded and propagated objects into the preview."""
         planes = tuple(sorted(set(planes)))
         for p in planes:
-            plane = compose(self._decoded.get(p), self._propagated.get(p), self._plane_shape)
-            self.preview[p if p else ...] = plane
+            dec, prop = self._decoded.get(p), self._propagated.get(p)
+            if top_id(dec, prop) > np.iinfo(self.preview.dtype).max:
+                self._widen_preview()
+            self.preview[p if p else ...] = compose(dec, prop, self._plane_shape, self.preview.dtype)
             self._painted.discard(p)
         if planes:
             self.events.preview.emit(planes)
 
+    def _widen_preview(self) -> None:
+        """More than 255 objects: the preview becomes uint32 (uint8 until then: napari draws
+        uint8 labels much faster)."""
+        old = self.preview
+        if not self._lead:
+            self.preview = old.astype(np.uint32)
+        else:
+            self.preview = lazy_labels(old.shape, np.uint32)
+            for p in set(self._decoded) | set(self._propagated) | self._painted:
+                self.preview[p] = np.asarray(old[p])
+        self.events.preview_reset.emit(self.preview)
+
     def preview_plane(self, plane: Plane | None = None) -> np.ndarray:
-        """``(H, W)`` uint32 object ids of the preview on ``plane`` (default: the displayed one)."""
+        """``(H, W)`` object ids of the preview on ``plane`` (default: the displayed one)."""
         p = self.plane if plane is None else tuple(plane)
         return np.asarray(self.preview[p] if p else self.preview)
 
@@ -426,9 +363,7 @@ class AnnotationSession:
         gen = self._gen
 
         def work():
-            emb = stack.get(p)
-            return {i: _predict(model, emb, o, model.mask_prompt(emb, painted == i))
-                    for i, o in prompts.items()}
+            return decoding.refine(model, stack.get(p), painted, prompts)
 
         def done(preds) -> None:
             if self._closed or gen != self._gen or stack is not self.stack:
@@ -454,7 +389,7 @@ class AnnotationSession:
     # ------------------------------------------------------------------ propagation
     @property
     def propagating(self) -> bool:
-        return self._run is not None
+        return self.propagation.run is not None
 
     def propagate(self, axis: int = 0) -> bool:
         """Propagate the objects of the prompted planes through the stack along leading ``axis``,
@@ -472,95 +407,49 @@ class AnnotationSession:
             self._after_decode.append(lambda: self.propagate(axis))
             self._status("propagating as soon as the newest prompts are decoded…")
             return True
-        self.cancel_propagation()
-        axis, stack, model = int(axis), self.stack, self.model
-        line = set(stack.line(self.plane, axis))
-        prompted = {p[axis]: p for p in self._prompts if p in line}
-        seeds, absent = seeds_and_absent({k: self.preview_plane(p) for k, p in prompted.items()})
-        if not seeds:
-            self._status("prompt an object on at least one plane of this line of the stack first.")
-            return False
-        run = self._run = PropagationRun(axis, self.plane, stack.lead_shape[axis], set(prompted))
-        run.visited.update(prompted)
-        kwargs = {"min_score": self.min_score, "min_overlap": self.min_overlap, "absent": absent}
-
-        def step(res) -> None:
-            if run is not self._run or self._closed:
-                return
-            p = run.plane_of(res.index)
-            blocked = None
-            if self.target is not None and not self.overwrite:
-                blocked = read_plane(self.target, p) != 0  # committed objects stay
-            self._propagated[p] = run.merge(res.index, res.masks, self._propagated.get(p), self._plane_shape,
-                                            blocked)
-            self._show([p])
-            run.done, run.total = res.done, max(res.total, 1)
-            self.events.progress.emit(run.done, run.total)
-            self._status(f"propagating: {res.done} / {res.total} planes (Cancel stops; K commits).")
-
-        def done(_) -> None:
-            if run is not self._run:
-                return
-            self._run = None
-            left = [run.plane_of(k) for k in range(run.n) if k not in run.visited]
-            stale = [p for p in left if p in self._propagated]
-            for p in stale:  # what an earlier run left where this one did not reach
-                del self._propagated[p]
-            self._show(stale)
-            self.events.progress.emit(run.total, run.total)
-            self._status("propagation done: check the planes, correct any plane with points and press P "
-                         "again; K commits.")
-            self._prefetch()
-
-        def failed(err: BaseException) -> None:
-            if run is self._run:
-                self._run = None
-                self.events.progress.emit(run.total, run.total)
-                if not run.token.cancelled:
-                    self._status(f"propagation failed: {err}")
-
-        def work():
-            return propagate_iter(model, lambda k: stack.get(run.plane_of(k)), run.n, seeds, **kwargs)
-
-        job = Job("propagate", work, done, failed, step, "propagating", run.token)
-        self._status(f"propagating from plane{'s' * (len(seeds) > 1)} {', '.join(map(str, sorted(seeds)))}…")
-        self.schedule(job)
-        return True
+        line = set(self.stack.line(self.plane, int(axis)))
+        previews = {p[int(axis)]: self.preview_plane(p) for p in self._prompts if p in line}
+        return self.propagation.start(self.model, self.stack, self.plane, int(axis), previews,
+                                      min_score=self.min_score, min_overlap=self.min_overlap)
 
     def cancel_propagation(self) -> None:
         """Stop a running propagation; the planes it finished stay in the preview."""
-        run, self._run = self._run, None
-        if run is not None:
-            run.token.cancel()
-            self.events.progress.emit(run.total, run.total)
+        self.propagation.cancel()
+
+    def _blocked(self, plane: Plane) -> np.ndarray | None:
+        """Pixels a propagation leaves empty on ``plane``: committed objects, unless overwriting."""
+        if self.target is None or self.overwrite:
+            return None
+        return read_plane(self.target, plane) != 0
 
     def cancel(self) -> None:
         """Cancel the propagation and the embedding in progress."""
         self.cancel_propagation()
-        if self._embed_job is not None:
-            self._embed_job.token.cancel()
-            self._embed_job = None
+        self.embedder.cancel()
         self._status("cancelled.")
 
     # ------------------------------------------------------------------ commit, undo, clear
-    def ensure_target(self):
-        """The labels array that receives commits; a new int32 one (lazy for stacks) if none."""
-        if self.target is None:
-            shape = (*self._lead, *self._plane_shape)
-            self.target = np.zeros(shape, np.int32) if not self._lead else lazy_labels(shape, np.int32)
-            self.events.target.emit(self.target)
-        return self.target
+    @property
+    def target(self):
+        """The labels receiving commits (numpy, zarr, dask or a multiscale list); None until the
+        first commit makes a new int32 array (a lazy zarr array for stacks)."""
+        return self.labels.target
+
+    @property
+    def store(self):
+        """The image's autosave store (:class:`~napari_promptseg.autosave.AnnotationStore`) or None."""
+        return self.labels.store
 
     def set_target(self, target) -> None:
-        """Commit into ``target`` (numpy, zarr, dask array or a multiscale list; written in place,
-        plane by plane); None: a new array is made at the first commit."""
-        self.target = target
+        """Commit into ``target`` (written in place, plane by plane); None: a new array at the
+        first commit."""
+        self.labels.set_target(target)
 
-    def _history(self) -> LabelsHistory:
-        key = id(level0(self.target))
-        if key not in self._histories or self._histories[key][0] is not level0(self.target):
-            self._histories[key] = (level0(self.target), LabelsHistory())
-        return self._histories[key][1]
+    def ensure_target(self):
+        """The labels array that receives commits (made if there is none)."""
+        if self.labels.ensure((*self._lead, *self._plane_shape), lazy=bool(self._lead)):
+            self.events.target.emit(self.labels.target)
+        return self.labels.target
 
     def commit(self) -> tuple[int, ...]:
         """Write the preview's objects into the target with new ids (one label per object, on
@@ -569,7 +458,7 @@ class AnnotationSession:
         Returns the new ids (``()`` when nothing was written now)."""
         if self.image is None or self._closed:
             return ()
-        if self._run is not None:
+        if self.propagating:
             self._status("a propagation is running: wait for it or press Cancel, then commit.")
             return ()
         if self._pending is not None:
@@ -581,14 +470,14 @@ class AnnotationSession:
         if not groups:
             self._status("nothing to commit: the preview is empty.")
             return ()
-        target = self.ensure_target()
-        shape = tuple(level0(target).shape)
-        if shape != (*self._lead, *self._plane_shape):
-            self._status(f"cannot commit: the labels' shape {shape} is not the image's "
-                         f"{(*self._lead, *self._plane_shape)}; choose other labels or new ones.")
+        self.ensure_target()
+        image_shape = (*self._lead, *self._plane_shape)
+        if self.labels.shape != image_shape:
+            self._status(f"cannot commit: the labels' shape {self.labels.shape} is not the image's "
+                         f"{image_shape}; choose other labels or new ones.")
             return ()
         try:
-            c = write_objects(target, groups, overwrite=self.overwrite)
+            c, problem = self.labels.commit(groups, self.overwrite, {"prompts": prompts_json(self._prompts)})
         except (TypeError, ValueError, OverflowError) as err:
             self._status(f"cannot commit: {err}")
             return ()
@@ -596,12 +485,10 @@ class AnnotationSession:
             self._status("nothing committed: every pixel already belongs to another object "
                          "(check 'overwrite other objects' to replace them).")
             return ()
-        self._history().record(c)
-        self._autosave("commit", c, {"ids": list(c.ids), "objects": {str(k): v for k, v in c.mapping.items()},
-                                     "prompts": prompts_json(self._prompts)})
         self.events.labels.emit(tuple(e.plane for e in c.edits))
         self.clear(quiet=True)
-        self._status(f"committed object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))}. U: undo.")
+        ids = ", ".join(map(str, c.ids))
+        self._status(problem or f"committed object{'s' * (len(c.ids) > 1)} {ids}. U: undo.")
         return c.ids
 
     def undo(self) -> LabelsCommit | None:
@@ -613,89 +500,55 @@ class AnnotationSession:
         return self._replay("redo", "redid", "")
 
     def _replay(self, which: str, verb: str, hint: str) -> LabelsCommit | None:
-        if self.target is None:
-            self._status(f"nothing to {which}.")
-            return None
-        c, why = getattr(self._history(), which)(self.target)
-        if c is None:
-            self._status(why or f"nothing to {which}.")
-            return None
-        self._autosave(which, c, {"ids": list(c.ids)})
-        self.events.labels.emit(tuple(e.plane for e in c.edits))
-        self._status(f"{verb} object{'s' * (len(c.ids) > 1)} {', '.join(map(str, c.ids))}.{hint}")
+        c, problem = self.labels.replay(which)
+        if c is not None:
+            self.events.labels.emit(tuple(e.plane for e in c.edits))
+            ids = ", ".join(map(str, c.ids))
+            self._status(problem or f"{verb} object{'s' * (len(c.ids) > 1)} {ids}.{hint}")
+        else:
+            self._status(problem)
         return c
+
+    def restore_autosave(self) -> tuple[int, ...]:
+        """Write the autosaved labels of this image into the target (undoable); returns their ids."""
+        if self.labels.store is not None and self.labels.store.exists():
+            self.ensure_target()
+        c, message = self.labels.restore()
+        if c is not None:
+            self.events.labels.emit(tuple(e.plane for e in c.edits))
+        self._status(message)
+        return () if c is None else c.ids
 
     def clear(self, quiet: bool = False) -> None:
         """Remove the prompts and the preview (nothing committed changes)."""
         self.cancel_propagation()
         shown = set(self._decoded) | set(self._propagated) | self._painted
-        self._prompts.clear()
         self._gen += 1
         self._pending = None
         self._after_decode.clear()
-        self._reset_state(keep_object=False)
+        self._reset_state()
         self._show(shown)
         self.events.prompts_cleared.emit()
         self.events.current_object.emit(self.current_object)
         if not quiet:
             self._status("cleared.")
 
-    def _reset_state(self, keep_object: bool = False) -> None:
+    def _reset_state(self) -> None:
         self._prompts.clear()
         self._decoded.clear()
         self._propagated.clear()
         self._painted.clear()
-        if not keep_object:
-            self.current_object = 1
+        self.current_object = 1
 
-    # ------------------------------------------------------------------ autosave
     def _open_store(self, source_path) -> None:
-        from ..autosave import AnnotationStore
-
         try:
-            self.store = AnnotationStore.for_image(self.image, rgb=self.rgb, source_path=source_path)
+            earlier = self.labels.open_store(self.image, self.rgb, source_path)
         except (OSError, ValueError) as err:
-            self.store = None
+            self.labels.store = None
             self._status(f"autosave is off for this image: {err}")
             return
-        if self.store.exists():
-            self.events.restorable.emit(self.store.summary())
-
-    def _autosave(self, op: str, c: LabelsCommit, record: dict) -> None:
-        if self.store is None:
-            return
-        planes = sorted({e.plane for e in c.edits})
-        try:
-            self.store.save({p: read_plane(self.target, p) for p in planes},
-                            {"op": op, "time": time.time(), **record},
-                            shape=tuple(level0(self.target).shape), dtype=level0(self.target).dtype)
-        except OSError as err:
-            self._status(f"autosave failed ({err}); the labels in napari are fine: save them (File > Save).")
-
-    def restore_autosave(self) -> tuple[int, ...]:
-        """Write the autosaved labels of this image into the target (undoable); returns their ids."""
-        if self.store is None or not self.store.exists():
-            self._status("nothing autosaved for this image.")
-            return ()
-        shape, _, planes = self.store.load()
-        target = self.ensure_target()
-        if tuple(level0(target).shape) != tuple(shape):
-            self._status(f"cannot restore: the autosave has shape {tuple(shape)}, the labels "
-                         f"{tuple(level0(target).shape)}.")
-            return ()
-        edits = []
-        for p, new in planes.items():
-            cur = read_plane(target, p)
-            idx = np.flatnonzero(cur.ravel() != new.ravel())
-            if len(idx):
-                edits.append(PlaneEdit(p, idx, cur.ravel()[idx], new.ravel()[idx].astype(cur.dtype)))
-        ids = tuple(sorted({int(i) for e in edits for i in np.unique(e.new) if i}))
-        c = LabelsCommit(tuple(edits), ids, {})
-        c.redo(target)
-        self._history().record(c)
-        self.events.labels.emit(tuple(e.plane for e in edits))
-        self._status(f"restored {len(ids)} autosaved label{'s' * (len(ids) != 1)}. U: undo.")
-        return ids
+        if earlier:
+            self.events.restorable.emit(earlier)
 
     # ------------------------------------------------------------------ status, close
     def describe(self) -> str:
@@ -717,9 +570,6 @@ class AnnotationSession:
             self.events.status.emit(text)
 
     def _cancel_jobs(self, keep_run: bool = False) -> None:
-        if self._embed_job is not None:
-            self._embed_job.token.cancel()
-            self._embed_job = None
         self._pending = None
         self._gen += 1
         if not keep_run:
@@ -728,16 +578,7 @@ class AnnotationSession:
     def close(self) -> None:
         """Stop every job (an encoder stops at its next block); the session is done."""
         self._cancel_jobs()
+        self.embedder.close()
         self._after_decode.clear()
         self._closed = True
 
-
-def _decoded(o: ObjectPrompt, pred) -> ObjectDecode:
-    """The decode of ``o``, showing its best-scoring candidate first (not necessarily index 0)."""
-    return ObjectDecode(signature(o), o, pred, 0 if pred is None else pred.best)
-
-
-def _predict(model, emb, o: ObjectPrompt, mask_input):
-    pts = o.points if len(o.points) else None
-    return model.predict(emb, points=pts, labels=o.labels if pts is not None else None, box=o.box,
-                         mask_input=mask_input, multimask=o.ambiguous and mask_input is None)

@@ -99,13 +99,12 @@ def offered(pred, chosen: int) -> list[int]:
     return [k for k in order if k in (order[0], chosen) or pred.scores[k] >= MIN_CANDIDATE_SCORE]
 
 
-def compose(decoded: PlaneDecode | None, propagated: np.ndarray | None, shape, overwrite_blocked=None,
-            ) -> np.ndarray:
-    """A plane's preview ``(H, W)`` uint32: decoded objects by id (earlier objects win where they
+def compose(decoded: PlaneDecode | None, propagated: np.ndarray | None, shape, dtype=np.uint32) -> np.ndarray:
+    """A plane's preview ``(H, W)``: decoded objects by id (earlier objects win where they
     overlap), then the propagated objects that are not decoded here, where nothing else is. An
     object decoded as absent (negative points only) removes its propagated mask from the plane.
-    overwrite_blocked: optional ``(H, W)`` bool of pixels that must stay empty (committed objects)."""
-    out = np.zeros(shape, np.uint32)
+    dtype: of the result; it must hold every id (see :func:`top_id`)."""
+    out = np.zeros(shape, dtype)
     here: set[int] = set()
     if decoded is not None:
         for oid, d in decoded.objects.items():
@@ -115,10 +114,14 @@ def compose(decoded: PlaneDecode | None, propagated: np.ndarray | None, shape, o
                 out[np.asarray(m, bool) & (out == 0)] = oid
     if propagated is not None:
         rest = np.where(np.isin(propagated, list(here)), 0, propagated) if here else propagated
-        out = np.where(out == 0, rest, out).astype(np.uint32)
-    if overwrite_blocked is not None:
-        out[overwrite_blocked] = 0
+        out = np.where(out == 0, rest, out).astype(dtype, copy=False)
     return out
+
+
+def top_id(decoded: PlaneDecode | None, propagated: np.ndarray | None) -> int:
+    """The largest object id :func:`compose` would write."""
+    ids = list(decoded.objects) if decoded is not None else []
+    return max([0, *ids, int(propagated.max(initial=0)) if propagated is not None else 0])
 
 
 def masks_of(plane: np.ndarray) -> dict[int, np.ndarray]:

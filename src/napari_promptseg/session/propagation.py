@@ -1,18 +1,20 @@
-"""A propagation run of the session (numpy only): its seeds from the prompted planes, and how its
-planes merge into the session's propagated objects. The algorithm is
+"""Propagation runs of the session (numpy only): seeds from the prompted planes, the run as a job
+with steps, and how its planes merge into the propagated objects. The algorithm is
 :func:`napari_promptseg.propagate_iter`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..cancel import CancelToken
+from ..propagate import propagate_iter
+from .jobs import Job
 from .planes import Plane, masks_of
 
-__all__ = ["PropagationRun", "seeds_and_absent"]
+__all__ = ["PropagationRun", "Propagator", "seeds_and_absent"]
 
 
 def seeds_and_absent(previews: Mapping[int, np.ndarray]) -> tuple[dict, dict]:
@@ -56,3 +58,75 @@ class PropagationRun:
         if blocked is not None:
             plane[blocked] = 0
         return plane
+
+
+class Propagator:
+    """The session's propagation runs and the objects they left on each plane (:attr:`planes`).
+
+    show(planes): compose those planes' previews again; status(text); progress(done, total);
+    finished(): a run ended (prefetching may resume); blocked(plane): ``(H, W)`` bool pixels a
+    run must leave empty (committed objects) or None.
+    """
+
+    def __init__(self, schedule: Callable[[Job], None], show, status, progress, finished, blocked) -> None:
+        self.schedule, self.show, self.status, self.progress = schedule, show, status, progress
+        self.finished, self.blocked = finished, blocked
+        self.planes: dict[Plane, np.ndarray] = {}  # (H, W) uint32 propagated object ids per plane
+        self.run: PropagationRun | None = None
+
+    def start(self, model, stack, here: Plane, axis: int, previews: Mapping[int, np.ndarray],
+              **kwargs) -> bool:
+        """Propagate from the prompted planes' ``previews`` (``{k: (H, W) ids}`` along ``axis``
+        through ``here``); kwargs go to :func:`~napari_promptseg.propagate_iter`. False: no seed."""
+        self.cancel()
+        seeds, absent = seeds_and_absent(previews)
+        if not seeds:
+            self.status("prompt an object on at least one plane of this line of the stack first.")
+            return False
+        run = self.run = PropagationRun(axis, here, stack.lead_shape[axis], set(previews))
+        run.visited.update(previews)
+        shape = next(iter(previews.values())).shape
+
+        def step(res) -> None:
+            if run is not self.run:
+                return
+            p = run.plane_of(res.index)
+            self.planes[p] = run.merge(res.index, res.masks, self.planes.get(p), shape, self.blocked(p))
+            self.show([p])
+            run.done, run.total = res.done, max(res.total, 1)
+            self.progress(run.done, run.total)
+            self.status(f"propagating: {res.done} / {res.total} planes (Cancel stops; K commits).")
+
+        def done(_) -> None:
+            if run is not self.run:
+                return
+            self.run = None
+            left = [run.plane_of(k) for k in range(run.n) if k not in run.visited]
+            stale = [p for p in left if self.planes.pop(p, None) is not None]  # an earlier run's
+            self.show(stale)
+            self.progress(run.total, run.total)
+            self.status("propagation done: check the planes, correct any plane with points and press P "
+                        "again; K commits.")
+            self.finished()
+
+        def failed(err: BaseException) -> None:
+            if run is self.run:
+                self.run = None
+                self.progress(run.total, run.total)
+                if not run.token.cancelled:
+                    self.status(f"propagation failed: {err}")
+
+        def work():
+            return propagate_iter(model, lambda k: stack.get(run.plane_of(k)), run.n, seeds, absent=absent,
+                                  **kwargs)
+
+        self.status(f"propagating from plane{'s' * (len(seeds) > 1)} {', '.join(map(str, sorted(seeds)))}…")
+        self.schedule(Job("propagate", work, done, failed, step, "propagating", run.token))
+        return True
+
+    def cancel(self) -> None:
+        """Stop the running propagation; the planes it finished stay."""
+        run, self.run = self.run, None
+        if run is not None:
+            run.token.cancel()
+            self.progress(run.total, run.total)

@@ -1,0 +1,126 @@
+"""The session's embeddings (no Qt): the displayed plane is embedded first, then, while idle, the
+next planes in the direction the user moves; one encoder job at a time, a prefetch gives way to
+the plane shown. The planes themselves live in a :class:`~napari_promptseg.stack.StackEmbeddings`.
+
+Plane indices are tuples of the leading axes (``()`` for 2D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..embeddings import EmbeddingCache
+from .jobs import Job
+from .planes import Plane, fmt
+
+__all__ = ["PlaneEmbedder"]
+
+
+class PlaneEmbedder:
+    """Embeds the planes of one image for one model and window (see the module docstring).
+
+    on_ready(plane): the displayed plane's embedding is ready; on_status(text): a message;
+    paused(): True while prefetching must wait (e.g. a propagation embeds planes itself).
+    """
+
+    def __init__(self, schedule: Callable[[Job], None], prefetch: int, disk=None) -> None:
+        self.schedule, self.prefetch, self.disk = schedule, prefetch, disk
+        self.stack = None  # StackEmbeddings, None without a model or an image
+        self.plane: Plane = ()
+        self.on_ready: Callable[[Plane], None] = lambda plane: None
+        self.on_status: Callable[[str], None] = lambda text: None
+        self.paused: Callable[[], bool] = lambda: False
+        self._cache = EmbeddingCache(8)  # by pixels: a window or model seen before is found again
+        self._move = (0, 1)  # (leading axis, direction) of the last move
+        self._job: Job | None = None
+        self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        """The displayed plane's embedding is in memory."""
+        return self.stack is not None and self.stack.cached(self.plane) is not None
+
+    def restart(self, model, image, window, rgb: bool, plane: Plane) -> None:
+        """Embed ``image`` with ``model`` through ``window`` from now on (None model or image: stop)."""
+        from ..stack import StackEmbeddings
+
+        self.stop()
+        self.plane = tuple(plane)
+        if model is None or image is None:
+            return
+        self.stack = StackEmbeddings(model, image, window, rgb=rgb, cache=self._cache, disk=self.disk)
+        self._embed_current()
+
+    def stop(self) -> None:
+        """Cancel the encoder job (it stops at its next block) and forget the stack."""
+        self.cancel()
+        self.stack = None
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.token.cancel()
+            self._job = None
+
+    def close(self) -> None:
+        self.stop()
+        self._closed = True
+
+    def set_plane(self, plane: Plane) -> bool:
+        """The user now looks at ``plane``; returns False when it was already shown."""
+        plane = tuple(int(v) for v in plane)
+        if plane == self.plane:
+            return False
+        moved = [i for i, (a, b) in enumerate(zip(self.plane, plane, strict=True)) if a != b]
+        if moved:
+            self._move = (moved[0], 1 if plane[moved[0]] > self.plane[moved[0]] else -1)
+        self.plane = plane
+        if self.stack is not None:
+            self._embed_current()
+        return True
+
+    def _embed_current(self) -> None:
+        stack, plane = self.stack, self.plane
+        if stack.cached(plane) is not None:
+            self.on_ready(plane)
+            self.resume()
+            return
+        if self._job is not None and self._job.plane == plane:
+            return
+        where = f" plane {fmt(plane)}" if plane else ""
+        self.on_status(f"embedding{where} with {stack.model.name}…")
+        self._embed(plane, f"embedding{where}")
+
+    def _embed(self, plane: Plane, label: str) -> None:
+        stack = self.stack
+
+        def done(_emb) -> None:
+            if job is self._job:
+                self._job = None
+            if self._closed or stack is not self.stack:
+                return
+            if plane == self.plane:
+                self.on_ready(plane)
+            self.resume()
+
+        def failed(err: BaseException) -> None:
+            if job is self._job:
+                self._job = None
+            if not self._closed and stack is self.stack and not job.token.cancelled:
+                self.on_status(f"could not embed plane {fmt(plane) or '(2D)'}: {err}")
+
+        job = Job("embed", lambda: stack.get(plane), done, failed, label=label)
+        job.plane = plane
+        if self._job is not None and self._job.plane != self.plane:
+            self._job.token.cancel()  # a prefetch gives way to the plane shown
+        self._job = job
+        self.schedule(job)
+
+    def resume(self) -> None:
+        """Prefetch the next plane in the direction of the last move, if nothing else runs."""
+        stack = self.stack
+        if (not self.prefetch or stack is None or not stack.lead_shape or self._closed or self.paused()
+                or self._job is not None):
+            return
+        order = stack.prefetch_order(self.plane, *self._move, count=self.prefetch)
+        if order:
+            self._embed(order[0], "")
