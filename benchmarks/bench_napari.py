@@ -82,11 +82,9 @@ class Probe:
         return self.w.scheduler.busy if self.new else self.w._runner.busy
 
     def on_shown(self, callback) -> None:
-        """``callback()`` right after the preview layer got a new mask (on the UI thread)."""
-        if self.new:  # the bridge refreshes the layer first (connected earlier)
-            self.w.session.events.preview.connect(lambda planes: callback())
-        else:
-            self.w.preview_layer.events.data.connect(lambda e: callback())
+        """``callback()`` when the preview layer has sliced its new data (napari's ``set_data``
+        event, the same point for both widgets; on the UI thread)."""
+        self.preview_layer.events.set_data.connect(lambda e: callback())
 
 
 def main(argv=None) -> None:

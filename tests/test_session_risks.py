@@ -296,6 +296,11 @@ def test_an_autosave_that_was_not_restored_is_set_aside_not_mixed():
     s = session(stack)
     s.add_point((15, 40))  # plane 0
     s.commit()
+    same = session(stack)  # opened again in this process: its own autosave is continued
+    assert same.labels._earlier_store is False and same.store.exists()
+    from napari_promptseg.session import labels
+
+    labels._OURS.clear()  # as in a new process (e.g. after a crash)
     s2 = session(stack)  # the image opened again; the user does not restore
     s2.set_plane((3,))
     s2.add_point((40, 40))
@@ -310,3 +315,86 @@ def test_an_autosave_that_was_not_restored_is_set_aside_not_mixed():
     assert sorted(AnnotationStore(earlier[0]).load()[2]) == [(0,)]
     s3 = session(stack)
     assert s3.restore_autosave() == (1,) and labels_of(s3)[3, 40, 40] == 1
+
+
+# found in review ------------------------------------------------------------------------------------
+def test_a_commit_waiting_for_a_decode_never_fires_on_its_own_later():
+    sch = ManualScheduler()
+    s = session(two_bars_stack(4), scheduler=sch, autosave=False)
+    sch.run_all("embed")
+    s.add_point((15, 40))
+    assert s.commit() == ()  # waits for the decode
+    s.set_image(two_bars_stack(4) + 1)  # another image before the decode came back
+    sch.run_all("embed")
+    s.add_point((40, 40))
+    sch.run_all("decode")
+    assert s.target is None  # nothing was committed without a K on this image
+    s.add_point((15, 40))
+    s.commit()
+    s.preview_edited([(0,)])  # the user paints while K waits: the waiting K is off
+    sch.run_all("decode")
+    assert s.target is None and "again" in s.statuses[-1]
+
+
+def test_prompts_placed_before_the_model_are_decoded_when_it_comes():
+    s = AnnotationSession(None, two_bars_stack(3), autosave=False)
+    s.add_point((15, 40))
+    assert not s.preview_plane().any()
+    s.set_model(ComponentModel())
+    assert (s.preview_plane() == 1).sum() == 10 * 60
+
+
+def test_a_failed_refine_does_not_leave_the_session_waiting():
+    sch = ManualScheduler()
+    s = session(two_bars_stack(3), scheduler=sch, autosave=False)
+    sch.run_all("embed")
+    s.preview[0, 15, 40] = 1
+    s.preview_edited([(0,)])
+    s.refine_from_preview()
+    job = sch.pop("decode")
+    job.on_error(RuntimeError("boom"))
+    assert not s.decoding and "refine failed" in s.statuses[-1]
+
+
+def test_objects_refined_from_paint_survive_a_propagation():
+    s = session(two_bars_stack(6), autosave=False)
+    s.set_plane((4,))
+    s.preview[4, 36:44, 12:68] = 9  # the user paints object 9 (no prompts) on plane 4, then G
+    s.preview_edited([(4,)])
+    s.refine_from_preview()
+    refined = s.preview_plane((4,)) == 9
+    assert refined.sum() > 300
+    s.set_plane((0,))
+    s.add_point((15, 40))
+    s.propagate(0)
+    plane = s.preview_plane((4,))
+    assert ((plane == 9) == refined).all() and (plane == 1).any()
+
+
+def test_restore_never_overwrites_labels_already_there():
+    stack = two_bars_stack(3)
+    s = session(stack)
+    s.add_point((15, 40))
+    s.commit()
+    s2 = session(stack)
+    mine = np.zeros(stack.shape, np.int32)
+    mine[0, 12:14, 20:30] = 7  # the user's own labels, where the autosave has object 1
+    s2.set_target(mine)
+    s2.restore_autosave()
+    assert (mine[0, 12:14, 20:30] == 7).all() and (mine[0, 15, 40] == 1)
+
+
+def test_a_commit_of_many_planes_is_autosaved_in_a_job_in_order():
+    sch = ManualScheduler()
+    stack = two_bars_stack(40)
+    s = session(stack, scheduler=sch)
+    sch.run_all("embed")
+    s.add_point((15, 40))
+    sch.run_all("decode")
+    s.propagate(0)
+    sch.finish()
+    assert len(s.commit()) == 1
+    assert not s.store.exists()  # 40 planes: not on the caller's thread
+    sch.run("autosave")
+    _, _, planes = s.store.load()
+    assert sorted(planes) == [(k,) for k in range(40)]

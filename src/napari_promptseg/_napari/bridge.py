@@ -51,7 +51,14 @@ class LayerBridge:
         data = layer.data[0] if layer.multiscale else layer.data
         source = getattr(getattr(layer, "source", None), "path", None)
         self.ensure_prompt_layers()
+        self._clear_prompt_layers()  # the session starts the new image without prompts
         self.session.set_image(data, rgb=layer.rgb, window=self.window(), source_path=source)
+        target = self.target_layer
+        if target is not None and target in self.viewer.layers and (
+                level0_shape(target) == L.image_plane_shape(layer)):
+            self.session.set_target(_array(target))  # the chosen labels still fit: commits go on there
+        else:
+            self.use_target(None)
         layer.events.data.connect(self._on_image_data)
         for name in _TRANSFORMS:
             getattr(layer.events, name).connect(self._on_transform)

@@ -307,8 +307,7 @@ class PromptSegWidget(QWidget):
             raise ValueError(f"layer {layer.name!r} of shape {L.image_plane_shape(layer)} has no 2D plane")
         if self.bridge.image_layer is not None:
             _disconnect(self.bridge.image_layer.events.contrast_limits, self._on_contrast)
-        self.bridge.use_target(None)
-        self.bridge.set_image(layer)
+        self.bridge.set_image(layer)  # keeps the chosen labels layer when it fits the new image
         layer.events.contrast_limits.connect(self._on_contrast)
         self.restore_button.setVisible(self.session.store is not None and self.session.store.exists())
         self._bind_layer_keys()

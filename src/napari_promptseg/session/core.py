@@ -83,10 +83,11 @@ class AnnotationSession:
         self.current_object = 1
         self.preview = None  # (H, W) numpy or a lazy (..., H, W) zarr array of object ids: uint8, uint32
         # once an id is above 255
-        self.labels = CommitLog()  # the target labels, undo/redo, autosave
+        self.labels = CommitLog(scheduler)  # the target labels, undo/redo, autosave
         self._prompts: dict[Plane, dict[int, ObjectPrompt]] = {}
         self._decoded: dict[Plane, PlaneDecode] = {}
         self._painted: set[Plane] = set()
+        self._kept: dict[Plane, np.ndarray] = {}  # objects refined from paint, without prompts
         self._gen = 0  # bumped by every prompt change: older decodes are stale
         self._pending: Job | None = None  # the newest decode not applied yet
         self._after_decode: list[Callable[[], object]] = []  # commit / propagate waiting for it
@@ -124,8 +125,9 @@ class AnnotationSession:
         self.embedder.plane = self.active = tuple(0 for _ in self._lead)
         self._reset_state()
         self.preview = np.zeros(shape, np.uint8) if not self._lead else lazy_labels(shape, np.uint8)
-        self.labels = CommitLog()
+        self.labels = CommitLog(self.schedule)
         self.events.preview_reset.emit(self.preview)
+        self.events.current_object.emit(self.current_object)
         self._restart_embeddings()
         if self.autosave_enabled:
             self._open_store(source_path)
@@ -158,7 +160,7 @@ class AnnotationSession:
         for d in self._decoded.values():  # keep showing their masks; decode again on the new embeddings
             d.stale = True
         self.embedder.restart(self.model, self.image, self.window, self.rgb, self.plane)
-        if self._decoded:
+        if self._prompts or self._decoded:  # prompts placed before the model came are decoded now
             self._request_decode()
 
     @property
@@ -184,7 +186,7 @@ class AnnotationSession:
     def new_object(self) -> int:
         """Start a new object: the next prompts belong to it. Returns its id."""
         used = {self.current_object} | {o for objs in self._prompts.values() for o in objs}
-        used |= {o for pl in self._propagated.values() for o in ids_in(pl)}
+        used |= self.propagation.ids | {int(k.max()) for k in self._kept.values()}
         return self.select_object(max(used) + 1)
 
     def select_object(self, oid: int) -> int:
@@ -240,10 +242,13 @@ class AnnotationSession:
         """True while the newest prompts are being decoded (their masks are not shown yet)."""
         return self._pending is not None
 
-    def _request_decode(self) -> None:
+    def _request_decode(self, skip=()) -> None:
+        """Decode the objects whose prompts changed (not on ``skip`` planes: painted just now)."""
         self._gen += 1
         gen, stack, model = self._gen, self.stack, self.model
         todo, removed = decoding.plan(self._prompts, self._decoded)
+        todo = {p: v for p, v in todo.items() if p not in skip}
+        removed = {p: v for p, v in removed.items() if p not in skip}
         if stack is None or (not todo and not removed):
             self._pending = None
             self._finish_waiting(bool(todo))
@@ -284,7 +289,9 @@ class AnnotationSession:
         """Compose ``planes`` from their decoded and propagated objects into the preview."""
         planes = tuple(sorted(set(planes)))
         for p in planes:
-            dec, prop = self._decoded.get(p), self._propagated.get(p)
+            dec, prop, kept = self._decoded.get(p), self._propagated.get(p), self._kept.get(p)
+            if kept is not None:  # refined painted objects win over propagated ones
+                prop = kept if prop is None else np.where(kept > 0, kept, prop)
             if top_id(dec, prop) > np.iinfo(self.preview.dtype).max:
                 self._widen_preview()
             self.preview[p if p else ...] = compose(dec, prop, self._plane_shape, self.preview.dtype)
@@ -300,7 +307,7 @@ class AnnotationSession:
             self.preview = old.astype(np.uint32)
         else:
             self.preview = lazy_labels(old.shape, np.uint32)
-            for p in set(self._decoded) | set(self._propagated) | self._painted:
+            for p in set(self._decoded) | set(self._propagated) | set(self._kept) | self._painted:
                 self.preview[p] = np.asarray(old[p])
         self.events.preview_reset.emit(self.preview)
 
@@ -312,9 +319,12 @@ class AnnotationSession:
     def preview_edited(self, planes) -> None:
         """The user painted into the preview on ``planes``: a decode in flight must not undo it,
         and a commit takes the painted pixels."""
-        self._gen += 1
-        self._pending = None
-        self._painted.update(tuple(p) for p in planes)
+        planes = {tuple(p) for p in planes}
+        self._painted.update(planes)
+        if self._after_decode:
+            self._after_decode.clear()
+            self._status("the preview was painted: press K (or P) again.")
+        self._request_decode(skip=planes)  # other planes' prompts still decode
 
     @property
     def predictions(self) -> dict[int, object]:
@@ -370,20 +380,27 @@ class AnnotationSession:
                 return
             self._pending = None
             dec = self._decoded.setdefault(p, PlaneDecode())
-            kept = np.array(self._propagated.get(p, np.zeros(self._plane_shape, np.uint32)))
+            kept = np.array(self._kept.get(p, np.zeros(self._plane_shape, np.uint32)))
             for i, q in preds.items():
                 if i in objs:
                     dec.objects[i] = ObjectDecode(signature(objs[i]), objs[i], q, 0)
-                else:  # painted without prompts: kept like a propagated object
+                else:  # painted without prompts: kept on this plane (a propagation leaves it)
                     kept[kept == i] = 0
                     kept[q.mask(0) & (kept == 0)] = i
-            self._propagated[p] = kept
+            self._kept[p] = kept
             if not dec.objects:
                 self._decoded.pop(p, None)
             self._show([p])
             self._status(self.describe())
+            self._finish_waiting(True)
 
-        self._pending = Job("decode", work, done, lambda err: self._status(f"refine failed: {err}"))
+        def failed(err: BaseException) -> None:
+            if not self._closed and gen == self._gen:
+                self._pending = None
+                self._after_decode.clear()
+                self._status(f"refine failed: {err}")
+
+        self._pending = Job("decode", work, done, failed)
         self.schedule(self._pending)
 
     # ------------------------------------------------------------------ propagation
@@ -465,7 +482,7 @@ class AnnotationSession:
             self._after_decode.append(self.commit)
             self._status("committing as soon as the decode finishes…")
             return ()
-        planes = set(self._decoded) | set(self._propagated) | self._painted
+        planes = set(self._decoded) | set(self._propagated) | set(self._kept) | self._painted
         groups = {p: pl for p in sorted(planes) if (pl := self.preview_plane(p)).any()}
         if not groups:
             self._status("nothing to commit: the preview is empty.")
@@ -522,7 +539,7 @@ class AnnotationSession:
     def clear(self, quiet: bool = False) -> None:
         """Remove the prompts and the preview (nothing committed changes)."""
         self.cancel_propagation()
-        shown = set(self._decoded) | set(self._propagated) | self._painted
+        shown = set(self._decoded) | set(self._propagated) | set(self._kept) | self._painted
         self._gen += 1
         self._pending = None
         self._after_decode.clear()
@@ -537,6 +554,8 @@ class AnnotationSession:
         self._prompts.clear()
         self._decoded.clear()
         self._propagated.clear()
+        self.propagation.ids.clear()
+        self._kept.clear()
         self._painted.clear()
         self.current_object = 1
 
@@ -571,6 +590,7 @@ class AnnotationSession:
 
     def _cancel_jobs(self, keep_run: bool = False) -> None:
         self._pending = None
+        self._after_decode.clear()  # a commit or propagation waiting for these decodes is off
         self._gen += 1
         if not keep_run:
             self.cancel_propagation()

@@ -8,24 +8,34 @@ Plane indices are tuples of the leading axes (``()`` for 2D); planes are ``(H, W
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Mapping
 
 import numpy as np
 
+from ..cancel import Cancelled
 from ..labels_io import LabelsCommit, LabelsHistory, PlaneEdit, level0, max_label, read_plane, write_objects
 
 __all__ = ["CommitLog"]
+
+#: commits touching more planes than this are autosaved in a job, not on the caller's thread
+SYNC_PLANES = 16
+#: autosave folders this process wrote: opening the image again in this process is not "earlier"
+_OURS: set = set()
 
 
 class CommitLog:
     """The labels that receive commits (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, schedule=None) -> None:
+        self.schedule = schedule  # runs the "autosave" job of a big commit (None: save at once)
+        self._queue: deque = deque()  # (planes, record) waiting for that job, in order
         self.target = None  # numpy, zarr or dask array, or a multiscale list (level 0 first)
         self.store = None  # AnnotationStore of the image, or None (autosave off)
         self._histories: dict[int, tuple[object, LabelsHistory]] = {}
         self._max: int | None = None  # largest id in the target, None: not known
         self._earlier_store = False  # the store holds a session that was not restored
+        self.problems: list[str] = []  # autosave errors of jobs, for the status line
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -84,7 +94,8 @@ class CommitLog:
         c, why = getattr(self.history(), which)(self.target)
         if c is None:
             return None, why or f"nothing to {which}."
-        self._max = None  # an undone id is free again: the next commit finds the largest one
+        if isinstance(level0(self.target), np.ndarray):
+            self._max = None  # an undone id is free again (found cheaply); lazy arrays keep the bound
         return c, self._autosave(which, c, {"ids": list(c.ids)})
 
     # ------------------------------------------------------------------ autosave
@@ -93,20 +104,45 @@ class CommitLog:
         from ..autosave import AnnotationStore
 
         self.store = AnnotationStore.for_image(image, rgb=rgb, source_path=source_path)
-        self._earlier_store = self.store.exists()
-        return self.store.summary() if self._earlier_store else None
+        found = self.store.exists()
+        # another process's (e.g. one that crashed) is set aside at our first save if not restored;
+        # this process's own (the image opened again) is simply continued
+        self._earlier_store = found and self.store.root not in _OURS
+        return self.store.summary() if found else None
 
     def _autosave(self, op: str, c: LabelsCommit, record: dict) -> str | None:
+        """Save the planes ``c`` touched with ``record``: at once for up to
+        :data:`SYNC_PLANES` planes (a kill right after loses nothing), else in a job (a
+        propagated commit of hundreds of planes must not freeze the viewer)."""
         if self.store is None:
             return None
+        planes = sorted({e.plane for e in c.edits})
+        self._queue.append((planes, {"op": op, "time": time.time(), **record}))
+        if self.schedule is None or len(planes) <= SYNC_PLANES:
+            return self._drain()
+        from .jobs import Job
+
+        def failed(err: BaseException) -> None:
+            if not isinstance(err, Cancelled):
+                self.problems.append(str(err))
+
+        self.schedule(Job("autosave", self._drain, lambda problem: None, failed,
+                          label=f"autosaving {len(planes)} planes"))
+        return None
+
+    def _drain(self) -> str | None:
+        """Save every queued commit in order (reads the target's planes as they are now)."""
         try:
-            if self._earlier_store:  # not restored: keep it aside, never mix two sessions
-                self._set_aside()
-            planes = sorted({e.plane for e in c.edits})
-            self.store.save({p: read_plane(self.target, p) for p in planes},
-                            {"op": op, "time": time.time(), **record},
-                            shape=self.shape, dtype=level0(self.target).dtype)
-        except OSError as err:
+            while self._queue:
+                planes, record = self._queue[0]
+                if self._earlier_store:  # not restored: keep it aside, never mix two sessions
+                    self._set_aside()
+                _OURS.add(self.store.root)
+                self.store.save({p: read_plane(self.target, p) for p in planes}, record,
+                                shape=self.shape, dtype=level0(self.target).dtype)
+                self._queue.popleft()
+        except Exception as err:  # noqa: BLE001 - the labels are written: report, never lose them
+            self._queue.clear()
             return f"autosave failed ({err}); the labels in napari are fine: save them (File > Save)."
         return None
 
@@ -120,21 +156,22 @@ class CommitLog:
 
     def restore(self) -> tuple[LabelsCommit | None, str]:
         """Write the autosaved planes into the target (one undoable commit): (commit, message)."""
-        if self.store is None or not self._earlier_store:
+        if self.store is None or not self.store.exists():
             return None, "nothing autosaved for this image."
         shape, _, planes = self.store.load()
         if self.shape != tuple(shape):
             return None, f"cannot restore: the autosave has shape {tuple(shape)}, the labels {self.shape}."
         edits = []
-        for p, new in planes.items():
-            cur = read_plane(self.target, p)
-            idx = np.flatnonzero(cur.ravel() != new.ravel())
+        for p, new in planes.items():  # only into empty pixels: labels already there are kept
+            cur = read_plane(self.target, p).ravel()
+            idx = np.flatnonzero((cur == 0) & (new.ravel() != 0))
             if len(idx):
-                edits.append(PlaneEdit(p, idx, cur.ravel()[idx], new.ravel()[idx].astype(cur.dtype)))
-        ids = tuple(sorted({int(i) for e in edits for i in np.unique(e.new) if i}))
+                edits.append(PlaneEdit(p, idx, cur[idx], new.ravel()[idx].astype(cur.dtype)))
+        ids = tuple(sorted({int(i) for e in edits for i in np.unique(e.new)}))
         c = LabelsCommit(tuple(edits), ids, {})
         c.redo(self.target)
         self.history().record(c)
-        self._max = None
+        if self._max is not None and ids:
+            self._max = max(self._max, *ids)
         self._earlier_store = False  # the store is this session's now: later commits add to it
         return c, f"restored {len(ids)} autosaved label{'s' * (len(ids) != 1)}. U: undo."

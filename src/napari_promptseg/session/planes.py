@@ -9,7 +9,7 @@ plane: an object prompted on planes 10 and 40 is one object.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from ..interactive import ObjectPrompt
 
 __all__ = ["Plane", "ObjectPrompt", "ObjectDecode", "PlaneDecode", "signature", "merge_prompts",
-           "compose", "ids_in", "fmt", "MIN_CANDIDATE_SCORE", "offered"]
+           "compose", "ids_in", "fmt", "MIN_CANDIDATE_SCORE", "offered", "PlaneStore"]
 
 Plane = tuple[int, ...]
 #: J skips candidate masks whose predicted IoU is below this (the model itself calls them wrong);
@@ -124,6 +124,34 @@ def top_id(decoded: PlaneDecode | None, propagated: np.ndarray | None) -> int:
     return max([0, *ids, int(propagated.max(initial=0)) if propagated is not None else 0])
 
 
+class PlaneStore(MutableMapping):
+    """``{plane: (H, W) integer array}`` kept compressed (Blosc lz4, ~1 ms a 2048² plane): the objects
+    a propagation left on hundreds of 2048² planes take megabytes, not gigabytes."""
+
+    def __init__(self) -> None:
+        from numcodecs import Blosc
+
+        self._codec = Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
+        self._data: dict[Plane, tuple[bytes, tuple[int, ...], np.dtype]] = {}
+
+    def __getitem__(self, key: Plane) -> np.ndarray:
+        raw, shape, dtype = self._data[key]
+        return np.frombuffer(self._codec.decode(raw), dtype).reshape(shape).copy()
+
+    def __setitem__(self, key: Plane, plane: np.ndarray) -> None:
+        a = np.ascontiguousarray(plane)
+        self._data[key] = (self._codec.encode(a), a.shape, a.dtype)
+
+    def __delitem__(self, key: Plane) -> None:
+        del self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 def masks_of(plane: np.ndarray) -> dict[int, np.ndarray]:
     """``{object id: (H, W) bool}`` of a labels plane."""
     return {i: plane == i for i in ids_in(plane)}
@@ -134,6 +162,8 @@ def ids_in(labels: np.ndarray) -> list[int]:
     v = np.asarray(labels).ravel()
     if v.size == 0:
         return []
+    if v.dtype in (np.uint8, np.uint16):  # the preview: a histogram is ~10x faster than unique
+        return [int(i) for i in np.flatnonzero(np.bincount(v)[1:]) + 1]
     return [int(i) for i in np.unique(v) if i > 0]
 
 

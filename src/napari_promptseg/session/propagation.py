@@ -12,7 +12,7 @@ import numpy as np
 from ..cancel import CancelToken
 from ..propagate import propagate_iter
 from .jobs import Job
-from .planes import Plane, masks_of
+from .planes import Plane, PlaneStore, masks_of
 
 __all__ = ["PropagationRun", "Propagator", "seeds_and_absent"]
 
@@ -71,7 +71,8 @@ class Propagator:
     def __init__(self, schedule: Callable[[Job], None], show, status, progress, finished, blocked) -> None:
         self.schedule, self.show, self.status, self.progress = schedule, show, status, progress
         self.finished, self.blocked = finished, blocked
-        self.planes: dict[Plane, np.ndarray] = {}  # (H, W) uint32 propagated object ids per plane
+        self.planes: dict[Plane, np.ndarray] = PlaneStore()  # propagated object ids per plane
+        self.ids: set[int] = set()  # the objects runs have propagated
         self.run: PropagationRun | None = None
 
     def start(self, model, stack, here: Plane, axis: int, previews: Mapping[int, np.ndarray],
@@ -83,6 +84,7 @@ class Propagator:
         if not seeds:
             self.status("prompt an object on at least one plane of this line of the stack first.")
             return False
+        self.ids.update(o for objs in seeds.values() for o in objs)
         run = self.run = PropagationRun(axis, here, stack.lead_shape[axis], set(previews))
         run.visited.update(previews)
         shape = next(iter(previews.values())).shape
@@ -95,7 +97,7 @@ class Propagator:
             self.show([p])
             run.done, run.total = res.done, max(res.total, 1)
             self.progress(run.done, run.total)
-            self.status(f"propagating: {res.done} / {res.total} planes (Cancel stops; K commits).")
+            self.status(f"propagating: {res.done} / {res.total} planes (Cancel stops; K commits when done).")
 
         def done(_) -> None:
             if run is not self.run:
@@ -115,6 +117,7 @@ class Propagator:
                 self.progress(run.total, run.total)
                 if not run.token.cancelled:
                     self.status(f"propagation failed: {err}")
+            self.finished()  # prefetching may resume
 
         def work():
             return propagate_iter(model, lambda k: stack.get(run.plane_of(k)), run.n, seeds, absent=absent,
@@ -130,3 +133,4 @@ class Propagator:
         if run is not None:
             run.token.cancel()
             self.progress(run.total, run.total)
+            self.finished()
