@@ -20,44 +20,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from psygnal import Signal, SignalGroup
 
-from ..labels_io import LabelsCommit, lazy_labels, read_plane
+from ..labels_io import LabelsCommit, read_plane
 from ..propagate import MIN_OVERLAP, MIN_SCORE
 from . import decoding
 from .embedding import PlaneEmbedder
+from .events import SessionEvents
 from .jobs import Job, run_now
 from .labels import CommitLog
-from .planes import (
-    ObjectDecode,
-    ObjectPrompt,
-    Plane,
-    PlaneDecode,
-    compose,
-    ids_in,
-    offered,
-    prompts_json,
-    signature,
-    top_id,
-)
+from .planes import ObjectPrompt, Plane, PlaneDecode, offered, prompts_json, with_prompt
+from .preview import Preview
 from .propagation import Propagator
 from .text import describe
 
 __all__ = ["AnnotationSession", "SessionEvents"]
-
-
-class SessionEvents(SignalGroup):
-    status = Signal(str)  # a line for the user
-    preview = Signal(tuple)  # plane indices whose preview changed
-    preview_reset = Signal(object)  # a new preview array (new image)
-    target = Signal(object)  # the session created a labels array for commits
-    labels = Signal(tuple)  # target planes written by commit, undo, redo, restore
-    prompts_cleared = Signal()  # after a commit or clear: the prompt layers empty
-    current_object = Signal(int)
-    ready = Signal(tuple)  # the plane's embedding is ready
-    busy = Signal(str, bool)  # job kind, running
-    progress = Signal(int, int)  # propagation (done, total)
-    restorable = Signal(str)  # an autosave exists for this image (summary)
 
 
 class AnnotationSession:
@@ -81,12 +57,10 @@ class AnnotationSession:
         self.embedder.paused = lambda: self.propagation.run is not None
         self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
         self.current_object = 1
-        self.preview = None  # (H, W) numpy or a lazy (..., H, W) zarr array of object ids: uint8, uint32
-        # once an id is above 255
+        self._view: Preview | None = None
         self.labels = CommitLog(scheduler)  # the target labels, undo/redo, autosave
         self._prompts: dict[Plane, dict[int, ObjectPrompt]] = {}
         self._decoded: dict[Plane, PlaneDecode] = {}
-        self._painted: set[Plane] = set()
         self._kept: dict[Plane, np.ndarray] = {}  # objects refined from paint, without prompts
         self._gen = 0  # bumped by every prompt change: older decodes are stale
         self._pending: Job | None = None  # the newest decode not applied yet
@@ -124,7 +98,8 @@ class AnnotationSession:
         self.embedder.stop()
         self.embedder.plane = self.active = tuple(0 for _ in self._lead)
         self._reset_state()
-        self.preview = np.zeros(shape, np.uint8) if not self._lead else lazy_labels(shape, np.uint8)
+        self._view = Preview(shape, len(self._lead))
+        self._view.on_reset = self.events.preview_reset.emit
         self.labels = CommitLog(self.schedule)
         self.events.preview_reset.emit(self.preview)
         self.events.current_object.emit(self.current_object)
@@ -208,12 +183,9 @@ class AnnotationSession:
         """Replace all prompts (the napari bridge calls this when a prompt layer changes); only
         the objects whose prompts changed are decoded again."""
         self._prompts = {tuple(p): dict(objs) for p, objs in prompts.items() if objs}
-        if self._prompts:
-            changed = [p for p in self._prompts if p not in self._decoded or any(
-                signature(o) != (self._decoded[p].objects[i].sig if i in self._decoded[p].objects else None)
-                for i, o in self._prompts[p].items())]
-            if changed:
-                self.active = self.plane if self.plane in changed else changed[-1]
+        changed = sorted(decoding.plan(self._prompts, self._decoded)[0])
+        if changed:
+            self.active = self.plane if self.plane in changed else changed[-1]
         self._request_decode()
 
     def add_point(self, rc, positive: bool = True, plane: Plane | None = None,
@@ -229,12 +201,7 @@ class AnnotationSession:
     def _add(self, plane, obj, points=(), labels=(), box=None) -> None:
         plane = self.plane if plane is None else tuple(plane)
         obj = self.current_object if obj is None else int(obj)
-        prompts = self.prompts
-        old = prompts.setdefault(plane, {}).get(obj) or ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
-        pts = np.concatenate([old.points, np.asarray(points, np.float64).reshape(-1, 2)])
-        prompts[plane][obj] = ObjectPrompt(pts, np.concatenate([old.labels, np.asarray(labels, np.int32)]),
-                                           old.box if box is None else box)
-        self.set_prompts(prompts)
+        self.set_prompts(with_prompt(self.prompts, plane, obj, points, labels, box))
 
     # ------------------------------------------------------------------ decoding
     @property
@@ -286,41 +253,28 @@ class AnnotationSession:
                               lambda _: None, lambda _: None))
 
     def _show(self, planes) -> None:
-        """Compose ``planes`` from their decoded and propagated objects into the preview."""
+        """Compose ``planes`` from their decoded, propagated and refined objects into the preview."""
         planes = tuple(sorted(set(planes)))
         for p in planes:
-            dec, prop, kept = self._decoded.get(p), self._propagated.get(p), self._kept.get(p)
-            if kept is not None:  # refined painted objects win over propagated ones
-                prop = kept if prop is None else np.where(kept > 0, kept, prop)
-            if top_id(dec, prop) > np.iinfo(self.preview.dtype).max:
-                self._widen_preview()
-            self.preview[p if p else ...] = compose(dec, prop, self._plane_shape, self.preview.dtype)
-            self._painted.discard(p)
+            self._view.show(p, self._decoded.get(p), self._propagated.get(p), self._kept.get(p))
         if planes:
             self.events.preview.emit(planes)
 
-    def _widen_preview(self) -> None:
-        """More than 255 objects: the preview becomes uint32 (uint8 until then: napari draws
-        uint8 labels much faster)."""
-        old = self.preview
-        if not self._lead:
-            self.preview = old.astype(np.uint32)
-        else:
-            self.preview = lazy_labels(old.shape, np.uint32)
-            for p in set(self._decoded) | set(self._propagated) | set(self._kept) | self._painted:
-                self.preview[p] = np.asarray(old[p])
-        self.events.preview_reset.emit(self.preview)
+    @property
+    def preview(self):
+        """What napari shows: ``(H, W)`` numpy or a lazy ``(..., H, W)`` zarr array of object ids
+        (uint8, uint32 once an id passes 255); None before an image."""
+        return None if self._view is None else self._view.array
 
     def preview_plane(self, plane: Plane | None = None) -> np.ndarray:
         """``(H, W)`` object ids of the preview on ``plane`` (default: the displayed one)."""
-        p = self.plane if plane is None else tuple(plane)
-        return np.asarray(self.preview[p] if p else self.preview)
+        return self._view.plane(self.plane if plane is None else tuple(plane))
 
     def preview_edited(self, planes) -> None:
         """The user painted into the preview on ``planes``: a decode in flight must not undo it,
         and a commit takes the painted pixels."""
         planes = {tuple(p) for p in planes}
-        self._painted.update(planes)
+        self._view.edited(planes)
         if self._after_decode:
             self._after_decode.clear()
             self._status("the preview was painted: press K (or P) again.")
@@ -357,18 +311,13 @@ class AnnotationSession:
     def refine_from_preview(self) -> None:
         """Each object of the displayed plane's (painted) preview becomes a mask prompt, with its
         bounding box and its points on this plane."""
-        from ..interactive import bounding_box
-
         p, stack, model = self.plane, self.stack, self.model
         painted = np.array(self.preview_plane(p))
-        ids = ids_in(painted)
-        if stack is None or not ids:
+        objs = self._prompts.get(p, {})
+        prompts = decoding.refine_prompts(painted, objs)
+        if stack is None or not prompts:
             self._status("choose a model." if stack is None else "the preview is empty: paint one first.")
             return
-        objs = self._prompts.get(p, {})
-        empty = ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
-        prompts = {i: ObjectPrompt(objs.get(i, empty).points, objs.get(i, empty).labels,
-                                   bounding_box(painted == i)) for i in ids}
         self._gen += 1
         gen = self._gen
 
@@ -379,17 +328,8 @@ class AnnotationSession:
             if self._closed or gen != self._gen or stack is not self.stack:
                 return
             self._pending = None
-            dec = self._decoded.setdefault(p, PlaneDecode())
-            kept = np.array(self._kept.get(p, np.zeros(self._plane_shape, np.uint32)))
-            for i, q in preds.items():
-                if i in objs:
-                    dec.objects[i] = ObjectDecode(signature(objs[i]), objs[i], q, 0)
-                else:  # painted without prompts: kept on this plane (a propagation leaves it)
-                    kept[kept == i] = 0
-                    kept[q.mask(0) & (kept == 0)] = i
-            self._kept[p] = kept
-            if not dec.objects:
-                self._decoded.pop(p, None)
+            self._kept[p] = decoding.apply_refined(self._decoded, p, objs, preds, self._kept.get(p),
+                                                   self._plane_shape)
             self._show([p])
             self._status(self.describe())
             self._finish_waiting(True)
@@ -482,7 +422,7 @@ class AnnotationSession:
             self._after_decode.append(self.commit)
             self._status("committing as soon as the decode finishes…")
             return ()
-        planes = set(self._decoded) | set(self._propagated) | set(self._kept) | self._painted
+        planes = set(self._decoded) | set(self._propagated) | set(self._kept) | self._view.painted
         groups = {p: pl for p in sorted(planes) if (pl := self.preview_plane(p)).any()}
         if not groups:
             self._status("nothing to commit: the preview is empty.")
@@ -539,7 +479,7 @@ class AnnotationSession:
     def clear(self, quiet: bool = False) -> None:
         """Remove the prompts and the preview (nothing committed changes)."""
         self.cancel_propagation()
-        shown = set(self._decoded) | set(self._propagated) | set(self._kept) | self._painted
+        shown = set(self._decoded) | set(self._propagated) | set(self._kept) | self._view.painted
         self._gen += 1
         self._pending = None
         self._after_decode.clear()
@@ -556,7 +496,8 @@ class AnnotationSession:
         self._propagated.clear()
         self.propagation.ids.clear()
         self._kept.clear()
-        self._painted.clear()
+        if self._view is not None:
+            self._view.painted.clear()
         self.current_object = 1
 
     def _open_store(self, source_path) -> None:

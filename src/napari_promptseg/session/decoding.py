@@ -13,7 +13,7 @@ import numpy as np
 
 from .planes import ObjectDecode, ObjectPrompt, Plane, PlaneDecode, extends, present, signature
 
-__all__ = ["plan", "decode", "apply", "refine", "predict"]
+__all__ = ["plan", "decode", "apply", "refine_prompts", "refine", "apply_refined", "predict"]
 
 Todo = dict[Plane, dict[int, tuple[ObjectPrompt, np.ndarray | None]]]
 
@@ -68,6 +68,35 @@ def apply(decoded: dict[Plane, PlaneDecode], prompts: Mapping[Plane, Mapping[int
         if not dec.objects:
             del decoded[p]
     return touched
+
+
+def refine_prompts(painted: np.ndarray, objs: Mapping[int, ObjectPrompt]) -> dict[int, ObjectPrompt]:
+    """``G`` on one plane: per object id in the painted ``(H, W)`` preview, its bounding box and
+    its points on the plane (``objs``: the plane's prompts)."""
+    from ..interactive import bounding_box
+    from .planes import ids_in
+
+    empty = ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
+    return {i: ObjectPrompt(objs.get(i, empty).points, objs.get(i, empty).labels, bounding_box(painted == i))
+            for i in ids_in(painted)}
+
+
+def apply_refined(decoded: dict[Plane, PlaneDecode], p: Plane, objs: Mapping[int, ObjectPrompt], preds,
+                  kept: np.ndarray | None, shape) -> np.ndarray:
+    """Put ``G``'s predictions for plane ``p`` in place: objects with prompts become decoded
+    objects; painted ones without prompts go to the returned ``kept`` plane (which a propagation
+    leaves alone)."""
+    dec = decoded.setdefault(p, PlaneDecode())
+    kept = np.zeros(shape, np.uint32) if kept is None else np.array(kept)
+    for i, q in preds.items():
+        if i in objs:
+            dec.objects[i] = ObjectDecode(signature(objs[i]), objs[i], q, 0)
+        else:
+            kept[kept == i] = 0
+            kept[q.mask(0) & (kept == 0)] = i
+    if not dec.objects:
+        decoded.pop(p, None)
+    return kept
 
 
 def refine(model, emb, painted: np.ndarray, prompts: Mapping[int, ObjectPrompt]) -> dict:

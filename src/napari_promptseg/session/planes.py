@@ -61,6 +61,17 @@ def merge_prompts(points: np.ndarray, labels: np.ndarray, objects: np.ndarray,
     return out
 
 
+def with_prompt(prompts: dict[Plane, dict[int, ObjectPrompt]], plane: Plane, obj: int, points=(), labels=(),
+                box=None) -> dict[Plane, dict[int, ObjectPrompt]]:
+    """``prompts`` with ``points`` ``(N, 2)`` / ``labels`` added to object ``obj`` on ``plane``
+    (and its box replaced when ``box`` is given); ``prompts`` is changed in place and returned."""
+    old = prompts.setdefault(plane, {}).get(obj) or ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
+    pts = np.concatenate([old.points, np.asarray(points, np.float64).reshape(-1, 2)])
+    prompts[plane][obj] = ObjectPrompt(pts, np.concatenate([old.labels, np.asarray(labels, np.int32)]),
+                                       old.box if box is None else np.asarray(box, np.float64))
+    return prompts
+
+
 def present(obj: ObjectPrompt) -> bool:
     """The prompts place the object on the plane (a positive point or a box)."""
     return obj.box is not None or bool((obj.labels == 1).any())
