@@ -3,8 +3,10 @@
     xvfb-run -a python benchmarks/bench_napari.py      # writes its section of docs/benchmarks.md
 
 Random vit_b weights (no download). Latency: from replacing the Points layer's data (what a
-click does) to the preview Labels layer holding the new mask, with the UI thread running its
-event loop meanwhile; 2048² uint16 image, one point per edit, points alternate between places.
+click does) to the preview Labels layer showing the new mask (its ``set_data`` event), with the
+UI thread running its event loop meanwhile; 2048² uint16 image, one point per edit, points
+alternate between places. ``--label before`` with the pre-session ``src`` first on PYTHONPATH
+times the old widget in the same way (``Probe``).
 Embedding: from ``widget.set_image(layer)`` on a new 1024² image to ``widget.ready``, next to
 ``SamPredictor.set_image`` on the same image and weights in the same process.
 """
@@ -207,9 +209,10 @@ def main(argv=None) -> None:
     body += "\n".join(rows) + """
 
 Latency: from replacing the Points layer's data (what a click does) to the preview Labels layer
-holding the new mask: the decode in the widget's worker thread, composing the preview, and
-napari's Labels update on the UI thread, which keeps processing events meanwhile. One point per
-edit, so three candidate masks: the shown one is upscaled first, the others after it is shown.
+having sliced the new mask (napari's `set_data` event): the decode in a worker thread, composing
+the preview, and napari's Labels update on the UI thread, which keeps processing events
+meanwhile. One point per edit, so three candidate masks: the shown one is upscaled first, the
+others after it is shown.
 The official `predict` runs the same decode (all three masks at full resolution) on the calling
 thread with nothing else to do; in a viewer it would block the UI for that long.
 """

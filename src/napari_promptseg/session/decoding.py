@@ -48,7 +48,9 @@ def decode(model, stack, todo: Todo) -> dict[Plane, dict[int, ObjectDecode]]:
         out[p] = {}
         for i, (o, mi) in objs.items():
             pred = predict(model, emb, o, mi) if present(o) else None
-            out[p][i] = ObjectDecode(signature(o), o, pred, pred.best if pred is not None else 0)
+            d = out[p][i] = ObjectDecode(signature(o), o, pred, pred.best if pred is not None else 0)
+            if pred is not None:
+                pred.mask(d.choice)  # upscaled here, in the worker: not on the UI thread when shown
     return out
 
 
@@ -102,7 +104,10 @@ def apply_refined(decoded: dict[Plane, PlaneDecode], p: Plane, objs: Mapping[int
 def refine(model, emb, painted: np.ndarray, prompts: Mapping[int, ObjectPrompt]) -> dict:
     """``G``: each object ``i`` of ``prompts`` decoded with its painted mask (``painted == i``)
     as the mask prompt; returns ``{object id: Prediction}``."""
-    return {i: predict(model, emb, o, model.mask_prompt(emb, painted == i)) for i, o in prompts.items()}
+    preds = {i: predict(model, emb, o, model.mask_prompt(emb, painted == i)) for i, o in prompts.items()}
+    for q in preds.values():
+        q.mask(0)  # upscaled in the worker
+    return preds
 
 
 def predict(model, emb, o: ObjectPrompt, mask_input):
