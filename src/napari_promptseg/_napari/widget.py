@@ -392,6 +392,7 @@ class PromptSegWidget(QWidget):
         if self._load_job is not None:  # a load still running must not replace this model
             self._load_job.token.cancel()
             self._load_job = None
+            self._download_timer.stop()
         _set_items(self.model_combo, _items(self.model_combo), model.name)
         self.session.set_model(model)
         note = model_note(model)
