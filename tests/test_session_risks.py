@@ -384,17 +384,47 @@ def test_restore_never_overwrites_labels_already_there():
     assert (mine[0, 12:14, 20:30] == 7).all() and (mine[0, 15, 40] == 1)
 
 
-def test_a_commit_of_many_planes_is_autosaved_in_a_job_in_order():
+def propagated_through_40_planes():
+    """A session on a 40-plane stack with object 1 propagated through it; the test runs the jobs."""
     sch = ManualScheduler()
-    stack = two_bars_stack(40)
-    s = session(stack, scheduler=sch)
+    s = session(two_bars_stack(40), scheduler=sch)
     sch.run_all("embed")
     s.add_point((15, 40))
     sch.run_all("decode")
     s.propagate(0)
     sch.finish()
+    return s, sch
+
+
+def test_a_commit_of_many_planes_is_autosaved_in_a_job_in_order():
+    s, sch = propagated_through_40_planes()
     assert len(s.commit()) == 1
     assert not s.store.exists()  # 40 planes: not on the caller's thread
     sch.run("autosave")
     _, _, planes = s.store.load()
     assert sorted(planes) == [(k,) for k in range(40)]
+
+
+def test_a_small_commit_after_a_big_one_is_autosaved_after_it_and_failures_are_reported():
+    s, sch = propagated_through_40_planes()
+    s.commit()  # 40 planes: saved by a job
+    s.set_plane((5,))
+    s.new_object()
+    s.add_point((40, 40), plane=(5,))
+    sch.run_all("decode")
+    s.commit()  # one plane, but behind the job: queued, not saved before it
+    assert not s.store.exists()
+    sch.run_all("autosave")
+    assert [r["op"] for r in s.store.records()] == ["commit", "commit"]
+    assert s.store.records()[1]["planes"] == [[5]]
+    s.store.save = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    s.undo()  # one plane, no job pending: saved at once, and the failure is said
+    assert "autosave failed (disk full)" in s.statuses[-1]
+
+
+def test_a_failed_autosave_job_is_reported():
+    s, sch = propagated_through_40_planes()
+    s.commit()
+    s.store.save = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    sch.run("autosave")
+    assert "autosave failed (disk full)" in s.statuses[-1]

@@ -17,7 +17,7 @@ from ..prompts import inside_image
 from ..session.planes import merge_prompts
 from . import layers as L
 
-__all__ = ["LayerBridge"]
+__all__ = ["LayerBridge", "disconnect"]
 
 _TRANSFORMS = ("scale", "translate", "rotate", "shear", "affine")
 
@@ -70,9 +70,9 @@ class LayerBridge:
 
     def _disconnect_image(self) -> None:
         ly = self.image_layer
-        _disconnect(ly.events.data, self._on_image_data)
+        disconnect(ly.events.data, self._on_image_data)
         for name in _TRANSFORMS:
-            _disconnect(getattr(ly.events, name), self._on_transform)
+            disconnect(getattr(ly.events, name), self._on_transform)
 
     def _on_image_data(self, event=None) -> None:
         self.set_image(self.image_layer)
@@ -129,7 +129,7 @@ class LayerBridge:
             ly.data = array  # the same image, wider ids
             return
         if ly is not None and ly in v.layers:
-            _disconnect(self.preview_layer.events.paint, self._on_paint)
+            disconnect(self.preview_layer.events.paint, self._on_paint)
             v.layers.remove(self.preview_layer)
         self.preview_layer = L.add_preview_layer(v, self.image_layer, array)
         self.preview_layer.events.paint.connect(self._on_paint)
@@ -156,8 +156,8 @@ class LayerBridge:
     def use_target(self, layer) -> None:
         """Commit into Labels ``layer`` (None: a new layer at the first commit)."""
         if self.target_layer is not None:
-            _disconnect(self.target_layer.events.data, self._on_target_data)
-            _disconnect(self.target_layer.events.paint, self._on_target_paint)
+            disconnect(self.target_layer.events.data, self._on_target_data)
+            disconnect(self.target_layer.events.paint, self._on_target_paint)
         self.target_layer = layer
         self.session.set_target(None if layer is None else _array(layer))
         if layer is not None:
@@ -184,12 +184,17 @@ class LayerBridge:
             ly.refresh()
 
     def forget(self, layer) -> None:
-        """``layer`` was removed from the viewer."""
+        """``layer`` was removed from the viewer (the image: its session work stops)."""
+        if layer is self.image_layer:
+            self._disconnect_image()
+            self.image_layer = None
+            self.session.forget_image()
+            return
         for name in ("points_layer", "boxes_layer", "preview_layer", "target_layer"):
             if getattr(self, name) is layer:
                 setattr(self, name, None)
-        if layer is self.target_layer or self.target_layer is None:
-            self.session.set_target(None if self.target_layer is None else _array(self.target_layer))
+        if self.target_layer is None:
+            self.session.set_target(None)
 
     # ------------------------------------------------------------------ prompts
     def _on_press(self, layer, event):
@@ -209,15 +214,20 @@ class LayerBridge:
             if ly is not None:
                 ly.feature_defaults["object"] = int(oid)
 
-    def _on_prompts(self, event=None) -> None:
+    def _settled(self, event) -> str | None:
+        """The action of a past-tense prompt-layer data event (None: ignore this event)."""
         action = str(getattr(event, "action", "changed"))
         if action.endswith("ing") or "ING" in action or self._syncing:
-            return  # wait for the past-tense event
-        self.push_prompts()
+            return None  # wait for the past-tense event; or our own clearing
+        return action
+
+    def _on_prompts(self, event=None) -> None:
+        if self._settled(event) is not None:
+            self.push_prompts()
 
     def _on_boxes(self, event=None) -> None:
-        action = str(getattr(event, "action", "changed"))
-        if action.endswith("ing") or "ING" in action or self._syncing:
+        action = self._settled(event)
+        if action is None:
             return
         if "add" in action.lower():
             self._one_box_per_object()
@@ -234,10 +244,8 @@ class LayerBridge:
         lead = np.round(lead).astype(int)
         objs = np.asarray(feats["object"], int)
         last = len(objs) - 1
-        same = [i for i in range(last) if objs[i] == objs[last] and np.array_equal(lead[i], lead[last])]
-        if same:
-            oid = self.session.new_object()
-            ly.features.loc[last, "object"] = oid
+        if any(objs[i] == objs[last] and np.array_equal(lead[i], lead[last]) for i in range(last)):
+            ly.features.loc[last, "object"] = self.session.new_object()
 
     def push_prompts(self) -> None:
         """Hand every prompt of the layers to the session (per plane and object)."""
@@ -290,21 +298,21 @@ class LayerBridge:
                         (ev.target, self._on_target_created), (ev.labels, self._on_labels),
                         (ev.prompts_cleared, self._clear_prompt_layers),
                         (ev.current_object, self._on_current_object)):
-            _disconnect(sig, cb)
-        _disconnect(self.viewer.dims.events.point, self.sync_plane)
+            disconnect(sig, cb)
+        disconnect(self.viewer.dims.events.point, self.sync_plane)
         if self.image_layer is not None:
             self._disconnect_image()
         if self.points_layer is not None:
-            _disconnect(self.points_layer.events.data, self._on_prompts)
+            disconnect(self.points_layer.events.data, self._on_prompts)
             if self._on_press in self.points_layer.mouse_drag_callbacks:
                 self.points_layer.mouse_drag_callbacks.remove(self._on_press)
         if self.boxes_layer is not None:
-            _disconnect(self.boxes_layer.events.data, self._on_boxes)
+            disconnect(self.boxes_layer.events.data, self._on_boxes)
         if self.preview_layer is not None:
-            _disconnect(self.preview_layer.events.paint, self._on_paint)
+            disconnect(self.preview_layer.events.paint, self._on_paint)
         if self.target_layer is not None:
-            _disconnect(self.target_layer.events.data, self._on_target_data)
-            _disconnect(self.target_layer.events.paint, self._on_target_paint)
+            disconnect(self.target_layer.events.data, self._on_target_data)
+            disconnect(self.target_layer.events.paint, self._on_target_paint)
 
 
 def _array(layer):
@@ -326,7 +334,8 @@ def _planes(lead: np.ndarray, lead_shape, keep: np.ndarray) -> tuple[list[tuple[
     return [tuple(int(v) for v in row) for row in idx], keep & inside
 
 
-def _disconnect(emitter, callback) -> None:
+def disconnect(emitter, callback) -> None:
+    """Disconnect ``callback`` from a napari/psygnal/Qt emitter; nothing if it was not connected."""
     try:
         emitter.disconnect(callback)
     except (TypeError, ValueError, RuntimeError):

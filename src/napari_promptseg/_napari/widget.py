@@ -36,7 +36,7 @@ from ..propagate import MIN_OVERLAP, MIN_SCORE
 from ..session import AnnotationSession, Job
 from ..session.text import model_note
 from . import layers as L
-from .bridge import LayerBridge
+from .bridge import LayerBridge, disconnect
 from .keys import KEYS, KeyBinder
 from .workers import WorkerScheduler
 
@@ -260,9 +260,9 @@ class PromptSegWidget(QWidget):
         self.keys.unbind_all(self.viewer)
         self.bridge.close()
         for emitter, cb in self._viewer_callbacks():
-            _disconnect(emitter, cb)
+            disconnect(emitter, cb)
         if self.bridge.image_layer is not None:
-            _disconnect(self.bridge.image_layer.events.contrast_limits, self._on_contrast)
+            disconnect(self.bridge.image_layer.events.contrast_limits, self._on_contrast)
 
     # ---------------------------------------------------------------- layers and image
     def _refresh_layer_choices(self, event=None) -> None:
@@ -306,7 +306,7 @@ class PromptSegWidget(QWidget):
         if len(L.image_plane_shape(layer)) < 2:
             raise ValueError(f"layer {layer.name!r} of shape {L.image_plane_shape(layer)} has no 2D plane")
         if self.bridge.image_layer is not None:
-            _disconnect(self.bridge.image_layer.events.contrast_limits, self._on_contrast)
+            disconnect(self.bridge.image_layer.events.contrast_limits, self._on_contrast)
         self.bridge.set_image(layer)  # keeps the chosen labels layer when it fits the new image
         layer.events.contrast_limits.connect(self._on_contrast)
         self.restore_button.setVisible(self.session.store is not None and self.session.store.exists())
@@ -348,9 +348,7 @@ class PromptSegWidget(QWidget):
         if self.closed:
             return
         if layer is b.image_layer:
-            b._disconnect_image()
-            b.image_layer = None
-            self.session.forget_image()
+            b.forget(layer)
             self._set_status(f"image {layer.name!r} was removed.")
         elif layer in (b.points_layer, b.boxes_layer, b.preview_layer, b.target_layer):
             b.forget(layer)
@@ -491,13 +489,6 @@ def _spin(value: float, tip: str) -> QDoubleSpinBox:
     box.setValue(value)
     box.setToolTip(tip)
     return box
-
-
-def _disconnect(emitter, callback) -> None:
-    try:
-        emitter.disconnect(callback)
-    except (TypeError, ValueError, RuntimeError):
-        pass
 
 
 def _items(combo: QComboBox) -> list[str]:

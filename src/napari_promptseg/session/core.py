@@ -28,7 +28,7 @@ from .embedding import PlaneEmbedder
 from .events import SessionEvents
 from .jobs import Job, run_now
 from .labels import CommitLog
-from .planes import ObjectPrompt, Plane, PlaneDecode, offered, prompts_json, with_prompt
+from .planes import ObjectPrompt, Plane, PlaneDecode, ids_in, offered, prompts_json, with_prompt
 from .preview import Preview
 from .propagation import Propagator
 from .text import describe
@@ -58,7 +58,7 @@ class AnnotationSession:
         self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
         self.current_object = 1
         self._view: Preview | None = None
-        self.labels = CommitLog(scheduler)  # the target labels, undo/redo, autosave
+        self.labels = CommitLog(scheduler, self._status)  # the target labels, undo/redo, autosave
         self._prompts: dict[Plane, dict[int, ObjectPrompt]] = {}
         self._decoded: dict[Plane, PlaneDecode] = {}
         self._kept: dict[Plane, np.ndarray] = {}  # objects refined from paint, without prompts
@@ -100,7 +100,7 @@ class AnnotationSession:
         self._reset_state()
         self._view = Preview(shape, len(self._lead))
         self._view.on_reset = self.events.preview_reset.emit
-        self.labels = CommitLog(self.schedule)
+        self.labels = CommitLog(self.schedule, self._status)
         self.events.preview_reset.emit(self.preview)
         self.events.current_object.emit(self.current_object)
         self._restart_embeddings()
@@ -183,10 +183,11 @@ class AnnotationSession:
         """Replace all prompts (the napari bridge calls this when a prompt layer changes); only
         the objects whose prompts changed are decoded again."""
         self._prompts = {tuple(p): dict(objs) for p, objs in prompts.items() if objs}
-        changed = sorted(decoding.plan(self._prompts, self._decoded)[0])
+        planned = decoding.plan(self._prompts, self._decoded)
+        changed = sorted(planned[0])
         if changed:
             self.active = self.plane if self.plane in changed else changed[-1]
-        self._request_decode()
+        self._request_decode(planned=planned)
 
     def add_point(self, rc, positive: bool = True, plane: Plane | None = None,
                   obj: int | None = None) -> None:
@@ -209,16 +210,17 @@ class AnnotationSession:
         """True while the newest prompts are being decoded (their masks are not shown yet)."""
         return self._pending is not None
 
-    def _request_decode(self, skip=()) -> None:
-        """Decode the objects whose prompts changed (not on ``skip`` planes: painted just now)."""
+    def _request_decode(self, skip=(), planned=None) -> None:
+        """Decode the objects whose prompts changed (not on ``skip`` planes: painted just now);
+        planned: :func:`~.decoding.plan` of the current prompts, when the caller made it already."""
         self._gen += 1
         gen, stack, model = self._gen, self.stack, self.model
-        todo, removed = decoding.plan(self._prompts, self._decoded)
+        todo, removed = planned or decoding.plan(self._prompts, self._decoded)
         todo = {p: v for p, v in todo.items() if p not in skip}
         removed = {p: v for p, v in removed.items() if p not in skip}
         if stack is None or (not todo and not removed):
             self._pending = None
-            self._finish_waiting(bool(todo))
+            self._finish_waiting()
             return
 
         def done(result) -> None:
@@ -228,7 +230,7 @@ class AnnotationSession:
             self._show(decoding.apply(self._decoded, self._prompts, result, removed))
             self._status(self.describe())
             self._candidates(result)
-            self._finish_waiting(True)
+            self._finish_waiting()
 
         def failed(err: BaseException) -> None:
             if self._closed or gen != self._gen:
@@ -240,7 +242,7 @@ class AnnotationSession:
         self._pending = Job("decode", lambda: decoding.decode(model, stack, todo), done, failed)
         self.schedule(self._pending)
 
-    def _finish_waiting(self, ok: bool) -> None:
+    def _finish_waiting(self) -> None:
         waiting, self._after_decode = self._after_decode, []
         for action in waiting:
             action()
@@ -332,7 +334,7 @@ class AnnotationSession:
                                                    self._plane_shape)
             self._show([p])
             self._status(self.describe())
-            self._finish_waiting(True)
+            self._finish_waiting()
 
         def failed(err: BaseException) -> None:
             if not self._closed and gen == self._gen:
@@ -514,10 +516,11 @@ class AnnotationSession:
     def describe(self) -> str:
         """The status line: the current object and the masks of the displayed plane when it is
         prompted; on a propagated plane its objects; else the masks of the plane prompted last."""
-        if self.plane in self._decoded:
-            return describe(self, self._decoded[self.plane], self.plane)
-        shown = self.preview is not None and self.image is not None and self.preview_plane().any()
-        return describe(self, None if shown else self._decoded.get(self.active), self.active)
+        here = self._decoded.get(self.plane)
+        if here is not None and any(d.pred is not None for d in here.objects.values()):
+            return describe(self, here, self.plane)
+        shown = len(ids_in(self.preview_plane())) if self._view is not None else 0  # read once
+        return describe(self, None if shown else self._decoded.get(self.active), self.active, shown)
 
     @property
     def focus(self) -> Plane:

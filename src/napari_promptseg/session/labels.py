@@ -7,14 +7,24 @@ Plane indices are tuples of the leading axes (``()`` for 2D); planes are ``(H, W
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from ..cancel import Cancelled
-from ..labels_io import LabelsCommit, LabelsHistory, PlaneEdit, level0, max_label, read_plane, write_objects
+from ..labels_io import (
+    LabelsCommit,
+    LabelsHistory,
+    PlaneEdit,
+    lazy_labels,
+    level0,
+    max_label,
+    read_plane,
+    write_objects,
+)
 
 __all__ = ["CommitLog"]
 
@@ -27,15 +37,17 @@ _OURS: set = set()
 class CommitLog:
     """The labels that receive commits (see the module docstring)."""
 
-    def __init__(self, schedule=None) -> None:
+    def __init__(self, schedule=None, on_problem: Callable[[str], None] = lambda text: None) -> None:
         self.schedule = schedule  # runs the "autosave" job of a big commit (None: save at once)
-        self._queue: deque = deque()  # (planes, record) waiting for that job, in order
+        self.on_problem = on_problem  # an autosave job failed: tell the user (the status line)
+        self._queue: deque = deque()  # (planes, record) not saved yet, in order
+        self._jobs = 0  # autosave jobs scheduled and not finished
+        self._lock = threading.Lock()  # one drain at a time
         self.target = None  # numpy, zarr or dask array, or a multiscale list (level 0 first)
         self.store = None  # AnnotationStore of the image, or None (autosave off)
         self._histories: dict[int, tuple[object, LabelsHistory]] = {}
         self._max: int | None = None  # largest id in the target, None: not known
         self._earlier_store = False  # the store holds a session that was not restored
-        self.problems: list[str] = []  # autosave errors of jobs, for the status line
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -59,8 +71,6 @@ class CommitLog:
         returns True when one was made."""
         if self.target is not None:
             return False
-        from ..labels_io import lazy_labels
-
         self.target = lazy_labels(shape, np.int32) if lazy else np.zeros(shape, np.int32)
         self._max = 0
         return True
@@ -118,20 +128,29 @@ class CommitLog:
             return None
         planes = sorted({e.plane for e in c.edits})
         self._queue.append((planes, {"op": op, "time": time.time(), **record}))
-        if self.schedule is None or len(planes) <= SYNC_PLANES:
+        if self.schedule is None or (len(planes) <= SYNC_PLANES and not self._jobs):
             return self._drain()
         from .jobs import Job
 
-        def failed(err: BaseException) -> None:
-            if not isinstance(err, Cancelled):
-                self.problems.append(str(err))
+        def finished(problem: str | None) -> None:  # a replaced job's queue is drained by the next
+            self._jobs -= 1
+            if problem:
+                self.on_problem(problem)
 
-        self.schedule(Job("autosave", self._drain, lambda problem: None, failed,
-                          label=f"autosaving {len(planes)} planes"))
+        def failed(err: BaseException) -> None:
+            finished(None if isinstance(err, Cancelled) else f"autosave failed ({err}).")
+
+        self._jobs += 1  # a small commit now queues behind this job, in order
+        label = f"autosaving {len(planes)} planes"
+        self.schedule(Job("autosave", self._drain, finished, failed, label=label))
         return None
 
     def _drain(self) -> str | None:
         """Save every queued commit in order (reads the target's planes as they are now)."""
+        with self._lock:
+            return self._drain_locked()
+
+    def _drain_locked(self) -> str | None:
         try:
             while self._queue:
                 planes, record = self._queue[0]

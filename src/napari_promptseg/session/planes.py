@@ -25,10 +25,8 @@ Plane = tuple[int, ...]
 MIN_CANDIDATE_SCORE = 0.1
 
 
-def signature(obj: ObjectPrompt | None) -> bytes:
+def signature(obj: ObjectPrompt) -> bytes:
     """Bytes that change whenever the object's points, labels or box change."""
-    if obj is None:
-        return b"none"
     box = b"-" if obj.box is None else np.asarray(obj.box, np.float64).tobytes()
     pts, labels = np.asarray(obj.points, np.float64).tobytes(), np.asarray(obj.labels, np.int32).tobytes()
     return b"|".join([pts, labels, box])

@@ -34,7 +34,6 @@ class PropagationRun:
     axis: int
     here: Plane
     n: int
-    prompted: set[int]
     token: CancelToken = field(default_factory=CancelToken)
     visited: set[int] = field(default_factory=set)  # planes this run wrote (or must keep)
     done: int = 0
@@ -85,8 +84,8 @@ class Propagator:
             self.status("prompt an object on at least one plane of this line of the stack first.")
             return False
         self.ids.update(o for objs in seeds.values() for o in objs)
-        run = self.run = PropagationRun(axis, here, stack.lead_shape[axis], set(previews))
-        run.visited.update(previews)
+        run = self.run = PropagationRun(axis, here, stack.lead_shape[axis])
+        run.visited.update(previews)  # prompted planes: what runs left there is added to, not replaced
         shape = next(iter(previews.values())).shape
 
         def step(res) -> None:

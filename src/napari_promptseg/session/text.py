@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .planes import PlaneDecode, fmt, ids_in, offered
+from .planes import PlaneDecode, fmt, offered
 
 __all__ = ["describe", "model_note"]
 
@@ -14,13 +14,16 @@ def model_note(model) -> str:
         model is not None and model.name == DEMO_MODEL) else ""
 
 
-def describe(session, dec: PlaneDecode | None, plane: tuple[int, ...]) -> str:
-    """``object 3 · 2 objects on plane 7: masks [0.90] 0.60 (J: next); score 0.95. K: commit.``"""
+def describe(session, dec: PlaneDecode | None, plane: tuple[int, ...], shown: int = 0) -> str:
+    """``object 3 · 2 objects on plane 7: masks [0.90] 0.60 (J: next); score 0.95. K: commit.``
+
+    dec: the decoded objects of ``plane``; shown: how many objects the displayed plane's preview
+    holds (said when ``dec`` has none, e.g. on a propagated plane)."""
     head = f"object {session.current_object}"
     objs = [(i, d) for i, d in (dec.objects.items() if dec is not None else ()) if d.pred is not None]
     if not objs:
         where = f" on plane {fmt(session.plane)}" if session.plane else ""
-        n = len(ids_in(session.preview_plane())) if session.preview is not None else 0
+        n = shown
         if session.model is None:
             return f"{head}: choose a model."
         if not session.ready:
