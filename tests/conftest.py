@@ -90,3 +90,55 @@ def blobs_image(shape=(700, 1300), seed=0, n=12) -> np.ndarray:
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+# ---- SAM 2: the tiny config (hiera-t) on a 256-pixel input, random weights ----------------------
+SAM2_TEST_ARCH = "sam2.1_hiera_t_256"
+SAM2_TEST_OVERRIDES = ["++model.image_size=256"]
+SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+@pytest.fixture(scope="session")
+def sam2_ckpt(tmp_path_factory):
+    """Meta's checkpoint form ``{"model": state_dict}`` of a randomly initialised SAM 2.1 tiny."""
+    import torch
+
+    from napari_promptseg.models.sam2 import build_sam2_network
+
+    torch.manual_seed(0)
+    net = build_sam2_network(SAM2_TEST_ARCH)
+    path = tmp_path_factory.mktemp("weights") / "sam2_tiny_256.pt"
+    torch.save({"model": net.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sam2_spec(sam2_ckpt):
+    from napari_promptseg.models.registry import ModelSpec
+
+    return ModelSpec(
+        name="sam2_tiny_test", family="sam2", arch=SAM2_TEST_ARCH,
+        url="http://127.0.0.1:9/sam2_tiny_test.pt", known_hash="sha256:" + sha256_of(sam2_ckpt),
+        size_mb=156, params="38.9M", description="SAM 2.1 tiny, 256 px, random weights", licence="test",
+    )
+
+
+@pytest.fixture(scope="session")
+def sam2_model(sam2_spec, sam2_ckpt):
+    import napari_promptseg as ps
+
+    return ps.load_model(sam2_spec, checkpoint=sam2_ckpt, device="cpu")
+
+
+def moving_blobs(t=6, h=120, w=180, seed=0) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 frames: two bright ellipses moving across a noisy background."""
+    rng = np.random.default_rng(seed)
+    rr, cc = np.mgrid[:h, :w]
+    frames = np.full((t, h, w, 3), 30, np.int32)
+    for k in range(t):
+        a = ((rr - 0.4 * h - 2 * k) / (0.15 * h)) ** 2 + ((cc - 0.3 * w - 5 * k) / (0.12 * w)) ** 2
+        b = ((rr - 0.75 * h) / (0.1 * h)) ** 2 + ((cc - 0.75 * w + 3 * k) / (0.08 * w)) ** 2
+        frames[k][a < 1] = 200
+        frames[k][b < 1] = 140
+    frames += rng.integers(0, 25, frames.shape)
+    return np.clip(frames, 0, 255).astype(np.uint8)

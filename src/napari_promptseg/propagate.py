@@ -412,9 +412,19 @@ def propagate_iter(
     prompt: str = DEFAULT_PROMPT,
     box_margin: float = BOX_MARGIN,
     absent: Mapping[int, Iterable[int]] | None = None,
+    method: str = "auto",
+    stop_after: int | None = None,
 ) -> Iterator[SliceResult]:
     """Propagate the seed masks through ``n_slices`` slices; yield one :class:`SliceResult` per
     processed slice (see the module docstring for the order, the stopping rules and overlaps).
+
+    method: ``"prompt"`` (the mask-to-prompt propagation described above), ``"memory"`` (SAM 2's
+    memory tracking, :class:`~napari_promptseg.tracking.MemoryTracker`: the seed masks are its
+    mask prompts; forward from the earliest seed, then backward; ``max_slices`` and
+    ``stop_after`` apply, the score/overlap/area rules and ``prompt``/``box_margin`` do not; an
+    object is dropped from the slices in ``absent``), or ``"auto"``: memory for a model with one
+    (SAM 2), else prompt. stop_after (memory): an object stops after this many consecutive slices
+    without it.
 
     model: a :class:`~napari_promptseg.PromptableModel`; embedding_of: slice index -> that slice's
     :class:`Embedding` (called once per slice and pass, lazily; cache in the caller if it is
@@ -434,6 +444,9 @@ def propagate_iter(
     whose shape differs from the embeddings' raises at the first slice.
     """
     clean, shape = _check_seeds(seeds, n_slices)
+    if resolve_method(model, method) == "memory":
+        return _memory_iter(model, embedding_of, int(n_slices), clean, shape, max_slices, stop_after,
+                            absent)
     if prompt not in PROMPT_STRATEGIES:
         raise ValueError(f"prompt must be one of {PROMPT_STRATEGIES}, got {prompt!r}")
     if max_slices is not None and (int(max_slices) != max_slices or max_slices < 0):
@@ -449,6 +462,38 @@ def propagate_iter(
                     float(min_score), float(min_overlap), int(min_area),
                     None if max_slices is None else int(max_slices), absent)
     return p.run()
+
+
+METHODS = ("auto", "memory", "prompt")
+
+
+def resolve_method(model, method: str) -> str:
+    """``"memory"`` or ``"prompt"`` for ``method`` (``"auto"``: memory when the model has one)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    has_memory = bool(getattr(model, "supports_memory", False))
+    if method == "auto":
+        return "memory" if has_memory else "prompt"
+    if method == "memory" and not has_memory:
+        raise ValueError(
+            f"model {getattr(model, 'name', model)!r} has no memory: method='memory' needs a SAM 2 "
+            "model (e.g. 'sam2.1_hiera_tiny'); use method='prompt' with SAM models"
+        )
+    return method
+
+
+def _memory_iter(model, embedding_of, n, seeds, shape, max_slices, stop_after, absent):
+    from .tracking import MemoryTracker
+
+    tracker = MemoryTracker(model, embedding_of, n, shape)
+    for k in sorted(seeds):
+        for oid, m in sorted(seeds[k].items()):
+            tracker.add_mask(k, oid, m)
+    away = {int(o): {int(b) for b in bs} for o, bs in (absent or {}).items()}
+    for res in tracker.propagate_iter(max_frames=max_slices, stop_after=stop_after):
+        for o in [o for o in res.masks if res.index in away.get(o, ())]:
+            del res.masks[o]
+        yield res
 
 
 def _decode_prompt(model, emb: Embedding, d, where: str) -> np.ndarray:
@@ -503,6 +548,8 @@ def propagate(
     box_margin: float = BOX_MARGIN,
     absent: Mapping[int, Iterable[int]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    method: str = "auto",
+    stop_after: int | None = None,
 ) -> np.ndarray:
     """Segment objects through a z-stack or a video from prompts on some of its slices / frames.
 
@@ -528,9 +575,16 @@ def propagate(
     None) and ``disk`` (a ``DiskCache`` or None); slices visited by both passes are embedded twice
     unless a cache keeps them.
 
+    method: ``"memory"`` tracks with SAM 2's memory (:mod:`napari_promptseg.tracking`: prompt
+    dicts and labels go to the tracker as SAM 2 point/box and mask prompts, as to Meta's
+    ``SAM2VideoPredictor``; forward from the earliest prompted slice, then backward; masks do
+    not overlap), ``"prompt"`` the mask-to-prompt propagation (SAM models), ``"auto"`` (default)
+    memory for SAM 2 models, else prompt. stop_after (memory): an object stops after this many
+    consecutive slices without it (None: never).
+
     min_score, min_overlap, min_area, max_slices, prompt, box_margin, absent: see
-    :func:`propagate_iter`. progress:
-    called as ``progress(done, total)`` after each processed slice.
+    :func:`propagate_iter` (with ``method="memory"`` only ``max_slices`` and ``absent`` apply).
+    progress: called as ``progress(done, total)`` after each processed slice.
 
     Returns an int32 labels array shaped like ``stack`` without its channel axis; the seed slices
     hold the seed masks, the other slices the propagated masks (0 = background).
@@ -562,6 +616,17 @@ def propagate(
 
     def plane(k: int) -> np.ndarray:
         return np.asarray(np.take(arr, k, axis=axis))
+
+    if resolve_method(model, method) == "memory":
+        from .embeddings import EmbeddingCache
+
+        mem = EmbeddingCache(2) if cache is None else cache  # the tracker reads a frame ~3 times
+
+        def embedding_of(k: int) -> Embedding:
+            return embed_cached(model, plane(k), window, mem, disk=disk)
+
+        return _propagate_memory(model, embedding_of, n, plane_shape, spatial, axis, prompts,
+                                 max_slices, stop_after, absent, progress)
 
     def embedding_of(k: int) -> Embedding:
         return embed_cached(model, plane(k), window, cache, disk=disk)
@@ -611,4 +676,28 @@ def propagate(
             view[res.index][m] = oid
         if progress is not None:
             progress(res.done, res.total)
+    return out
+
+
+def _propagate_memory(model, embedding_of, n, plane_shape, spatial, axis, prompts, max_slices,
+                      stop_after, absent, progress) -> np.ndarray:
+    from .tracking import MemoryTracker, seed_tracker
+
+    tracker = MemoryTracker(model, embedding_of, n, plane_shape)
+    seeds = seed_tracker(tracker, _seed_prompts(prompts, n))
+    out = np.zeros(spatial, np.int32)
+    view = np.moveaxis(out, axis, 0)
+    away = {int(o): {int(b) for b in bs} for o, bs in (absent or {}).items()}
+    for res in tracker.propagate_iter(max_frames=max_slices, stop_after=stop_after):
+        plane = np.zeros(plane_shape, np.int32)
+        for oid, m in sorted(res.masks.items()):
+            if res.index not in away.get(oid, ()):
+                plane[m & (plane == 0)] = oid
+        view[res.index] = np.where(plane > 0, plane, view[res.index])
+        if progress is not None:
+            progress(res.done, res.total)
+    for k, objs in seeds.items():  # prompted slices hold the prompts' masks
+        view[k][np.isin(view[k], list(objs))] = 0
+        for oid, m in sorted(objs.items()):
+            view[k][m] = oid
     return out

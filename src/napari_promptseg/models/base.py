@@ -45,6 +45,11 @@ class PromptableModel(ABC):
     def low_res_shape(self) -> tuple[int, int]:
         """Shape ``(h, w)`` of :attr:`Prediction.logits` rows and of ``mask_input``."""
 
+    @property
+    def supports_memory(self) -> bool:
+        """Whether the model tracks with a memory (SAM 2): ``ps.propagate(method="memory")``."""
+        return False
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self.device}>"
 
