@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["nuclei_image", "nuclei_stack", "STACK_SCALE"]
+__all__ = ["nuclei_image", "nuclei_stack", "nuclei_timelapse", "STACK_SCALE"]
 
 #: (z, y, x) voxel size of :func:`nuclei_stack` in pixel widths: planes 2 pixels apart
 STACK_SCALE = (2.0, 1.0, 1.0)
@@ -63,6 +63,41 @@ def nuclei_stack(shape: tuple[int, int, int] = (32, 256, 320), n: int = 14, seed
         labels[inside] = i
         signal[inside] = rng.uniform(800, 2500)
     signal = ndi.gaussian_filter(signal, (0.7, 1.5, 1.5))  # the PSF is longer along z
+    img = rng.poisson(np.maximum(signal + 100, 0)).astype(np.float32)
+    img += rng.normal(0, 20, shape)
+    return np.clip(img, 0, 65535).astype(np.uint16), labels
+
+
+def nuclei_timelapse(shape: tuple[int, int, int] = (24, 256, 320), n: int = 12, seed: int = 0):
+    """A uint16 ``(T, H, W)`` time-lapse of nuclei that drift, turn and change shape (one leaves the
+    field of view, two pass close by), with noise, and its int32 instance labels (the same id
+    through time: ground truth for tracking)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    nt, h, w = shape
+    rr, cc = np.mgrid[:h, :w].astype(np.float32)
+    labels = np.zeros(shape, np.int32)
+    signal = np.zeros(shape, np.float32)
+    cells = []
+    for i in range(1, n + 1):
+        r0, c0 = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+        vr, vc = rng.normal(0, 1.2, 2)
+        if i == 1:  # leaves through the right edge
+            r0, c0, vr, vc = 0.5 * h, 0.8 * w, 0.0, 0.04 * w
+        cells.append((i, r0, c0, vr, vc, rng.uniform(10, 16), rng.uniform(8, 12), rng.uniform(0, np.pi),
+                      rng.normal(0, 0.05), rng.uniform(800, 2500)))
+    for t in range(nt):
+        for i, r0, c0, vr, vc, a, b, th, dth, level in cells:
+            r, c, ang = r0 + vr * t, c0 + vc * t, th + dth * t
+            wob = 1 + 0.15 * np.sin(0.4 * t + i)  # shape change
+            dr, dc = rr - r, cc - c
+            u = (dr * np.cos(ang) + dc * np.sin(ang)) / (a * wob)
+            v = (-dr * np.sin(ang) + dc * np.cos(ang)) / (b / wob)
+            inside = (u * u + v * v < 1) & (labels[t] == 0)
+            labels[t][inside] = i
+            signal[t][inside] = level
+    signal = ndi.gaussian_filter(signal, (0, 1.5, 1.5))
     img = rng.poisson(np.maximum(signal + 100, 0)).astype(np.float32)
     img += rng.normal(0, 20, shape)
     return np.clip(img, 0, 65535).astype(np.uint16), labels

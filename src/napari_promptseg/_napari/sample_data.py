@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["nuclei_sample", "nuclei_stack_sample"]
+__all__ = ["nuclei_sample", "nuclei_stack_sample", "nuclei_timelapse_sample"]
 
 
 def nuclei_sample():
@@ -19,3 +19,11 @@ def nuclei_stack_sample():
 
     image, _ = nuclei_stack()
     return [(image, {"name": "nuclei stack", "colormap": "gray", "scale": STACK_SCALE}, "image")]
+
+
+def nuclei_timelapse_sample():
+    """A 24 x 256 x 320 uint16 time-lapse of drifting nuclei (axis 0 is time)."""
+    from ..sample import nuclei_timelapse
+
+    image, _ = nuclei_timelapse()
+    return [(image, {"name": "nuclei timelapse", "colormap": "gray"}, "image")]

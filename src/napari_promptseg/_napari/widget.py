@@ -43,6 +43,7 @@ from .workers import WorkerScheduler
 __all__ = ["PromptSegWidget", "KEYS"]
 
 LOCAL_CHECKPOINT = "local checkpoint…"
+METHODS = {"memory (SAM 2)": "memory", "prompt (box + mask)": "prompt"}  # label -> session.method
 NEW_LABELS = "(new) " + L.LABELS_NAME
 BUTTONS = [("commit", "Commit (K)"), ("clear", "Clear (Q)"), ("next_mask", "Next mask (J)"),
            ("new_object", "New object (O)"), ("undo", "Undo (U)"), ("redo", "Redo (Shift-U)"),
@@ -106,6 +107,11 @@ class PromptSegWidget(QWidget):
         self.object_spin.setRange(1, 2**31 - 1)
         self.object_spin.setToolTip("new points and boxes belong to this object; O starts a new one")
         self.axis_combo = QComboBox()
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(list(METHODS))
+        self.method_combo.setToolTip("memory: SAM 2 tracks each object with its memory of the frames seen "
+                                     "so far; prompt: each plane is prompted with the previous plane's mask "
+                                     "(box + mask logits), for SAM models")
         self.min_score_spin = _spin(MIN_SCORE, "stop an object when its predicted IoU falls below this")
         self.min_overlap_spin = _spin(MIN_OVERLAP, "stop an object when its mask overlaps its mask on "
                                       "the previous plane less than this (IoU)")
@@ -120,7 +126,7 @@ class PromptSegWidget(QWidget):
         obj_row.addWidget(self.negative_check)
         rows = (("image", self.image_combo), ("model", self.model_combo), ("device", self.device_combo),
                 ("", self.load_button), ("commit to", self.labels_combo), ("", self.overwrite_check),
-                ("object", obj_row), ("propagate along", self.axis_combo),
+                ("object", obj_row), ("propagate along", self.axis_combo), ("track with", self.method_combo),
                 ("stop below score", self.min_score_spin), ("stop below overlap", self.min_overlap_spin))
         for label, w in rows:
             form.addRow(label, w)
@@ -154,6 +160,24 @@ class PromptSegWidget(QWidget):
         self.min_score_spin.valueChanged.connect(lambda v: setattr(self.session, "min_score", float(v)))
         self.min_overlap_spin.valueChanged.connect(lambda v: setattr(self.session, "min_overlap", float(v)))
         self.restore_button.clicked.connect(self.restore_autosave)
+        self.method_combo.activated.connect(self._on_method_chosen)
+        self._sync_method()
+
+    def _on_method_chosen(self, *args) -> None:
+        self.session.method = METHODS[self.method_combo.currentText()]
+        self._sync_method()
+
+    def _sync_method(self) -> None:
+        """The method box follows the model: memory only for SAM 2 (chosen by default), prompt for
+        SAM; the score and overlap limits belong to the prompt method."""
+        memory = bool(getattr(self.session.model, "supports_memory", False))
+        self.method_combo.setEnabled(memory)
+        if not memory:
+            self.session.method = "auto"
+        used = self.session.propagation_method
+        _set_items(self.method_combo, list(METHODS), next(k for k, v in METHODS.items() if v == used))
+        for spin in (self.min_score_spin, self.min_overlap_spin):
+            spin.setEnabled(used == "prompt")
 
     def _set_status(self, text: str) -> None:
         if not self.closed:
@@ -393,6 +417,7 @@ class PromptSegWidget(QWidget):
             self._download_timer.stop()
         _set_items(self.model_combo, _items(self.model_combo), model.name)
         self.session.set_model(model)
+        self._sync_method()
         note = model_note(model)
         self._set_status(f"model {model.name} on {model.device}{note}. " + self.session.describe())
 
@@ -520,6 +545,8 @@ def _guess_registry_name(path: str) -> str:
     from ..models.checkpoint import read_state_dict
     from ..models.registry import REGISTRY
     from ..models.sam import arch_of
+    from ..models.sam2 import sam2_arch_of
 
-    arch = arch_of(read_state_dict(path))
+    state = read_state_dict(path)
+    arch = sam2_arch_of(state) or arch_of(state)
     return next((name for name, spec in REGISTRY.items() if spec.arch == arch), "vit_b")

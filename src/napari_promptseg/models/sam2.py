@@ -215,3 +215,17 @@ def build_sam2_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -
             f"{hint}. Details: {str(err)[:500]}"
         ) from err
     return Sam2Model(spec, net, checkpoint_id, resolve_device(device))
+
+
+# Hiera trunk: (embed_dim, number of blocks) of each official config.
+_HIERA = {(96, 12): "sam2.1_hiera_t", (96, 16): "sam2.1_hiera_s", (112, 24): "sam2.1_hiera_b+",
+          (144, 48): "sam2.1_hiera_l"}
+
+
+def sam2_arch_of(state: dict) -> str | None:
+    """The :data:`SAM2_ARCHS` name of a SAM 2 state dict (by its Hiera width and depth), or None."""
+    w = state.get("image_encoder.trunk.patch_embed.proj.weight")
+    if w is None:
+        return None
+    blocks = {k.split(".")[3] for k in state if k.startswith("image_encoder.trunk.blocks.")}
+    return _HIERA.get((int(w.shape[0]), len(blocks)))

@@ -48,6 +48,7 @@ class AnnotationSession:
         self.autosave_enabled = autosave
         self.overwrite = False  # commits replace other objects' pixels
         self.min_score, self.min_overlap = MIN_SCORE, MIN_OVERLAP
+        self.method = "auto"  # propagation: "memory" (SAM 2), "prompt", "auto" (memory if the model has it)
         self.model, self.image, self.rgb, self.window, self.disk = model, None, rgb, window, disk
         self.embedder = PlaneEmbedder(scheduler, self.prefetch, disk)
         self.embedder.on_ready, self.embedder.on_status = self._embedded, self._status
@@ -369,7 +370,17 @@ class AnnotationSession:
         line = set(self.stack.line(self.plane, int(axis)))
         previews = {p[int(axis)]: self.preview_plane(p) for p in self._prompts if p in line}
         return self.propagation.start(self.model, self.stack, self.plane, int(axis), previews,
-                                      min_score=self.min_score, min_overlap=self.min_overlap)
+                                      min_score=self.min_score, min_overlap=self.min_overlap,
+                                      method=self.propagation_method)
+
+    @property
+    def propagation_method(self) -> str:
+        """``"memory"`` or ``"prompt"``: what :meth:`propagate` will use with this model."""
+        from ..propagate import resolve_method
+
+        if self.method == "memory" and not getattr(self.model, "supports_memory", False):
+            return "prompt"  # a SAM model chosen after SAM 2: its only method
+        return resolve_method(self.model, self.method) if self.model is not None else "prompt"
 
     def cancel_propagation(self) -> None:
         """Stop a running propagation; the planes it finished stay in the preview."""

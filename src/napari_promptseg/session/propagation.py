@@ -122,7 +122,9 @@ class Propagator:
             return propagate_iter(model, lambda k: stack.get(run.plane_of(k)), run.n, seeds, absent=absent,
                                   **kwargs)
 
-        self.status(f"propagating from plane{'s' * (len(seeds) > 1)} {', '.join(map(str, sorted(seeds)))}…")
+        how = " with SAM 2's memory" if kwargs.get("method") == "memory" else ""
+        self.status(f"propagating{how} from plane{'s' * (len(seeds) > 1)} "
+                    f"{', '.join(map(str, sorted(seeds)))}…")
         self.schedule(Job("propagate", work, done, failed, step, "propagating", run.token))
         return True
 
