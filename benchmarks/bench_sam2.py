@@ -110,18 +110,21 @@ def official_video(arch: str, ckpt: Path):
                                       hydra_overrides_extra=list(a.overrides))
 
 
-def track_official(net, frames: np.ndarray, n: int):
+def track_official(net, frames: np.ndarray, n: int, start: int = 0):
+    """Prompt frame ``start``; forward (and, from a later frame, then reverse, as Meta's demo)."""
     t = time.perf_counter()
     state = net.init_state(frames)
-    r, c = point(frames.shape[1])
-    net.add_new_points_or_box(state, 0, 1, points=np.array([[c, r]], np.float32),
+    r, c = point(frames.shape[1], start)
+    net.add_new_points_or_box(state, start, 1, points=np.array([[c, r]], np.float32),
                               labels=np.array([1], np.int32))
-    masks = {k: (m[0, 0] > 0).numpy()
-             for k, _, m in net.propagate_in_video(state, max_frame_num_to_track=n - 1)}
+    masks = {}
+    for reverse in (False, True) if start else (False,):
+        for k, _, m in net.propagate_in_video(state, max_frame_num_to_track=n - 1, reverse=reverse):
+            masks.setdefault(k, (m[0, 0] > 0).numpy())
     return time.perf_counter() - t, masks
 
 
-def track_ours(model, frames: np.ndarray, n: int, embedding_of=None):
+def track_ours(model, frames: np.ndarray, n: int, embedding_of=None, start: int = 0):
     """Cold (embedding_of None: each frame encoded on demand) or with ``embedding_of`` given."""
     from napari_promptseg.embeddings import EmbeddingCache, embed_cached
     from napari_promptseg.tracking import MemoryTracker, seed_tracker
@@ -135,8 +138,10 @@ def track_ours(model, frames: np.ndarray, n: int, embedding_of=None):
 
     hw = frames.shape[1:3]
     tr = MemoryTracker(model, embedding_of, len(frames), hw)
-    seed_tracker(tr, {0: {1: {"points": [point(hw[0])]}}})
-    masks = {r.index: r.masks.get(1, np.zeros(hw, bool)) for r in tr.propagate_iter(max_frames=n - 1)}
+    seed_tracker(tr, {start: {1: {"points": [point(hw[0], start)]}}})
+    masks = {}
+    for r in tr.propagate_iter(max_frames=n - 1):
+        masks.setdefault(r.index, r.masks.get(1, np.zeros(hw, bool)))
     return time.perf_counter() - t, masks
 
 
@@ -170,6 +175,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--frames", type=int, default=20, help="frames tracked in the timing")
     p.add_argument("--track-repeats", type=int, default=1)
+    p.add_argument("--bidir-frames", type=int, default=10,
+                   help="frames of the cold run prompted on the middle frame (forward, then reverse)")
     p.add_argument("--frame-size", type=int, default=1024)
     p.add_argument("--mem-frames", type=int, default=200, help="frames in the video of the memory run")
     p.add_argument("--track-frames", type=int, default=5, help="frames tracked in the memory run")
@@ -237,6 +244,14 @@ def main(argv=None) -> None:
     track_iou = min(iou(m_hot[k], m_off[k]) for k in m_off)
     print(f"tracking per frame: official {_t(t_off)}, ours cached {_t(t_hot)}, ours cold {_t(t_cold)}, "
           f"min IoU {track_iou:.4f}", flush=True)
+    nb = args.bidir_frames
+    mid = nb // 2
+    tb_off, mb_off = track_official(net, frames[:nb], nb, start=mid)
+    tb_ours, mb_ours = track_ours(ours, frames[:nb], nb, start=mid)
+    tb_off, tb_ours = tb_off / nb, tb_ours / nb
+    bidir_iou = min(iou(mb_ours[k], mb_off[k]) for k in mb_off)
+    print(f"prompt on frame {mid} of {nb}, both ways, cold, per frame: official {_t(tb_off)}, "
+          f"ours {_t(tb_ours)}, min IoU {bidir_iou:.4f}", flush=True)
 
     mem_off, hwm_off = peak_increase("official", args, ckpt)
     mem_ours, hwm_ours = peak_increase("ours", args, ckpt)
@@ -271,6 +286,15 @@ def main(argv=None) -> None:
         f"encodes every frame) | {_t(t_off)} | 1.00 |",
         f"| ours, `MemoryTracker`, embeddings cached | {_t(t_hot)} | {t_hot / t_off:.2f} |",
         f"| ours, `MemoryTracker`, cold (encodes each frame) | {_t(t_cold)} | {t_cold / t_off:.2f} |",
+        "",
+        f"Prompt on frame {mid} of {nb}, tracked forward then in reverse, nothing cached (per frame = "
+        f"total / {nb}; min mask IoU {bidir_iou:.4f}; Meta's predictor encodes the prompted frame again "
+        "and every frame of each pass, ours each frame once):",
+        "",
+        "| | per frame | ours/official |",
+        "|---|---|---|",
+        f"| `SAM2VideoPredictor`, forward then reverse | {_t(tb_off)} | 1.00 |",
+        f"| ours, `MemoryTracker`, cold | {_t(tb_ours)} | {tb_ours / tb_off:.2f} |",
         "",
         f"Peak RSS increase of a fresh process holding {args.mem_frames} frames of {s}² RGB uint8 "
         f"({args.mem_frames * s * s * 3 / 2**30:.2f} GB numpy) and tracking the first {k} of them "

@@ -271,3 +271,29 @@ def test_registry_has_the_official_sam2_checkpoints():
         spec = names[n]
         assert spec.family == "sam2" and spec.known_hash.startswith("sha256:")
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/segment_anything_2/092824/")
+
+
+def test_zarr_frames_are_read_one_at_a_time_and_give_the_same_labels(sam2_model):
+    import zarr
+
+    prompts = {PROMPT_FRAME: [{"points": P1}]}
+    ref = ps.propagate(sam2_model, FRAMES, prompts)
+    z = zarr.array(FRAMES, chunks=(1, H, W, 3))
+    np.testing.assert_array_equal(ps.propagate(sam2_model, z, prompts), ref)
+
+
+def test_session_tracks_one_line_of_a_t_x_z_stack_with_memory(sam2_model):
+    from napari_promptseg.session import AnnotationSession
+
+    tz = np.stack([FRAMES[..., 0], FRAMES[..., 1][:, ::-1]], axis=1)  # (T, Z, H, W) gray
+    s = AnnotationSession(sam2_model, tz, autosave=False)
+    assert s.propagation_method == "memory"
+    s.set_plane((PROMPT_FRAME, 1))
+    s.add_point(tuple(P1[0]))
+    assert s.propagate(axis=0)  # along t, for z = 1 only
+    prev = np.asarray(s.preview[...])
+    assert prev.shape == tz.shape
+    assert not prev[:, 0].any()  # the other z is untouched
+    assert all(prev[k, 1].any() for k in range(T))  # every t of z = 1, both directions
+    s.method = "prompt"
+    assert s.propagation_method == "prompt"

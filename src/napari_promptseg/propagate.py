@@ -614,8 +614,8 @@ def propagate(
     else:
         window = stack_window(np.moveaxis(arr, axis, 0), rgb=arr.ndim == 4)
 
-    def plane(k: int) -> np.ndarray:
-        return np.asarray(np.take(arr, k, axis=axis))
+    def plane(k: int) -> np.ndarray:  # indexing reads one plane of a zarr / dask stack, not all
+        return np.asarray(arr[(slice(None),) * axis + (k,)])
 
     if resolve_method(model, method) == "memory":
         from .embeddings import EmbeddingCache

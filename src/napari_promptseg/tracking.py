@@ -161,7 +161,8 @@ class MemoryTracker:
             raise ValueError(f"frame index {k!r} is out of range for {self.n_frames} frames")
         if not isinstance(obj, (int, np.integer)) or isinstance(obj, bool) or obj < 1:
             raise ValueError(f"object ids must be positive integers, got {obj!r}")
-        self.source.pinned.setdefault(int(k), self.source.embedding(int(k)))
+        if int(k) not in self.source.pinned:
+            self.source.pinned[int(k)] = self.source.embedding(int(k))
         return int(k), int(obj)
 
     def _mask_of(self, obj: int, video_res_masks: torch.Tensor) -> np.ndarray:
@@ -255,8 +256,6 @@ class MemoryTracker:
     def _pass(self, order, reverse: bool, stop_after, non_overlap: bool) -> Iterator[SliceResult]:
         """Meta's ``propagate_in_video`` loop (sam2_video_predictor.py), per object, with
         ``stop_after`` and our mask upscaling."""
-        from sam2.modeling.sam2_base import NO_OBJ_SCORE
-
         net, state = self.net, self.state
         net.propagate_in_video_preflight(state)
         obj_ids = list(state["obj_ids"])
@@ -296,7 +295,7 @@ class MemoryTracker:
                     lr = net._apply_non_overlapping_constraints(lr)
                 full = self._upscale(lr[:, 0])
                 for j, oid in enumerate(live):
-                    if full[j].any() and logits_obj[oid] > NO_OBJ_SCORE:
+                    if full[j].any():
                         masks[oid] = full[j]
             yield SliceResult(
                 index=int(k), masks=masks,

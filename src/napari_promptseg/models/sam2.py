@@ -11,8 +11,9 @@ the whole image. The image goes through ``SAM2Transforms`` exactly as in
 ``SAM2ImagePredictor.set_image``; the embedding stores the raw backbone maps (the two
 high-resolution maps after ``conv_s0`` / ``conv_s1``, and the 1/16 map *without* ``no_mem_embed``)
 so that the tracker can use them as the video predictor does; :meth:`Sam2Model._predict` adds
-``no_mem_embed`` as the image predictor does. Masks are the official decoder's, upscaled lazily
-by :func:`~.upscale.upscale_masks` (bilinear straight to the image size, as
+``no_mem_embed`` as the image predictor does. The decoder is :class:`~.sam2_decoder.Sam2FastDecoder`
+(the official one's result with its prompt-independent half cached per embedding); masks are
+upscaled lazily by :func:`~.upscale.upscale_masks` (bilinear straight to the image size, as
 ``SAM2Transforms.postprocess_masks``; tests/test_sam2_parity.py).
 """
 
@@ -28,6 +29,7 @@ from ..prompts import Prompt
 from ..results import Embedding, Prediction
 from .base import PromptableModel
 from .registry import ModelSpec
+from .sam2_decoder import Sam2FastDecoder
 from .triton_guard import guard_triton
 from .upscale import upscale_masks
 
@@ -108,9 +110,9 @@ class Sam2Model(PromptableModel):
         install_cancel_hooks(self.net.image_encoder.trunk)  # a cancel_scope stops it between blocks
         self.image_size = int(net.image_size)
         self.transforms = _transforms(self.image_size)
+        self.decoder = Sam2FastDecoder(self.net)
         s = self.image_size // 4
         self._low_res = (s, s)
-        self._dense_pe = None
 
     @property
     def low_res_shape(self) -> tuple[int, int]:
@@ -163,27 +165,28 @@ class Sam2Model(PromptableModel):
         lab = torch.as_tensor(labels, dtype=torch.int32)
         return xy[None].to(self.device), lab[None].to(self.device)
 
+    def _image_side(self, embedding: Embedding) -> dict:
+        """Prompt-independent decoder tensors of an embedding, computed once (on this device)."""
+        d = embedding.derived.get("sam2_decoder")
+        if d is None or d["embed"].device != self.device:
+            net = self.net
+            f0, f1, f2 = self.features_on_device(embedding)
+            embed = f2 + net.no_mem_embed.reshape(1, -1, 1, 1) if net.directly_add_no_mem_embed else f2
+            d = embedding.derived["sam2_decoder"] = {
+                "embed": embed, "first": self.decoder.prepare(embed),
+                "high_res": self.decoder.prepare_high_res(f0, f1)}
+        return d
+
     @torch.inference_mode()
     def _predict(self, embedding: Embedding, prompt: Prompt, multimask: bool) -> Prediction:
-        net = self.net
-        f0, f1, f2 = self.features_on_device(embedding)
-        cache = embedding.derived.get("sam2_image_embed")
-        if cache is None or cache.device != self.device:
-            cache = f2 + net.no_mem_embed.reshape(1, -1, 1, 1) if net.directly_add_no_mem_embed else f2
-            embedding.derived["sam2_image_embed"] = cache
-        if self._dense_pe is None or self._dense_pe.device != self.device:
-            self._dense_pe = net.sam_prompt_encoder.get_dense_pe()
+        image = self._image_side(embedding)
         mask = None
         if prompt.mask_input is not None:
             mask = torch.as_tensor(prompt.mask_input, dtype=torch.float32, device=self.device)[None]
-        sparse, dense = net.sam_prompt_encoder(
+        sparse, dense = self.net.sam_prompt_encoder(
             points=self._sam2_points(prompt, embedding.original_size), boxes=None, masks=mask)
-        low, iou, _, _ = net.sam_mask_decoder(
-            image_embeddings=cache, image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=multimask, repeat_image=False,
-            high_res_features=[f0, f1],
-        )
-        low = low[0]
+        first = image["first"] if mask is None else self.decoder.prepare(image["embed"], dense)
+        low, iou = self.decoder.decode(first, image["high_res"], sparse, multimask)
         side = self._low_res[0]
         original = embedding.original_size
 
@@ -192,7 +195,7 @@ class Sam2Model(PromptableModel):
                 return upscale_masks(low[list(indices)], (side, side), original, side)
 
         logits = torch.clamp(low, -32.0, 32.0)  # as SAM2ImagePredictor returns them
-        return Prediction(scores=iou[0].float().cpu().numpy(), logits=logits.float().cpu().numpy(),
+        return Prediction(scores=iou.float().cpu().numpy(), logits=logits.float().cpu().numpy(),
                           upscale=upscale)
 
 

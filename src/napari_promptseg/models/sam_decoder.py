@@ -161,8 +161,20 @@ class FastMaskDecoder:
         with K = 3 (multimask) or 1, exactly the masks the official decoder returns.
         """
         dec = self.sam.mask_decoder
-        tr = dec.transformer
         tokens = torch.cat([self.output_tokens, sparse[0]], dim=0)  # (T, C)
+        queries, keys = self.transformer(cache, tokens)
+        sel = slice(1, dec.num_mask_tokens) if multimask else slice(0, 1)
+        idx = range(dec.num_mask_tokens)[sel]
+        hyper = torch.stack(
+            [dec.output_hypernetworks_mlps[i](queries[1 + i]) for i in idx], dim=1
+        )  # (c2, K)
+        iou = dec.iou_prediction_head(queries[0])[sel]
+        return self._upscale(keys, hyper), iou
+
+    def transformer(self, cache: dict[str, Tensor], tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """The two-way transformer on ``tokens`` (T, C) and the cached image side: returns the
+        output queries (T, C) and keys (hw, C)."""
+        tr = self.sam.mask_decoder.transformer
         pe = self.pe
 
         # Block 0 (no PE in its self-attention; image side cached).
@@ -187,14 +199,7 @@ class FastMaskDecoder:
 
         queries = tr.norm_final_attn(queries + self._tok_to_img(
             tr.final_attn_token_to_image, queries + tokens, keys + pe, keys))
-
-        sel = slice(1, dec.num_mask_tokens) if multimask else slice(0, 1)
-        idx = range(dec.num_mask_tokens)[sel]
-        hyper = torch.stack(
-            [dec.output_hypernetworks_mlps[i](queries[1 + i]) for i in idx], dim=1
-        )  # (c2, K)
-        iou = dec.iou_prediction_head(queries[0])[sel]
-        return self._upscale(keys, hyper), iou
+        return queries, keys
 
     def _upscale(self, keys: Tensor, hyper: Tensor) -> Tensor:
         """Output upscaling + hypernetwork product: keys (hw, C), hyper (c2, K) -> (K, 4h, 4w)."""
