@@ -288,8 +288,8 @@ def main(argv=None) -> None:
         f"| ours, `MemoryTracker`, cold (encodes each frame) | {_t(t_cold)} | {t_cold / t_off:.2f} |",
         "",
         f"Prompt on frame {mid} of {nb}, tracked forward then in reverse, nothing cached (per frame = "
-        f"total / {nb}; min mask IoU {bidir_iou:.4f}; Meta's predictor encodes the prompted frame again "
-        "and every frame of each pass, ours each frame once):",
+        f"total / {nb}; min mask IoU {bidir_iou:.4f}; Meta's predictor encodes frame 0 twice (its "
+        "warm-up) and each other frame once, as ours):",
         "",
         "| | per frame | ours/official |",
         "|---|---|---|",

@@ -193,7 +193,7 @@ def test_each_frame_is_embedded_once(sam2_model):
     finally:
         del sam2_model.net.forward_image
     assert len(results) == 3 + 4
-    assert len(calls) == T  # Meta's predictor encodes 8 times here (the prompted frame twice more)
+    assert len(calls) == T  # Meta's predictor encodes 7 times here (frame 0 twice: its warm-up)
     assert sorted(set(fetched)) == list(range(T))
 
 
@@ -297,3 +297,17 @@ def test_session_tracks_one_line_of_a_t_x_z_stack_with_memory(sam2_model):
     assert all(prev[k, 1].any() for k in range(T))  # every t of z = 1, both directions
     s.method = "prompt"
     assert s.propagation_method == "prompt"
+
+
+def test_sam2_embedding_and_tracking_stop_in_a_cancelled_scope(sam2_model):
+    from napari_promptseg.cancel import Cancelled, cancel_scope
+
+    with cancel_scope(lambda: True):
+        with pytest.raises(Cancelled):
+            sam2_model.embed(FRAMES[0])  # the Hiera trunk checks between its blocks
+    tr = _tracker(sam2_model)
+    it = tr.propagate_iter()
+    next(it)
+    it.close()  # cancel = stop iterating: nothing runs after the last frame taken
+    done = tr.stats.tracked
+    assert done <= 1 and not any(4 in d for d in tr.state["frames_tracked_per_obj"].values())

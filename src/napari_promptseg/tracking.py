@@ -9,7 +9,9 @@ differences that change speed and memory, not results:
   in their dtype: each frame is converted to the model's input only when it is embedded.
 - Each frame's image features come from ``embedding_of(k)`` (our memory and disk caches, or a
   precomputed store) instead of Meta's one-frame cache, so a frame is never encoded twice
-  (Meta re-encodes the prompted frame and every frame again in the reverse pass).
+  (Meta's cache holds the last frame only: every frame it comes back to, e.g. each frame of a
+  re-tracking after a correction, is encoded again), and a frame already embedded (browsed in
+  napari, precomputed on a cluster) is not encoded at all.
 - Masks at the frame's resolution are upscaled in bands and thresholded without materialising
   the float logits (:func:`~napari_promptseg.models.upscale.upscale_masks`).
 

@@ -112,6 +112,11 @@ class PromptSegWidget(QWidget):
         self.method_combo.setToolTip("memory: SAM 2 tracks each object with its memory of the frames seen "
                                      "so far; prompt: each plane is prompted with the previous plane's mask "
                                      "(box + mask logits), for SAM models")
+        self.stop_after_spin = QSpinBox()
+        self.stop_after_spin.setRange(0, 10**6)
+        self.stop_after_spin.setSpecialValueText("never")
+        self.stop_after_spin.setToolTip("memory tracking: stop an object after this many frames in a row "
+                                        "without it (SAM 2's occlusion score); never: track to the end")
         self.min_score_spin = _spin(MIN_SCORE, "stop an object when its predicted IoU falls below this")
         self.min_overlap_spin = _spin(MIN_OVERLAP, "stop an object when its mask overlaps its mask on "
                                       "the previous plane less than this (IoU)")
@@ -127,6 +132,7 @@ class PromptSegWidget(QWidget):
         rows = (("image", self.image_combo), ("model", self.model_combo), ("device", self.device_combo),
                 ("", self.load_button), ("commit to", self.labels_combo), ("", self.overwrite_check),
                 ("object", obj_row), ("propagate along", self.axis_combo), ("track with", self.method_combo),
+                ("stop after missing frames", self.stop_after_spin),
                 ("stop below score", self.min_score_spin), ("stop below overlap", self.min_overlap_spin))
         for label, w in rows:
             form.addRow(label, w)
@@ -161,6 +167,8 @@ class PromptSegWidget(QWidget):
         self.min_overlap_spin.valueChanged.connect(lambda v: setattr(self.session, "min_overlap", float(v)))
         self.restore_button.clicked.connect(self.restore_autosave)
         self.method_combo.activated.connect(self._on_method_chosen)
+        self.stop_after_spin.valueChanged.connect(
+            lambda v: setattr(self.session, "stop_after", int(v) or None))
         self._sync_method()
 
     def _on_method_chosen(self, *args) -> None:
@@ -178,6 +186,7 @@ class PromptSegWidget(QWidget):
         _set_items(self.method_combo, list(METHODS), next(k for k, v in METHODS.items() if v == used))
         for spin in (self.min_score_spin, self.min_overlap_spin):
             spin.setEnabled(used == "prompt")
+        self.stop_after_spin.setEnabled(used == "memory")
 
     def _set_status(self, text: str) -> None:
         if not self.closed:

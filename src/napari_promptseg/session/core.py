@@ -49,6 +49,7 @@ class AnnotationSession:
         self.overwrite = False  # commits replace other objects' pixels
         self.min_score, self.min_overlap = MIN_SCORE, MIN_OVERLAP
         self.method = "auto"  # propagation: "memory" (SAM 2), "prompt", "auto" (memory if the model has it)
+        self.stop_after: int | None = None  # memory tracking: drop an object after N frames without it
         self.model, self.image, self.rgb, self.window, self.disk = model, None, rgb, window, disk
         self.embedder = PlaneEmbedder(scheduler, self.prefetch, disk)
         self.embedder.on_ready, self.embedder.on_status = self._embedded, self._status
@@ -371,7 +372,7 @@ class AnnotationSession:
         previews = {p[int(axis)]: self.preview_plane(p) for p in self._prompts if p in line}
         return self.propagation.start(self.model, self.stack, self.plane, int(axis), previews,
                                       min_score=self.min_score, min_overlap=self.min_overlap,
-                                      method=self.propagation_method)
+                                      method=self.propagation_method, stop_after=self.stop_after)
 
     @property
     def propagation_method(self) -> str:
