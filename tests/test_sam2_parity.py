@@ -108,8 +108,10 @@ def official_video(sam2_ckpt, monkeypatch):
         return torch.stack([tf(f) for f in video_path]), H, W
 
     monkeypatch.setattr(svp, "load_video_frames", load_video_frames)
-    net = build_sam2_video_predictor(SAM2_CONFIG, str(sam2_ckpt), device="cpu",
-                                     hydra_overrides_extra=SAM2_TEST_OVERRIDES)
+    # the one option our network sets beyond Meta's builder: corrections are conditioning frames
+    net = build_sam2_video_predictor(
+        SAM2_CONFIG, str(sam2_ckpt), device="cpu",
+        hydra_overrides_extra=[*SAM2_TEST_OVERRIDES, "++model.add_all_frames_to_correct_as_cond=true"])
     state = net.init_state(FRAMES)
     net.add_new_points_or_box(state, PROMPT_FRAME, 1, points=np.array(P1)[:, ::-1].astype(np.float32),
                               labels=np.array([1], np.int32))
@@ -174,12 +176,17 @@ def test_correction_retracks_from_that_frame_as_official(sam2_model, official_vi
     fix = [[0.5 * H, 0.5 * W]]
     net.add_new_points_or_box(state, 4, 1, points=np.array(fix)[:, ::-1].astype(np.float32),
                               labels=np.array([0], np.int32), clear_old_points=True)
+    before = {(r.index, r.direction): r.masks for r in _tracker(sam2_model).propagate_iter(non_overlap=False)}
     got = tr.add_points(4, 1, fix, [0])
     assert got.shape == (H, W)
     theirs = _run_official(net, state, start_frame_idx=4, reverse=False)
     ours = {(r.index, r.direction): r.masks for r in tr.propagate_iter(start=4, non_overlap=False)}
     assert sorted(ours) == [(4, 1), (5, 1)]  # forward from the corrected frame only
     _same(ours, theirs, tr, net, state)
+    # the correction is kept (a conditioning frame, not re-predicted without its points)
+    assert 4 in tr.state["output_dict_per_obj"][0]["cond_frame_outputs"]
+    np.testing.assert_array_equal(ours[(4, 1)].get(1, np.zeros((H, W), bool)), got)
+    assert not np.array_equal(got, before[(4, 1)].get(1, np.zeros((H, W), bool)))  # it changed
 
 
 def test_each_frame_is_embedded_once(sam2_model):
@@ -237,6 +244,59 @@ def test_stop_after_frames_without_the_object(sam2_model, monkeypatch):
     assert 1 not in res[(5, 1)].masks and 1 not in res[(5, 1)].scores
     assert 2 in res[(5, 1)].scores  # the other object goes on
     assert 1 in res[(2, -1)].scores  # and object 1 tracks again in the other direction
+
+
+def test_a_stopped_object_tracks_again_from_its_next_prompted_frame(sam2_model, monkeypatch):
+    cache = EmbeddingCache(2)
+    tr = MemoryTracker(sam2_model, lambda k: embed_cached(sam2_model, FRAMES[k], None, cache), T, (H, W))
+    tr.add_points(0, 1, [[0.4 * H, 0.3 * W]])
+    tr.add_points(4, 1, [[0.4 * H + 8, 0.3 * W + 20]])
+    run = tr.net._run_single_frame_inference
+
+    def absent_on_1_to_3(**kw):
+        out, pred = run(**kw)
+        if 1 <= kw["frame_idx"] <= 3:
+            out["object_score_logits"] = torch.full_like(out["object_score_logits"], -5.0)
+        return out, pred
+
+    monkeypatch.setattr(tr.net, "_run_single_frame_inference", absent_on_1_to_3)
+    res = {r.index: r for r in tr.propagate_iter(stop_after=1)}  # forward from 0 only
+    assert res[1].stopped == {1: "absent"} and 1 not in res[2].scores and 1 not in res[3].scores
+    assert 1 in res[4].scores and 1 in res[5].scores  # prompted on 4: tracked on to 5
+
+
+def test_long_videos_keep_a_bounded_memory_bank_with_the_same_masks(sam2_model):
+    frames = moving_blobs(40, seed=3)
+    embs = {k: sam2_model.embed(frames[k]) for k in range(40)}
+    out = []
+    for keep_all in (True, False):
+        tr = MemoryTracker(sam2_model, embs.__getitem__, 40, frames.shape[1:3], keep_all=keep_all)
+        tr.add_points(20, 1, [[0.4 * 120 + 40, 0.3 * 180 + 100]])
+        sizes = []
+        masks = {}
+        for r in tr.propagate_iter():
+            masks[(r.index, r.direction)] = r.masks.get(1)
+            sizes.append(len(tr.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]))
+        out.append((masks, max(sizes)))
+    (full, n_full), (pruned, n_pruned) = out
+    assert full.keys() == pruned.keys()
+    for key in full:
+        assert (full[key] is None) == (pruned[key] is None)
+        if full[key] is not None:
+            np.testing.assert_array_equal(full[key], pruned[key])
+    assert n_full == 39 and n_pruned <= 2 * tr._window() + 2
+
+
+def test_absent_slices_are_told_to_the_tracker(sam2_model):
+    labels = ps.propagate(sam2_model, FRAMES, {PROMPT_FRAME: [{"points": P1}]}, absent={1: [5]})
+    assert not (labels[5] == 1).any()
+    with pytest.raises(ValueError, match="stop_after must be an integer"):
+        ps.propagate(sam2_model, FRAMES, {PROMPT_FRAME: [{"points": P1}]}, stop_after=0)
+    with pytest.raises(ValueError, match="max_slices must be an integer"):
+        ps.propagate(sam2_model, FRAMES, {PROMPT_FRAME: [{"points": P1}]}, max_slices=-1)
+    tr = _tracker(sam2_model)
+    with pytest.raises(ValueError, match="start frame -1 is out of range"):
+        tr.propagate_iter(start=-1)
 
 
 def test_memory_method_needs_a_sam2_model(tiny_model):

@@ -482,18 +482,37 @@ def resolve_method(model, method: str) -> str:
     return method
 
 
-def _memory_iter(model, embedding_of, n, seeds, shape, max_slices, stop_after, absent):
-    from .tracking import MemoryTracker
+def _add_absent(tracker, absent, n: int) -> dict[int, set[int]]:
+    """Tell the tracker where objects are not: an empty mask prompt per ``absent`` slice (SAM 2
+    then remembers "no object" there, instead of only hiding a mask it would track on)."""
+    away = {int(o): {int(b) for b in bs} for o, bs in (absent or {}).items()}
+    for o, frames in sorted(away.items()):
+        if o not in tracker.object_ids:
+            continue
+        for b in sorted(frames):
+            if not 0 <= b < n:
+                raise ValueError(f"absent slice {b} of object {o} is out of range for {n} slices")
+            tracker.add_mask(b, o, np.zeros(tracker.frame_size, bool))
+    return away
 
-    tracker = MemoryTracker(model, embedding_of, n, shape)
+
+def _memory_iter(model, embedding_of, n, seeds, shape, max_slices, stop_after, absent):
+    from .tracking import MemoryTracker, check_limits
+
+    check_limits(max_slices, stop_after, "max_slices")  # before anything is embedded
+    tracker = MemoryTracker(model, embedding_of, n, shape, keep_all=False)
     for k in sorted(seeds):
         for oid, m in sorted(seeds[k].items()):
             tracker.add_mask(k, oid, m)
-    away = {int(o): {int(b) for b in bs} for o, bs in (absent or {}).items()}
-    for res in tracker.propagate_iter(max_frames=max_slices, stop_after=stop_after):
-        for o in [o for o in res.masks if res.index in away.get(o, ())]:
-            del res.masks[o]
-        yield res
+    away = _add_absent(tracker, absent, n)
+
+    def run():
+        for res in tracker.propagate_iter(max_frames=max_slices, stop_after=stop_after):
+            for o in [o for o in res.masks if res.index in away.get(o, ())]:
+                del res.masks[o]
+            yield res
+
+    return run()
 
 
 def _decode_prompt(model, emb: Embedding, d, where: str) -> np.ndarray:
@@ -681,13 +700,14 @@ def propagate(
 
 def _propagate_memory(model, embedding_of, n, plane_shape, spatial, axis, prompts, max_slices,
                       stop_after, absent, progress) -> np.ndarray:
-    from .tracking import MemoryTracker, seed_tracker
+    from .tracking import MemoryTracker, check_limits, seed_tracker
 
-    tracker = MemoryTracker(model, embedding_of, n, plane_shape)
+    check_limits(max_slices, stop_after, "max_slices")
+    tracker = MemoryTracker(model, embedding_of, n, plane_shape, keep_all=False)
     seeds = seed_tracker(tracker, _seed_prompts(prompts, n))
+    away = _add_absent(tracker, absent, n)
     out = np.zeros(spatial, np.int32)
     view = np.moveaxis(out, axis, 0)
-    away = {int(o): {int(b) for b in bs} for o, bs in (absent or {}).items()}
     for res in tracker.propagate_iter(max_frames=max_slices, stop_after=stop_after):
         plane = np.zeros(plane_shape, np.int32)
         for oid, m in sorted(res.masks.items()):
@@ -696,8 +716,8 @@ def _propagate_memory(model, embedding_of, n, plane_shape, spatial, axis, prompt
         view[res.index] = np.where(plane > 0, plane, view[res.index])
         if progress is not None:
             progress(res.done, res.total)
-    for k, objs in seeds.items():  # prompted slices hold the prompts' masks
+    for k, objs in seeds.items():  # prompted slices hold the prompts' masks; a lower id keeps a pixel
         view[k][np.isin(view[k], list(objs))] = 0
-        for oid, m in sorted(objs.items()):
+        for oid, m in sorted(objs.items(), reverse=True):
             view[k][m] = oid
     return out

@@ -40,7 +40,7 @@ import torch
 from .propagate import SliceResult
 from .results import Embedding
 
-__all__ = ["MemoryTracker", "MEMORY_DTYPE", "TrackStats"]
+__all__ = ["MemoryTracker", "MEMORY_DTYPE", "TrackStats", "seed_tracker", "check_limits"]
 
 #: dtype of the stored memory features (Meta's ``maskmem_features.to(torch.bfloat16)``)
 MEMORY_DTYPE = torch.bfloat16
@@ -112,11 +112,17 @@ class MemoryTracker:
     :class:`Embedding` (cache it: it is called once per frame and pass, and twice for prompted
     frames); frame_size: ``(H, W)`` of the frames. Add prompts with :meth:`add_points` /
     :meth:`add_mask` (each returns the object's mask on that frame), then iterate
-    :meth:`propagate_iter`.
+    :meth:`propagate_iter`. keep_all: keep every tracked frame's memory (as Meta does; needed to
+    correct a frame later); False: drop each frame's entry once no later frame of the run can read
+    it (a bounded memory bank for long videos, the same results; ``ps.propagate`` and the napari
+    session, which start a new tracker per run, use it).
+
+    Corrections are SAM 2 conditioning frames (Meta's ``add_all_frames_to_correct_as_cond``), so a
+    corrected frame keeps the corrected mask and conditions every other frame.
     """
 
     def __init__(self, model, embedding_of: Callable[[int], Embedding], n_frames: int,
-                 frame_size: tuple[int, int]) -> None:
+                 frame_size: tuple[int, int], keep_all: bool = True) -> None:
         if not getattr(model, "supports_memory", False):
             raise ValueError(
                 f"model {model.name!r} has no memory; memory tracking needs a SAM 2 model "
@@ -130,6 +136,8 @@ class MemoryTracker:
         self.stats = TrackStats()
         self.source = _FeatureSource(model, embedding_of, self.stats)
         _install_memory_cast(self.net)
+        self.keep_all = bool(keep_all)
+        self._corrected: dict[int, bool] = {}  # corrected frame -> tracked in reverse
         self.state = self._init_state()
 
     def _init_state(self) -> dict:
@@ -165,6 +173,10 @@ class MemoryTracker:
             raise ValueError(f"object ids must be positive integers, got {obj!r}")
         if int(k) not in self.source.pinned:
             self.source.pinned[int(k)] = self.source.embedding(int(k))
+        idx = self.state["obj_id_to_idx"].get(int(obj))
+        tracked = None if idx is None else self.state["frames_tracked_per_obj"][idx].get(int(k))
+        if tracked is not None:  # a correction: re-tracking goes on in the direction k was tracked
+            self._corrected[int(k)] = bool(tracked["reverse"])
         return int(k), int(obj)
 
     def _mask_of(self, obj: int, video_res_masks: torch.Tensor) -> np.ndarray:
@@ -193,13 +205,12 @@ class MemoryTracker:
     @torch.inference_mode()
     def add_mask(self, k: int, obj: int, mask) -> np.ndarray:
         """Prompt object ``obj`` on frame ``k`` with an ``(H, W)`` bool mask; returns the mask
-        SAM 2 keeps for it (the input mask, resized through the model's input)."""
+        SAM 2 keeps for it (the input mask, resized through the model's input). An empty mask says
+        the object is not on frame ``k`` (SAM 2 encodes "no object" into its memory there)."""
         k, obj = self._check(k, obj)
         m = np.asarray(mask, bool)
         if m.shape != self.frame_size:
             raise ValueError(f"mask of shape {m.shape} does not match the frames {self.frame_size}")
-        if not m.any():
-            raise ValueError(f"the mask of object {obj} on frame {k} is empty")
         _, _, masks = self.net.add_new_mask(self.state, frame_idx=k, obj_id=obj, mask=m)
         return self._mask_of(obj, masks)
 
@@ -211,13 +222,17 @@ class MemoryTracker:
         if start is None:
             s = prompted[0]
             return [(s, False), (s, True)]
+        if not isinstance(start, (int, np.integer)) or not 0 <= start < self.n_frames:
+            raise ValueError(f"start frame {start!r} is out of range for {self.n_frames} frames")
+        start = int(start)
+        if start in self._corrected:  # re-track from a correction, in the direction it was tracked
+            return [(start, self._corrected[start])]
         if start in prompted:
             return [(start, False), (start, True)]
         tracked = [d[start]["reverse"] for d in self.state["frames_tracked_per_obj"].values()
                    if start in d]
         return [(start, bool(tracked and tracked[0]))]
 
-    @torch.inference_mode()
     def propagate_iter(self, start: int | None = None, max_frames: int | None = None,
                        stop_after: int | None = None, non_overlap: bool = True,
                        ) -> Iterator[SliceResult]:
@@ -233,9 +248,9 @@ class MemoryTracker:
         objects' masks as the model gives them, possibly overlapping.
         ``SliceResult.scores`` hold the objects' occlusion scores (sigmoid of SAM 2's object
         score logit: > 0.5 means the object is there); ``stopped`` names objects that stop.
+        Bad arguments raise here, before anything is computed.
         """
-        if stop_after is not None and int(stop_after) < 1:
-            raise ValueError(f"stop_after must be >= 1 or None, got {stop_after!r}")
+        check_limits(max_frames, stop_after)
         passes = self._directions(start)
         plans = []
         for s, reverse in passes:
@@ -247,6 +262,10 @@ class MemoryTracker:
             if reverse and s == 0:
                 order = range(0)
             plans.append((reverse, order))
+        return self._run(plans, stop_after, non_overlap)
+
+    @torch.inference_mode()
+    def _run(self, plans, stop_after, non_overlap) -> Iterator[SliceResult]:
         total = sum(len(o) for _, o in plans)
         done = 0
         for reverse, order in plans:
@@ -254,16 +273,34 @@ class MemoryTracker:
                 done += 1
                 res.done, res.total = done, total
                 yield res
+        self._corrected.clear()
+
+    def _window(self) -> int:
+        """How many frames back (in tracking order) a frame's memory or object pointer is read."""
+        net = self.net
+        return max(int(net.max_obj_ptrs_in_encoder),
+                   int(net.num_maskmem) * int(net.memory_temporal_stride_for_eval)) + 1
+
+    def _prune(self, k: int, start: int, reverse: bool) -> None:
+        """``keep_all=False``: drop the entry of the frame that just left the window behind ``k``,
+        unless the reverse pass (which starts at ``start``) can still read it."""
+        w = self._window()
+        j = k + w if reverse else k - w
+        if self.keep_all or (not reverse and j <= start + w):
+            return
+        for d in self.state["output_dict_per_obj"].values():
+            d["non_cond_frame_outputs"].pop(j, None)
 
     def _pass(self, order, reverse: bool, stop_after, non_overlap: bool) -> Iterator[SliceResult]:
         """Meta's ``propagate_in_video`` loop (sam2_video_predictor.py), per object, with
-        ``stop_after`` and our mask upscaling."""
+        ``stop_after``, pruning and our mask upscaling."""
         net, state = self.net, self.state
         net.propagate_in_video_preflight(state)
         obj_ids = list(state["obj_ids"])
         missing = {o: 0 for o in obj_ids}
         stopped: set[int] = set()
         dev = state["device"]
+        start = order[0] if len(order) else 0
         for k in order:
             low, logits_obj, live, newly = [], {}, [], {}
             for i, oid in enumerate(obj_ids):
@@ -271,6 +308,8 @@ class MemoryTracker:
                 if k in out_dict["cond_frame_outputs"]:
                     cur = out_dict["cond_frame_outputs"][k]
                     pred = cur["pred_masks"].to(dev, non_blocking=True)
+                    stopped.discard(oid)  # prompted again here: it tracks on from this frame
+                    missing[oid] = 0
                 elif oid in stopped:
                     continue
                 else:
@@ -296,9 +335,15 @@ class MemoryTracker:
                 if non_overlap and len(live) > 1:
                     lr = net._apply_non_overlapping_constraints(lr)
                 full = self._upscale(lr[:, 0])
-                for j, oid in enumerate(live):
-                    if full[j].any():
-                        masks[oid] = full[j]
+                taken = np.zeros(self.frame_size, bool) if non_overlap and len(live) > 1 else None
+                for j, oid in sorted(enumerate(live), key=lambda t: t[1]):
+                    m = full[j]
+                    if taken is not None:  # upscaled edges may still touch: the lower id keeps them
+                        m &= ~taken
+                        taken |= m
+                    if m.any():
+                        masks[oid] = m
+            self._prune(k, start, reverse)
             yield SliceResult(
                 index=int(k), masks=masks,
                 scores={o: float(1 / (1 + np.exp(-np.clip(s, -50, 50)))) for o, s in logits_obj.items()},
@@ -310,6 +355,13 @@ class MemoryTracker:
 
         side = low.shape[-1]
         return upscale_masks(low.float(), (side, side), self.frame_size, side)
+
+
+def check_limits(max_frames, stop_after, frames_name: str = "max_frames") -> None:
+    """ValueError for a ``max_frames`` / ``stop_after`` that is not a whole number >= 0 / >= 1."""
+    for name, v, low in ((frames_name, max_frames, 0), ("stop_after", stop_after, 1)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low):
+            raise ValueError(f"{name} must be an integer >= {low} or None, got {v!r}")
 
 
 def seed_tracker(tracker: MemoryTracker, prompts: Mapping[int, object]) -> dict[int, dict[int, np.ndarray]]:

@@ -39,7 +39,7 @@ __all__ = ["Sam2Arch", "SAM2_ARCHS", "build_sam2_network", "Sam2Model", "build_s
 #: names of the three backbone maps in :attr:`Embedding.features` (fine to coarse)
 FEATURE_KEYS = ("fpn0", "fpn1", "fpn2")
 
-# The overrides of sam2.build_sam.build_sam2_video_predictor(apply_postprocessing=True).
+# The overrides of sam2.build_sam.build_sam2_video_predictor(apply_postprocessing=True), plus one.
 _VIDEO_OVERRIDES = (
     "++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor",
     "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
@@ -47,6 +47,10 @@ _VIDEO_OVERRIDES = (
     "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
     "++model.binarize_mask_from_pts_for_mem_enc=true",
     "++model.fill_hole_area=8",
+    # Not in Meta's builder: a frame corrected after tracking becomes a conditioning frame. With
+    # Meta's default (False) re-tracking from the corrected frame re-predicts it without the
+    # correction's points and overwrites it (facebookresearch/sam2 issue 731).
+    "++model.add_all_frames_to_correct_as_cond=true",
 )
 
 

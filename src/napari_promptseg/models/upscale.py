@@ -24,6 +24,10 @@ __all__ = ["resize_operator", "upscale_masks"]
 
 _BLOCK_FLOATS = 1 << 16  # CPU: ~256 KB of float32 per band, stays in L2
 _DEVICE_BLOCK_FLOATS = 1 << 24  # GPU: 64 MB per band, few kernel launches
+# OpenBLAS runs a GEMM on one thread when M * N * K <= 65536 * 4. A multi-threaded band product
+# right after a torch op fights torch's still-spinning OpenMP threads for the cores (measured on
+# 2 cores: a 1024² SAM 2 mask in 60 ms instead of 8 ms), so CPU bands stay below that size.
+_MNK_ONE_THREAD = 200_000
 
 
 @lru_cache(maxsize=32)
@@ -56,20 +60,6 @@ def _band(op: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     first = nz.argmax(axis=1)
     last = op.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)
     return first, last
-
-
-@lru_cache(maxsize=1)
-def _blas_controller():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _one_blas_thread():
-    """numpy's BLAS on one thread for the small band products: right after a torch op, torch's
-    OpenMP threads still spin, and a multi-threaded OpenBLAS call then fights them for the cores
-    (measured: SAM 2's 1024² mask 60 ms instead of 8 ms on 2 cores). ~10 us per call."""
-    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 @lru_cache(maxsize=32)
@@ -166,6 +156,9 @@ def upscale_masks(
     if use_numpy is None:
         use_numpy = dev.type == "cpu"
     block = max(1, (_BLOCK_FLOATS if use_numpy else _DEVICE_BLOCK_FLOATS) // M.shape[1])
+    if use_numpy:  # keep each band product under OpenBLAS's threading threshold (see _MNK_ONE_THREAD)
+        while block > 1 and block * (block * h // H + 3) * M.shape[1] > _MNK_ONE_THREAD:
+            block -= 1
     bands = _row_bands(r_first, r_last, pos_rows, H, block)
     if use_numpy:
         out = np.empty((k, H, W), dtype=bool)  # numpy asks for huge pages: cheap first touch
@@ -176,8 +169,7 @@ def upscale_masks(
     view[:, :, :x0] = False
     view[:, :, x1:] = False
     if use_numpy:
-        with _one_blas_thread():
-            _rows_numpy(R.cpu(), M.cpu(), bands, view, x0, x1, block)
+        _rows_numpy(R.cpu(), M.cpu(), bands, view, x0, x1, block)
         return out
     _rows_torch(R, M, bands, view, x0, x1, block)
     return out.cpu().numpy()
