@@ -9,6 +9,7 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> mask = pred.masks[pred.best]                    # (H, W) bool
 >>> ps.load_model("promptseg_demo")                 # small model shipped in the package: offline
 >>> labels = ps.propagate(model, stack, {12: seed_labels})  # through a z-stack or video
+>>> found = ps.segment_everything(model, image)      # .labels (H, W) int32, .objects
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .automatic import (
+    EVERYTHING_DEFAULTS,
+    Everything,
+    MaskRecord,
+    segment_everything,
+    segment_everything_iter,
+)
 from .disk_cache import CacheWarning, DiskCache
 from .models import ModelSpec, PromptableModel, list_models, load_model
 from .models.weights import default_model_name
@@ -30,7 +38,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
     "default_model_name", "finetune", "DiskCache", "CacheWarning", "propagate", "propagate_iter",
-    "SliceResult",
+    "SliceResult", "segment_everything", "segment_everything_iter", "Everything", "MaskRecord",
+    "EVERYTHING_DEFAULTS",
 ]
 
 

@@ -106,6 +106,34 @@ class PromptableModel(ABC):
         out[:rh, :rw] = (2 * strength) * (p - 0.5)
         return out
 
+    def decode_points(self, embedding: Embedding, points, multimask: bool = True,
+                      min_score: float | None = None):
+        """One positive point per prompt, many prompts at once (segment everything).
+
+        points: ``(B, 2)`` float (row, col) in image pixels. Returns ``(scores, keep, low)``:
+        scores ``(B, K)`` float32 tensor of predicted IoUs; keep ``(M, 2)`` int64 tensor of
+        ``(prompt, mask)`` pairs whose score is > ``min_score`` (all when None); low ``(M, h, w)``
+        float32 tensor of their low-resolution logits (:meth:`upscale_args` maps them to the image).
+        Backends override this with a batched decoder; this default decodes prompt by prompt.
+        """
+        import torch
+
+        self._check_embedding(embedding)
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        preds = [self.predict(embedding, points=p[None], multimask=multimask) for p in pts]
+        scores = torch.as_tensor(np.stack([p.scores for p in preds]) if preds else
+                                 np.zeros((0, 3 if multimask else 1), np.float32))
+        keep = (scores > min_score).nonzero() if min_score is not None else torch.ones_like(scores).nonzero()
+        low = torch.as_tensor(np.stack([preds[i].logits[j] for i, j in keep.tolist()])
+                              if len(keep) else np.zeros((0, *self.low_res_shape), np.float32))
+        return scores, keep, low
+
+    def upscale_args(self, embedding: Embedding) -> tuple[tuple[int, int], tuple[int, int], int]:
+        """``(input_size, original_size, padded_size)``: how :func:`~.upscale.upscale_masks` maps
+        this model's low-resolution logits of ``embedding`` to the image (SAM: the resized image
+        sits in the top-left corner of the square input)."""
+        return tuple(embedding.input_size), tuple(embedding.original_size), int(self.image_size)
+
     def _check_embedding(self, embedding: Embedding) -> None:
         if not isinstance(embedding, Embedding):
             raise TypeError(f"expected an Embedding from model.embed(), got {type(embedding).__name__}")

@@ -226,6 +226,45 @@ class SamModel(PromptableModel):
         return Prediction(scores=iou.float().cpu().numpy(), logits=low.float().cpu().numpy(), upscale=upscale)
 
 
+    @torch.inference_mode()
+    def decode_points(self, embedding: Embedding, points, multimask: bool = True,
+                      min_score: float | None = None, batch: int = 32):
+        """Batched :meth:`~.base.PromptableModel.decode_points`: the transformer for ``batch``
+        prompts at once, the output upscaling only for prompts with a mask above ``min_score``."""
+        from .sam_batch import heads_batch, transformer_batch, upscale_batch
+
+        self._check_embedding(embedding)
+        feats = embedding.features["image_embed"]
+        if feats.device != self.device:
+            feats = embedding.features["image_embed"] = feats.to(self.device)
+        cache = embedding.derived.get("sam_decoder")
+        if cache is None or cache["src"].device != self.device:
+            cache = embedding.derived["sam_decoder"] = self.decoder.prepare(feats)
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        xy = self.transform.apply_coords(pts[:, ::-1].copy(), embedding.original_size)
+        scores, keeps, lows = [], [], []
+        for s in range(0, len(xy), batch):
+            coords = torch.as_tensor(xy[s:s + batch], dtype=torch.float, device=self.device)[:, None]
+            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
+            sparse, _ = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            out = self.decoder.output_tokens[None].expand(len(coords), -1, -1)
+            queries, keys = transformer_batch(self.decoder, cache, torch.cat([out, sparse], dim=1))
+            iou, hyper = heads_batch(self.decoder, queries, multimask)
+            ok = iou > min_score if min_score is not None else torch.ones_like(iou, dtype=torch.bool)
+            rows = ok.any(dim=1).nonzero()[:, 0]
+            if len(rows):
+                low = upscale_batch(self.decoder, keys[rows], hyper[rows])  # (b, K, h, w)
+                pick = ok[rows].nonzero()  # (m, 2): row in rows, mask
+                lows.append(low[pick[:, 0], pick[:, 1]])
+                keeps.append(torch.stack([rows[pick[:, 0]] + s, pick[:, 1]], dim=1))
+            scores.append(iou)
+        k = 3 if multimask else 1
+        scores_t = torch.cat(scores).float().cpu() if scores else torch.zeros((0, k))
+        keep = torch.cat(keeps).cpu() if keeps else torch.zeros((0, 2), dtype=torch.long)
+        low = torch.cat(lows).float() if lows else torch.zeros((0, *self.low_res_shape))
+        return scores_t, keep, low
+
+
 def build_sam_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -> SamModel:
     """Build ``spec``'s architecture, load ``state`` strictly, move to ``device``."""
     from .weights import WeightsError

@@ -26,6 +26,7 @@ from ..propagate import MIN_OVERLAP, MIN_SCORE
 from . import decoding
 from .embedding import PlaneEmbedder
 from .events import SessionEvents
+from .everything import EverythingRunner
 from .jobs import Job, run_now
 from .labels import CommitLog
 from .planes import ObjectPrompt, Plane, PlaneDecode, ids_in, offered, prompts_json, with_prompt
@@ -56,7 +57,9 @@ class AnnotationSession:
         self.propagation = Propagator(scheduler, self._show, self._status, self.events.progress.emit,
                                       lambda: self.embedder.resume(), self._blocked)
         self._propagated = self.propagation.planes  # {plane: (H, W) ids}, the same dict
-        self.embedder.paused = lambda: self.propagation.run is not None
+        self.everything = EverythingRunner(scheduler, self.events.everything.emit, self._status,
+                                           self.events.progress.emit, lambda: self.embedder.resume())
+        self.embedder.paused = lambda: self.propagation.run is not None or self.everything.run is not None
         self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
         self.current_object = 1
         self._view: Preview | None = None
@@ -394,10 +397,42 @@ class AnnotationSession:
         return read_plane(self.target, plane) != 0
 
     def cancel(self) -> None:
-        """Cancel the propagation and the embedding in progress."""
+        """Cancel the propagation, segment everything and the embedding in progress."""
         self.cancel_propagation()
+        self.everything.cancel()
         self.embedder.cancel()
         self._status("cancelled.")
+
+    # ------------------------------------------------------------------ segment everything
+    def segment_everything(self, scope: str = "plane", axis: int = 0, **params):
+        """Every object on the displayed plane (``scope="plane"``) or on every plane of its line
+        along leading ``axis`` (``"line"``: a z-stack's slices, a video's frames; objects are
+        linked across planes by overlap into 3D ids) into a new int32 labels array of the image's
+        shape (numpy for 2D, lazy zarr for stacks), filled plane by plane (events.everything);
+        committed labels do not change. params: Meta's generator parameters
+        (:data:`~napari_promptseg.automatic.EVERYTHING_DEFAULTS`). Returns the new array, or None
+        (with a status) when there is no model or image; a bad parameter raises ValueError or
+        TypeError before any work. A running propagation or run is cancelled first."""
+        from ..labels_io import lazy_labels
+
+        if self.image is None or self.stack is None:
+            self._status("choose an image and a model first." if self.image is None
+                         else "choose a model first.")
+            return None
+        if scope not in ("plane", "line"):
+            raise ValueError(f"scope must be 'plane' or 'line', got {scope!r}")
+        if scope == "line" and not self._lead:
+            scope = "plane"
+        planes = [self.plane] if scope == "plane" else list(self.stack.line(self.plane, int(axis)))
+        shape = (*self._lead, *self._plane_shape)
+        target = lazy_labels(shape, np.int32) if self._lead else np.zeros(shape, np.int32)
+        self.cancel_propagation()
+        self.everything.start(self.model, self.stack, planes, target, params)
+        return target
+
+    @property
+    def segmenting_everything(self) -> bool:
+        return self.everything.run is not None
 
     # ------------------------------------------------------------------ commit, undo, clear
     @property
@@ -550,6 +585,7 @@ class AnnotationSession:
         self._gen += 1
         if not keep_run:
             self.cancel_propagation()
+            self.everything.cancel()
 
     def close(self) -> None:
         """Stop every job (an encoder stops at its next block); the session is done."""

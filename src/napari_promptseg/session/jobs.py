@@ -18,9 +18,9 @@ __all__ = ["Job", "run_now", "Cancelled"]
 class Job:
     """One piece of slow work.
 
-    kind: ``"embed"``, ``"decode"``, ``"candidates"``, ``"propagate"``, ``"autosave"`` or
-    ``"load"`` (a scheduler keeps at
-    most one running per kind and only the newest waiting one); work: ``() -> result`` or, for
+    kind: ``"embed"``, ``"decode"``, ``"candidates"``, ``"propagate"``, ``"everything"``,
+    ``"autosave"`` or ``"load"`` (a scheduler keeps at most one running per kind and only the
+    newest waiting one); work: ``() -> result`` or, for
     ``steps`` jobs, ``() -> iterator`` whose items go to ``on_step`` one by one; on_done(result)
     / on_error(exception) run on the session's thread. ``token`` cancels it (``Cancelled`` is
     raised inside the work at the next check; an encoder stops at its next block).

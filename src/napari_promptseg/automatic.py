@@ -1,0 +1,330 @@
+"""Segment everything: SAM's automatic mask generator, the same masks, computed faster.
+
+:func:`segment_everything` follows ``segment_anything.SamAutomaticMaskGenerator`` step by step
+(point grid per crop, predicted-IoU filter, stability score on the upscaled logits, crop-edge
+filter, box NMS per crop and across crops, small-region cleanup), with Meta's parameter names
+and defaults, so on the same weights it returns the same masks. What is faster:
+
+- prompts are decoded in batches on the cached image side of the decoder
+  (:meth:`~napari_promptseg.PromptableModel.decode_points`) and the output upscaling runs only
+  for prompts with a mask above ``pred_iou_thresh`` (the IoU head needs only the transformer);
+- logits are never upsampled to the 1024² input: the stability score's two thresholds
+  (``> +offset``, ``> -offset``) and the mask (``> 0``) are evaluated by
+  :func:`~napari_promptseg.models.upscale.upscale_masks`, skipping rows and columns that
+  cannot pass, for the masks that survived the IoU filter only (a bilinear resize is a convex
+  combination, so ``resize(L) > t`` is ``resize(L - t) > 0``);
+- candidates keep only their bounding-box piece of the mask until NMS has chosen.
+
+Coordinates are ours: ``(row, col)`` image pixels; ``point_grids`` hold ``(row, col)`` fractions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .results import Embedding
+
+__all__ = ["MaskRecord", "Everything", "EverythingStep", "EVERYTHING_DEFAULTS", "segment_everything",
+           "segment_everything_iter"]
+
+#: Meta's ``SamAutomaticMaskGenerator`` defaults (``point_grids``: None = a regular grid)
+EVERYTHING_DEFAULTS: dict[str, object] = {
+    "points_per_side": 32, "points_per_batch": 64, "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95, "stability_score_offset": 1.0, "box_nms_thresh": 0.7,
+    "crop_n_layers": 0, "crop_nms_thresh": 0.7, "crop_overlap_ratio": 512 / 1500,
+    "crop_n_points_downscale_factor": 1, "point_grids": None, "min_mask_region_area": 0,
+}
+
+
+@dataclass(eq=False)
+class MaskRecord:
+    """One object found by :func:`segment_everything`.
+
+    score: predicted IoU; stability: SAM's stability score; box: ``(row0, col0, row1, col1)``
+    inclusive pixel indices of the mask's extent; point: ``(row, col)`` of the grid point that
+    prompted it; crop_box: ``(row0, col0, row1, col1)`` (end exclusive) of the crop it came from.
+    :attr:`mask` is the ``(H, W)`` bool mask, built from the stored box piece on request.
+    """
+
+    score: float
+    stability: float
+    box: tuple[int, int, int, int]
+    point: tuple[float, float]
+    area: int
+    crop_box: tuple[int, int, int, int]
+    piece: np.ndarray = field(repr=False)  # the mask inside ``box``
+    shape: tuple[int, int] = field(repr=False)
+
+    @property
+    def mask(self) -> np.ndarray:
+        out = np.zeros(self.shape, bool)
+        r0, c0, r1, c1 = self.box
+        out[r0:r1 + 1, c0:c1 + 1] = self.piece
+        return out
+
+
+@dataclass(eq=False)
+class Everything:
+    """labels: ``(H, W)`` int32, 0 = background, object ``i`` of :attr:`objects` is id ``i + 1``
+    (where masks overlap the smaller object wins); objects: in Meta's output order."""
+
+    labels: np.ndarray
+    objects: list[MaskRecord]
+
+
+@dataclass(eq=False)
+class EverythingStep:
+    """Progress of :func:`segment_everything_iter`: ``done`` of ``total`` prompt batches; the last
+    step carries the :class:`Everything` in ``result``."""
+
+    done: int
+    total: int
+    result: Everything | None = None
+
+
+def _params(params: dict) -> dict:
+    unknown = sorted(set(params) - set(EVERYTHING_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown segment-everything parameter(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(EVERYTHING_DEFAULTS)}")
+    p = {**EVERYTHING_DEFAULTS, **params}
+    if (p["points_per_side"] is None) == (p["point_grids"] is None):
+        raise ValueError("give exactly one of points_per_side and point_grids")
+    for name in ("points_per_batch",):
+        if int(p[name]) < 1:
+            raise ValueError(f"{name} must be >= 1, got {p[name]!r}")
+    if int(p["crop_n_layers"]) < 0 or int(p["min_mask_region_area"]) < 0:
+        raise ValueError("crop_n_layers and min_mask_region_area must be >= 0")
+    return p
+
+
+def _grids(p: dict) -> list[np.ndarray]:
+    """Per crop layer, ``(N, 2)`` (row, col) fractions of the crop."""
+    if p["point_grids"] is not None:
+        grids = [np.asarray(g, np.float64).reshape(-1, 2) for g in p["point_grids"]]
+        if len(grids) != int(p["crop_n_layers"]) + 1:
+            raise ValueError(f"point_grids has {len(grids)} grids; crop_n_layers="
+                             f"{p['crop_n_layers']} needs {int(p['crop_n_layers']) + 1}")
+        return grids
+    from segment_anything.utils.amg import build_all_layer_point_grids
+
+    xy = build_all_layer_point_grids(int(p["points_per_side"]), int(p["crop_n_layers"]),
+                                     int(p["crop_n_points_downscale_factor"]))
+    return [g[:, ::-1].copy() for g in xy]
+
+
+def _boxes(masks: np.ndarray) -> np.ndarray:
+    """``(M, H, W)`` bool -> ``(M, 4)`` inclusive (row0, col0, row1, col1); empty: zeros (Meta)."""
+    out = np.zeros((len(masks), 4), np.int64)
+    for i, m in enumerate(masks):
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size:
+            out[i] = rows[0], cols[0], rows[-1], cols[-1]
+    return out
+
+
+def _nms(boxes_rc: np.ndarray, scores, thresh: float) -> np.ndarray:
+    """torchvision's NMS as Meta calls it (XYXY float boxes, one category)."""
+    import torch
+    from torchvision.ops.boxes import batched_nms
+
+    if len(boxes_rc) == 0:
+        return np.zeros(0, np.int64)
+    xyxy = torch.as_tensor(boxes_rc[:, [1, 0, 3, 2]], dtype=torch.float32)
+    s = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
+    return batched_nms(xyxy, s, torch.zeros(len(s), dtype=torch.int64), float(thresh)).numpy()
+
+
+@dataclass(eq=False)
+class _Candidates:
+    """Masks of one crop, in crop coordinates until :meth:`uncrop`."""
+
+    score: list = field(default_factory=list)
+    stability: list = field(default_factory=list)
+    box: list = field(default_factory=list)
+    point: list = field(default_factory=list)
+    piece: list = field(default_factory=list)
+    crop: list = field(default_factory=list)  # index of the crop
+
+    def take(self, idx) -> _Candidates:
+        return _Candidates(*([getattr(self, f)[i] for i in idx] for f in
+                             _FIELDS))
+
+    def extend(self, other: _Candidates) -> None:
+        for f in _FIELDS:
+            getattr(self, f).extend(getattr(other, f))
+
+
+_FIELDS = ("score", "stability", "box", "point", "piece", "crop")
+
+
+def _batch(model, emb, pts_rc, crop, ci, shape, p) -> _Candidates:
+    """Meta's ``_process_batch`` for points ``(B, 2)`` (row, col) in the crop."""
+    from .models.upscale import upscale_masks
+
+    thr = float(p["pred_iou_thresh"])
+    scores, keep, low = model.decode_points(emb, pts_rc, multimask=True, min_score=thr if thr > 0 else None)
+    out = _Candidates()
+    if len(keep) == 0:
+        return out
+    iou = scores[keep[:, 0], keep[:, 1]].numpy()
+    geo = model.upscale_args(emb)
+    off = float(p["stability_score_offset"])
+    st_thr = float(p["stability_score_thresh"])
+    r0, c0, r1, c1 = crop
+    H, W = shape
+    for s in range(0, len(keep), 16):  # bounded memory: 16 full-crop masks at a time
+        lo = low[s:s + 16]
+        inter = upscale_masks(lo - off, *geo).sum(axis=(1, 2), dtype=np.int64)
+        union = upscale_masks(lo + off, *geo).sum(axis=(1, 2), dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            stab = inter / union
+        ok = np.flatnonzero(stab >= st_thr) if st_thr > 0 else np.arange(len(lo))
+        if ok.size == 0:
+            continue
+        masks = upscale_masks(lo[ok], *geo)
+        boxes = _boxes(masks)
+        for j, i in enumerate(ok):
+            b = boxes[j]
+            # Meta's is_box_near_crop_edge: near the crop's edge but not the image's (atol 20)
+            g = b + [r0, c0, r0, c0]
+            near_crop = np.isclose(g, [r0, c0, r1, c1], atol=20, rtol=0)
+            near_img = np.isclose(g, [0, 0, H, W], atol=20, rtol=0)
+            if np.any(near_crop & ~near_img):
+                continue
+            out.score.append(float(iou[s + i]))
+            out.stability.append(float(stab[i]))
+            out.box.append(g)
+            k = int(keep[s + i, 0])
+            out.point.append((float(pts_rc[k, 0]) + r0, float(pts_rc[k, 1]) + c0))
+            out.piece.append(masks[j, b[0]:b[2] + 1, b[1]:b[3] + 1].copy())
+            out.crop.append(ci)
+    return out
+
+
+def _remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
+    """Meta's ``remove_small_regions`` (8-connected components, as cv2's) on a bool mask."""
+    from scipy import ndimage
+
+    holes = mode == "holes"
+    regions, n = ndimage.label(holes ^ mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    small = [i + 1 for i, s in enumerate(sizes) if s < area]
+    if not small:
+        return mask, False
+    fill = [0] + small
+    if not holes:
+        fill = [i for i in range(n + 1) if i not in fill] or [int(np.argmax(sizes)) + 1]
+    return np.isin(regions, fill), True
+
+
+def _small_regions(c: _Candidates, shape, area: int, nms_thresh: float) -> _Candidates:
+    """Meta's ``postprocess_small_regions``: fill small holes, drop small islands, NMS that
+    prefers masks that did not change."""
+    if not c.score:
+        return c
+    full, unchanged = [], []
+    for b, piece in zip(c.box, c.piece):
+        m = np.zeros(shape, bool)
+        m[b[0]:b[2] + 1, b[1]:b[3] + 1] = piece
+        m, ch1 = _remove_small_regions(m, area, "holes")
+        m, ch2 = _remove_small_regions(m, area, "islands")
+        full.append(m)
+        unchanged.append(float(not (ch1 or ch2)))
+    boxes = _boxes(np.stack(full))
+    keep = _nms(boxes, unchanged, nms_thresh)
+    for i in keep:
+        if unchanged[i] == 0.0:
+            b = boxes[i]
+            c.box[i] = b
+            c.piece[i] = full[i][b[0]:b[2] + 1, b[1]:b[3] + 1].copy()
+    return c.take(keep)
+
+
+def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, cache=None, disk=None,
+                            embedding: Embedding | None = None, **params) -> Iterator[EverythingStep]:
+    """:func:`segment_everything` as a generator: an :class:`EverythingStep` per prompt batch
+    (cancel by not iterating further); the last one holds the result."""
+    from .embeddings import embed_cached
+    from .image import to_rgb_uint8
+
+    p = _params(params)
+    if isinstance(image_or_embedding, Embedding):
+        emb0, rgb = image_or_embedding, None
+        model._check_embedding(emb0)
+        if int(p["crop_n_layers"]) > 0:
+            raise ValueError("crop_n_layers > 0 embeds crops of the image: pass the image, not its embedding")
+        shape = tuple(emb0.original_size)
+    else:
+        rgb = to_rgb_uint8(image_or_embedding, contrast_limits)
+        shape, emb0 = rgb.shape[:2], embedding
+        if emb0 is not None:
+            model._check_embedding(emb0)
+            if tuple(emb0.original_size) != tuple(shape):
+                raise ValueError(f"the embedding is of a {tuple(emb0.original_size)} image, not of this "
+                                 f"{tuple(shape)} one")
+    grids = _grids(p)
+    from segment_anything.utils.amg import generate_crop_boxes
+
+    xywh, layers = generate_crop_boxes(shape, int(p["crop_n_layers"]), float(p["crop_overlap_ratio"]))
+    crops = [(y0, x0, y1, x1) for x0, y0, x1, y1 in xywh]
+    per = int(p["points_per_batch"])
+    total = sum(-(-len(grids[li]) // per) for li in layers)
+    done = 0
+    found = _Candidates()
+    for ci, (crop, li) in enumerate(zip(crops, layers)):
+        r0, c0, r1, c1 = crop
+        if emb0 is not None and ci == 0:
+            emb = emb0
+        else:
+            emb = embed_cached(model, np.ascontiguousarray(rgb[r0:r1, c0:c1]), None, cache, disk)
+        pts = grids[li] * [r1 - r0, c1 - c0]
+        here = _Candidates()
+        for s in range(0, len(pts), per):
+            here.extend(_batch(model, emb, pts[s:s + per], crop, ci, shape, p))
+            done += 1
+            yield EverythingStep(done, total)
+        keep = _nms(np.asarray(here.box).reshape(-1, 4), here.score, p["box_nms_thresh"])
+        found.extend(here.take(keep))
+    if len(crops) > 1 and found.score:  # prefer masks from smaller crops
+        areas = [(crops[i][2] - crops[i][0]) * (crops[i][3] - crops[i][1]) for i in found.crop]
+        keep = _nms(np.asarray(found.box).reshape(-1, 4), 1.0 / np.asarray(areas, np.float32),
+                    p["crop_nms_thresh"])
+        found = found.take(keep)
+    if int(p["min_mask_region_area"]) > 0:
+        found = _small_regions(found, shape, int(p["min_mask_region_area"]), p["box_nms_thresh"])
+    yield EverythingStep(done, total, _result(found, crops, shape))
+
+
+def _result(c: _Candidates, crops: Sequence, shape) -> Everything:
+    objects = [MaskRecord(score=s, stability=st, box=tuple(int(v) for v in b), point=pt,
+                          area=int(pc.sum()), crop_box=tuple(int(v) for v in crops[ci]), piece=pc,
+                          shape=tuple(shape))
+               for s, st, b, pt, pc, ci in zip(c.score, c.stability, c.box, c.point, c.piece, c.crop)]
+    labels = np.zeros(shape, np.int32)
+    for i in sorted(range(len(objects)), key=lambda i: -objects[i].area):  # smaller ones last: they win
+        o = objects[i]
+        r0, c0, r1, c1 = o.box
+        labels[r0:r1 + 1, c0:c1 + 1][o.piece] = i + 1
+    return Everything(labels, objects)
+
+
+def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache=None, disk=None,
+                       embedding: Embedding | None = None, **params) -> Everything:
+    """Every object in a 2D image, as Meta's ``SamAutomaticMaskGenerator`` finds them.
+
+    image_or_embedding: ``(H, W)`` or ``(H, W, 3|4)`` image of any real dtype (mapped to uint8 by
+    ``contrast_limits``, as :meth:`~napari_promptseg.PromptableModel.embed`), or its
+    :class:`Embedding` (reused; then ``crop_n_layers`` must be 0). params: Meta's names and
+    defaults (:data:`EVERYTHING_DEFAULTS`); ``point_grids`` in (row, col) fractions. cache /
+    disk: embedding caches for the crops; embedding: the image's own, when the image is given
+    for its crops (``crop_n_layers > 0``). Returns :class:`Everything` (``.labels``, ``.objects``).
+    """
+    result = None
+    for step in segment_everything_iter(model, image_or_embedding, contrast_limits=contrast_limits,
+                                        cache=cache, disk=disk, embedding=embedding, **params):
+        result = step.result
+    return result

@@ -1,0 +1,182 @@
+"""Segment everything in the session (numpy only): one plane or a line of planes of the image as a
+job with steps, and the linking of per-plane objects into 3D objects by overlap. The algorithm
+is :func:`napari_promptseg.segment_everything_iter`; results go to a new labels array, never
+into committed labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..cancel import CancelToken
+from .jobs import Job
+from .planes import Plane
+
+__all__ = ["EverythingRun", "EverythingRunner", "PlaneStep", "link_plane", "LINK_IOU"]
+
+LINK_IOU = 0.5  # an object continues on the next plane when its masks there overlap this much (IoU)
+
+
+def link_plane(prev: np.ndarray | None, labels: np.ndarray, next_id: int,
+               min_iou: float = LINK_IOU) -> tuple[np.ndarray, int]:
+    """Give plane ``labels`` (``(H, W)``, 0 = background, ids 1..n) the ids of the objects of
+    ``prev`` (the neighbouring plane, already linked) they overlap with IoU >= ``min_iou``, best
+    pairs first, one to one; the others get new ids from ``next_id``. Returns the relabelled
+    plane (int32) and the next free id."""
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0))
+    out = np.zeros(labels.shape, np.int32)
+    if n == 0:
+        return out, next_id
+    mapping = np.zeros(n + 1, np.int64)
+    if prev is not None and prev.any():
+        prev = np.asarray(prev)
+        pv, inv = np.unique(prev, return_inverse=True)
+        inv = inv.reshape(prev.shape)
+        m = len(pv)
+        pairs = (labels.astype(np.int64) * m + inv).ravel()
+        inter = np.bincount(pairs, minlength=(n + 1) * m).reshape(n + 1, m)
+        a, b = inter.sum(1), inter.sum(0)
+        iou = inter / np.maximum(a[:, None] + b[None, :] - inter, 1)
+        iou[0, :] = 0
+        iou[:, pv == 0] = 0
+        used_new, used_old = set(), set()
+        for flat in np.argsort(-iou, axis=None):
+            i, j = divmod(int(flat), m)
+            if iou[i, j] < min_iou:
+                break
+            if i not in used_new and j not in used_old:
+                mapping[i] = pv[j]
+                used_new.add(i)
+                used_old.add(j)
+    for i in range(1, n + 1):
+        if mapping[i] == 0 and np.any(labels == i):
+            mapping[i] = next_id
+            next_id += 1
+    out[...] = mapping[labels]
+    return out, next_id
+
+
+@dataclass(eq=False)
+class PlaneStep:
+    """Progress of a run: ``done`` of ``total`` prompt batches; ``plane``: ``(plane, linked
+    labels, objects so far)`` when a plane has just finished."""
+
+    done: int
+    total: int
+    plane: tuple | None = None
+
+
+@dataclass(eq=False)
+class EverythingRun:
+    """One run over ``planes`` (in order; each plane's objects are linked to the previous one's)."""
+
+    planes: Sequence[Plane]
+    target: object  # the new labels array, ``(..., H, W)`` int32
+    token: CancelToken = field(default_factory=CancelToken)
+    done: list = field(default_factory=list)  # planes written so far
+    objects: int = 0  # ids used so far
+
+
+class EverythingRunner:
+    """The session's segment-everything runs.
+
+    written(target, planes): planes of ``target`` got their objects (the first call brings a new
+    array); status(text); progress(done, total); finished(): a run ended.
+    """
+
+    def __init__(self, schedule: Callable[[Job], None], written, status, progress, finished) -> None:
+        self.schedule, self.written, self.status = schedule, written, status
+        self.progress, self.finished = progress, finished
+        self.run: EverythingRun | None = None
+
+    def start(self, model, stack, planes: Sequence[Plane], target, params: dict) -> EverythingRun:
+        """Segment every object on ``planes`` of ``stack`` (their embeddings are reused or made)
+        into ``target`` (zeros, the image's shape). params: :data:`~napari_promptseg.automatic.
+        EVERYTHING_DEFAULTS` names; checked here, before any work."""
+        from ..automatic import _params
+
+        _params(dict(params))  # a bad parameter fails now, with its name
+        self.cancel()
+        run = self.run = EverythingRun(list(planes), target)
+        per_plane = _batches(params)
+
+        def work() -> Iterator:
+            from ..automatic import segment_everything_iter
+
+            prev, next_id = None, 1
+            for i, p in enumerate(run.planes):
+                emb = stack.get(p)  # embedded in this worker when not cached yet
+                image = stack.plane(p) if int(params.get("crop_n_layers", 0)) > 0 else emb
+                kw = ({"contrast_limits": stack.window, "disk": stack.disk, "embedding": emb}
+                      if image is not emb else {})
+                for step in segment_everything_iter(model, image, **kw, **params):
+                    if step.result is None:
+                        yield PlaneStep(i * per_plane + step.done, len(run.planes) * per_plane)
+                    else:
+                        prev, next_id = link_plane(prev, step.result.labels, next_id)
+                        yield PlaneStep((i + 1) * per_plane, len(run.planes) * per_plane,
+                                        (p, prev, next_id - 1))
+
+        def step(item) -> None:
+            if run is not self.run:
+                return
+            done, total, plane = item.done, item.total, item.plane
+            self.progress(done, total)
+            if plane is None:
+                self.status(f"segmenting everything: plane {len(run.done) + 1} of {len(run.planes)}, "
+                            f"{done} / {total} prompt batches (Cancel stops; planes done stay).")
+                return
+            p, labels, run.objects = plane
+            _write(run.target, p, labels)
+            run.done.append(p)
+            self.written(run.target, (p,))
+
+        def done(_) -> None:
+            if run is not self.run:
+                return
+            self.run = None
+            self.progress(1, 1)
+            where = "this plane" if len(run.planes) == 1 else f"{len(run.planes)} planes"
+            self.status(f"segment everything: {run.objects} object{'s' * (run.objects != 1)} on {where}, "
+                        "in a new labels layer (choose it in 'commit to' to add or correct objects).")
+            self.finished()
+
+        def failed(err: BaseException) -> None:
+            if run is self.run:
+                self.run = None
+                self.progress(1, 1)
+                self.status(f"segment everything stopped after {len(run.done)} of {len(run.planes)} planes."
+                            if run.token.cancelled else f"segment everything failed: {err}")
+            self.finished()
+
+        self.status(f"segmenting everything on {len(run.planes)} plane{'s' * (len(run.planes) > 1)}…")
+        self.schedule(Job("everything", work, done, failed, step, "segment everything", run.token))
+        return run
+
+    def cancel(self) -> None:
+        """Stop the running run; the planes it finished stay in its labels."""
+        run, self.run = self.run, None
+        if run is not None:
+            run.token.cancel()
+            self.progress(1, 1)
+            self.status(f"segment everything stopped after {len(run.done)} of {len(run.planes)} planes.")
+            self.finished()
+
+
+def _batches(params: dict) -> int:
+    """Prompt batches per plane (for one progress bar over all planes)."""
+    from ..automatic import _grids, _params
+
+    p = _params(dict(params))
+    grids = _grids(p)
+    per = int(p["points_per_batch"])
+    n_layers = int(p["crop_n_layers"])
+    # crops per layer: 1, 4, 16, ... (as Meta's generate_crop_boxes)
+    return sum((4 ** li) * -(-len(grids[li]) // per) for li in range(n_layers + 1))
+
+
+def _write(target, plane: Plane, labels: np.ndarray) -> None:
+    target[tuple(plane)] = labels
