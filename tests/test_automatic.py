@@ -161,3 +161,14 @@ def test_point_grids_are_row_col_fractions(demo, nuclei):
     ref = _official(sam, nuclei, points_per_side=None, point_grids=[rc[:, ::-1].copy()],
                     pred_iou_thresh=0.0, stability_score_thresh=0.0)
     _assert_same(ref, ours)
+
+
+def test_sam2_model_runs_the_generator_steps(sam2_model):
+    """SAM 2 models: SAM's generator steps, prompt by prompt (Meta's SAM 2 generator is not the
+    reference here); masks in image pixels, labels consistent with the objects."""
+    image = blobs_image((96, 128), seed=1)
+    res = segment_everything(sam2_model, image, points_per_side=4, pred_iou_thresh=0.0,
+                             stability_score_thresh=0.0, box_nms_thresh=1.0)
+    assert len(res.objects) > 0
+    assert all(o.mask.shape == (96, 128) for o in res.objects)
+    _assert_labels(res)

@@ -28,7 +28,7 @@ class LayerBridge:
     def __init__(self, viewer, session) -> None:
         self.viewer, self.session = viewer, session
         self.image_layer = self.points_layer = self.boxes_layer = self.preview_layer = None
-        self.target_layer = None
+        self.target_layer = self.everything_layer = None
         self.negative = False
         self._syncing = False
         self.layers_made = lambda: None  # called after the bridge (re)made one of its layers
@@ -37,6 +37,7 @@ class LayerBridge:
         ev.preview_reset.connect(self._on_preview_reset)
         ev.target.connect(self._on_target_created)
         ev.labels.connect(self._on_labels)
+        ev.everything.connect(self._on_everything)
         ev.prompts_cleared.connect(self._clear_prompt_layers)
         ev.current_object.connect(self._on_current_object)
         viewer.dims.events.point.connect(self.sync_plane)
@@ -178,6 +179,19 @@ class LayerBridge:
         if self.points_layer is not None:
             self.viewer.layers.selection.active = self.points_layer
 
+    def _on_everything(self, array, planes) -> None:
+        """A segment-everything run wrote ``planes`` of ``array``: its own new Labels layer."""
+        ly = self.everything_layer
+        if ly is not None and ly in self.viewer.layers and ly.data is array:
+            ly.refresh()
+            return
+        if self.image_layer is None:
+            return
+        active = self.viewer.layers.selection.active
+        self.everything_layer = L.add_everything_layer(self.viewer, self.image_layer, array)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active  # the keys keep working where they did
+
     def _on_labels(self, planes) -> None:
         ly = self.target_layer
         if ly is not None and ly in self.viewer.layers:
@@ -190,7 +204,7 @@ class LayerBridge:
             self.image_layer = None
             self.session.forget_image()
             return
-        for name in ("points_layer", "boxes_layer", "preview_layer", "target_layer"):
+        for name in ("points_layer", "boxes_layer", "preview_layer", "target_layer", "everything_layer"):
             if getattr(self, name) is layer:
                 setattr(self, name, None)
         if self.target_layer is None:
@@ -296,6 +310,7 @@ class LayerBridge:
         ev = self.session.events
         for sig, cb in ((ev.preview, self._on_preview), (ev.preview_reset, self._on_preview_reset),
                         (ev.target, self._on_target_created), (ev.labels, self._on_labels),
+                        (ev.everything, self._on_everything),
                         (ev.prompts_cleared, self._clear_prompt_layers),
                         (ev.current_object, self._on_current_object)):
             disconnect(sig, cb)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "POINTS_NAME", "BOXES_NAME", "PREVIEW_NAME", "LABELS_NAME", "POSITIVE", "NEGATIVE",
+    "POINTS_NAME", "BOXES_NAME", "PREVIEW_NAME", "LABELS_NAME", "EVERYTHING_NAME", "POSITIVE", "NEGATIVE",
     "transform_kwargs", "copy_transform", "image_plane_shape", "add_points_layer", "add_boxes_layer",
     "add_preview_layer", "add_labels_layer", "points_in_image", "boxes_in_image",
 ]
@@ -19,6 +19,7 @@ POINTS_NAME = "promptseg points"
 BOXES_NAME = "promptseg boxes"
 PREVIEW_NAME = "promptseg preview"
 LABELS_NAME = "promptseg labels"
+EVERYTHING_NAME = "promptseg everything"
 POSITIVE, NEGATIVE = "lime", "red"
 
 
@@ -103,6 +104,14 @@ def add_labels_layer(viewer, image_layer, data):
     """Labels that show the committed objects ``data`` (the session's target array)."""
     return viewer.add_labels(
         data, name=LABELS_NAME,
+        **transform_kwargs(image_layer),
+    )
+
+
+def add_everything_layer(viewer, image_layer, data):
+    """Labels that show a segment-everything result ``data`` (a new array, never the committed labels)."""
+    return viewer.add_labels(
+        data, name=EVERYTHING_NAME,
         **transform_kwargs(image_layer),
     )
 

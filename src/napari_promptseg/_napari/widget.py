@@ -48,6 +48,21 @@ NEW_LABELS = "(new) " + L.LABELS_NAME
 BUTTONS = [("commit", "Commit (K)"), ("clear", "Clear (Q)"), ("next_mask", "Next mask (J)"),
            ("new_object", "New object (O)"), ("undo", "Undo (U)"), ("redo", "Redo (Shift-U)"),
            ("refine_from_preview", "Refine (G)"), ("propagate", "Propagate (P)"), ("cancel", "Cancel")]
+SCOPES = {"this plane": "plane", "every plane along the axis": "line"}  # label -> session scope
+#: segment-everything parameters shown: name -> (label, default, minimum, maximum, tooltip)
+EVERYTHING_PARAMS = {
+    "points_per_side": ("points per side", 32, 1, 256, "a grid of this many x this many point prompts"),
+    "pred_iou_thresh": ("min predicted IoU", 0.88, -1.0, 1.0, "drop masks the model scores below this"),
+    "stability_score_thresh": ("min stability", 0.95, 0.0, 1.0,
+                               "drop masks that change more than this when the threshold moves"),
+    "box_nms_thresh": ("box NMS IoU", 0.7, 0.0, 1.0, "of two masks whose boxes overlap this much, keep "
+                       "the better one"),
+    "crop_n_layers": ("crop layers", 0, 0, 3, "also run on 2x2, 4x4, ... crops of the plane (small objects; "
+                      "each crop is embedded)"),
+    "min_mask_region_area": ("min region area (px)", 0, 0, 10**7,
+                             "fill holes and drop islands smaller than this"),
+    "points_per_batch": ("points per batch", 64, 1, 1024, "prompts decoded at once (memory)"),
+}
 
 
 class PromptSegWidget(QWidget):
@@ -124,6 +139,12 @@ class PromptSegWidget(QWidget):
         self.status.setWordWrap(True)
         self.restore_button = QPushButton("Restore autosaved labels")
         self.restore_button.setVisible(False)
+        self.everything_button = QPushButton("Segment everything (Shift-E)")
+        self.everything_button.setToolTip("SAM's automatic mask generator: every object, into a new labels "
+                                          "layer (committed labels do not change)")
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(list(SCOPES))
+        self.everything_spins = {name: _param_spin(*spec) for name, spec in EVERYTHING_PARAMS.items()}
 
         form = QFormLayout()
         obj_row = QHBoxLayout()
@@ -152,6 +173,11 @@ class PromptSegWidget(QWidget):
         root = QVBoxLayout(self)
         for item in (form, grid):
             root.addLayout(item)
+        every = QHBoxLayout()
+        every.addWidget(self.everything_button)
+        every.addWidget(self.scope_combo)
+        root.addLayout(every)
+        root.addWidget(self._everything_section())
         for w in (self.status, self.restore_button, help_text):
             root.addWidget(w)
         root.addStretch(1)
@@ -166,10 +192,31 @@ class PromptSegWidget(QWidget):
         self.min_score_spin.valueChanged.connect(lambda v: setattr(self.session, "min_score", float(v)))
         self.min_overlap_spin.valueChanged.connect(lambda v: setattr(self.session, "min_overlap", float(v)))
         self.restore_button.clicked.connect(self.restore_autosave)
+        self.everything_button.clicked.connect(self.segment_everything)
         self.method_combo.activated.connect(self._on_method_chosen)
         self.stop_after_spin.valueChanged.connect(
             lambda v: setattr(self.session, "stop_after", int(v) or None))
         self._sync_method()
+
+    def _everything_section(self) -> QWidget:
+        """The generator's parameters (Meta's names in the tooltips), folded away by default."""
+        from superqt import QCollapsible
+
+        box = QCollapsible("Segment everything parameters")
+        inner = QWidget()
+        form = QFormLayout(inner)
+        for name, spin in self.everything_spins.items():
+            spin.setToolTip(f"{EVERYTHING_PARAMS[name][4]} ({name})")
+            form.addRow(EVERYTHING_PARAMS[name][0], spin)
+        box.addWidget(inner)
+        box.collapse(animate=False)
+        return box
+
+    @property
+    def everything_params(self) -> dict:
+        """The generator parameters set in the dock (Meta's names)."""
+        return {name: (int(spin.value()) if isinstance(spin, QSpinBox) else float(spin.value()))
+                for name, spin in self.everything_spins.items()}
 
     def _on_method_chosen(self, *args) -> None:
         self.session.method = METHODS[self.method_combo.currentText()]
@@ -228,6 +275,16 @@ class PromptSegWidget(QWidget):
         if self.bridge.image_layer is not None and self.session.lead_shape:
             self.bridge.sync_plane()
         self.session.propagate(self.propagation_axis)
+
+    def segment_everything(self) -> None:
+        """Every object on the displayed plane (or every plane along the axis) into a new labels layer."""
+        if self.bridge.image_layer is not None and self.session.lead_shape:
+            self.bridge.sync_plane()
+        scope = SCOPES[self.scope_combo.currentText()]
+        try:
+            self.session.segment_everything(scope, self.propagation_axis, **self.everything_params)
+        except (TypeError, ValueError) as err:
+            self._set_status(f"segment everything: {err}")
 
     def cancel(self) -> None:
         if self._load_job is not None:
@@ -412,6 +469,7 @@ class PromptSegWidget(QWidget):
         _set_items(self.axis_combo, names, names[default] if names else None)
         self.axis_combo.setEnabled(n > 1)
         self.buttons["propagate"].setEnabled(n > 0)
+        self.scope_combo.setEnabled(n > 0)
 
     # ---------------------------------------------------------------- model
     def set_model(self, model, checkpoint=None, device: str | None = None) -> None:
@@ -522,6 +580,18 @@ def _spin(value: float, tip: str) -> QDoubleSpinBox:
     box.setDecimals(2)
     box.setValue(value)
     box.setToolTip(tip)
+    return box
+
+
+def _param_spin(label: str, value, lo, hi, tip: str):
+    if isinstance(value, int):
+        box = QSpinBox()
+    else:
+        box = QDoubleSpinBox()
+        box.setDecimals(3)
+        box.setSingleStep(0.01)
+    box.setRange(lo, hi)
+    box.setValue(value)
     return box
 
 

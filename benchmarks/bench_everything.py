@@ -1,0 +1,124 @@
+"""Segment everything after the embedding: ps.segment_everything versus Meta's
+SamAutomaticMaskGenerator, same weights and parameters, same image and embedding.
+
+    python benchmarks/bench_everything.py         # writes its section of docs/benchmarks.md
+
+Meta's generator embeds the image inside generate(): its predictor's set_image / reset_image are
+replaced by restoring the features computed once beforehand, so both sides time the generator
+alone (grid decoding, filters, NMS, masks). Calls alternate; medians; the outputs are compared
+(count, IoU of each mask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import napari_promptseg as ps  # noqa: E402
+from _report import machine, write_section  # noqa: E402
+from napari_promptseg.image import to_rgb_uint8  # noqa: E402
+from napari_promptseg.models.sam import build_sam  # noqa: E402
+from napari_promptseg.sample import nuclei_image  # noqa: E402
+
+
+def _frozen_generator(sam, image, **kw):
+    """Meta's generator whose predictor keeps ``image``'s features (no re-embedding)."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    gen = SamAutomaticMaskGenerator(sam, **kw)
+    pred = gen.predictor
+    pred.set_image(image)
+    saved = {k: getattr(pred, k) for k in ("features", "original_size", "input_size", "is_image_set")}
+
+    def restore(*_a, **_k):
+        for k, v in saved.items():
+            setattr(pred, k, v)
+
+    pred.set_image = restore
+    pred.reset_image = lambda: None
+    return gen
+
+
+def _iou(a, b) -> float:
+    u = np.logical_or(a, b).sum()
+    return 1.0 if u == 0 else np.logical_and(a, b).sum() / u
+
+
+def run_case(model, sam, image, repeats: int, **kw) -> dict:
+    emb = model.embed(image)
+    gen = _frozen_generator(sam, image, **kw)
+    ours_t, meta_t, ref, res = [], [], None, None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        ref = gen.generate(image)
+        meta_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        res = ps.segment_everything(model, emb, **kw)
+        ours_t.append(time.perf_counter() - t)
+    ious = [_iou(r["segmentation"], o.mask) for r, o in zip(ref, res.objects)]
+    return {"ours": statistics.median(ours_t), "meta": statistics.median(meta_t), "n_ours": len(res.objects),
+            "n_meta": len(ref), "min_iou": min(ious) if ious else 1.0}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args(argv)
+
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
+    torch.save(build_sam("vit_b").state_dict(), tmp)
+    from importlib.resources import files
+
+    demo_pt = files("napari_promptseg") / "models" / "data" / "promptseg_demo.pt"
+    models = {
+        "vit_b (random weights)": (ps.load_model("vit_b", checkpoint=tmp, device="cpu"), "vit_b", str(tmp)),
+        "promptseg_demo (shipped)": (ps.load_model("promptseg_demo", device="cpu"), "promptseg_demo",
+                                     str(demo_pt)),
+    }
+    image = to_rgb_uint8(nuclei_image((args.size, args.size), n=60, seed=1)[0])
+    settings = {
+        "Meta's defaults": {},
+        "every mask kept (thresholds 0)": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+    }
+    rows = []
+    for mname, (model, arch, ckpt) in models.items():
+        sam = build_sam(arch).eval()
+        sam.load_state_dict(torch.load(ckpt, weights_only=True))
+        for sname, kw in settings.items():
+            r = run_case(model, sam, image, args.repeats, points_per_side=32, **kw)
+            rows.append((mname, sname, r))
+            print(mname, sname, r, flush=True)
+
+    lines = [
+        "## Segment everything (bench_everything.py)",
+        "",
+        f"`python benchmarks/bench_everything.py` — {machine()}. Generated nuclei, {args.size}² RGB, "
+        f"32 x 32 points, points_per_batch 64, after the embedding (Meta's predictor keeps the features "
+        f"computed beforehand); medians of {args.repeats}, calls alternating.",
+        "",
+        "| model | parameters | ours (s) | Meta's generator (s) | ratio | masks ours / Meta | min IoU |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for mname, sname, r in rows:
+        ratio = r["ours"] / r["meta"]
+        lines.append(f"| {mname} | {sname} | {r['ours']:.2f} | {r['meta']:.2f} | {ratio:.2f}x "
+                     f"| {r['n_ours']} / {r['n_meta']} | {r['min_iou']:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("bench_everything", text)
+
+
+if __name__ == "__main__":
+    main()

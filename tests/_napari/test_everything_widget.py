@@ -1,0 +1,89 @@
+"""Segment everything from the dock: Shift-E on the canvas and the button, the parameters in their
+collapsible section, a new labels layer (committed labels untouched), every plane of a stack with
+3D ids, cancel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_promptseg as ps
+from napari_promptseg._napari.demo import WIDGET_NAME
+from napari_promptseg._napari.layers import EVERYTHING_NAME
+from napari_promptseg.sample import nuclei_image
+
+from .test_widget import settle
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return ps.load_model("promptseg_demo", device="cpu")
+
+
+def _open(make_napari_viewer, qtbot, demo, image, **kw):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image, name="nuclei", **kw)
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(demo)
+    qtbot.waitUntil(lambda: w.ready, timeout=20000)
+    settle(qtbot, w, 20000)
+    w.everything_spins["points_per_side"].setValue(12)
+    w.everything_spins["pred_iou_thresh"].setValue(0.5)
+    w.everything_spins["stability_score_thresh"].setValue(0.8)
+    return viewer, layer, w
+
+
+def test_shift_e_on_the_canvas_writes_a_new_labels_layer(make_napari_viewer, qtbot, demo):
+    from qtpy.QtCore import Qt
+
+    img, truth = nuclei_image((160, 200), n=10, seed=4)
+    viewer, layer, w = _open(make_napari_viewer, qtbot, demo, img, scale=(0.5, 0.5), translate=(3, 4))
+    assert w.everything_params["points_per_side"] == 12
+    w.session.add_point(np.argwhere(truth == 1).mean(0))
+    settle(qtbot, w)
+    w.commit()
+    committed = np.array(viewer.layers["promptseg labels"].data)
+    canvas = viewer.window._qt_viewer.canvas.native
+    viewer.layers.selection.active = w.bridge.points_layer
+    qtbot.keyClick(canvas, Qt.Key_E, Qt.ShiftModifier)
+    qtbot.waitUntil(lambda: EVERYTHING_NAME in viewer.layers and not w.session.segmenting_everything,
+                    timeout=60000)
+    settle(qtbot, w)
+    out = viewer.layers[EVERYTHING_NAME]
+    ref = ps.segment_everything(demo, img, contrast_limits=w.session.stack.window, **w.everything_params)
+    assert len(ref.objects) >= 3
+    assert np.array_equal(np.asarray(out.data), ref.labels)
+    assert tuple(out.scale) == (0.5, 0.5) and tuple(out.translate) == (3, 4)
+    assert np.array_equal(np.asarray(viewer.layers["promptseg labels"].data), committed)
+    assert f"{len(ref.objects)} objects" in w.status.text()
+    assert viewer.layers.selection.active is w.bridge.points_layer  # keys keep working where they did
+    assert EVERYTHING_NAME in [w.labels_combo.itemText(i) for i in range(w.labels_combo.count())]
+
+
+def test_every_plane_of_a_stack_from_the_button(make_napari_viewer, qtbot, demo):
+    img, _ = nuclei_image((120, 150), n=8, seed=5)
+    stack = np.stack([np.roll(img, k, axis=1) for k in (0, 2, 4)])
+    viewer, layer, w = _open(make_napari_viewer, qtbot, demo, stack)
+    w.scope_combo.setCurrentText("every plane along the axis")
+    w.everything_button.click()
+    qtbot.waitUntil(lambda: not w.session.segmenting_everything, timeout=90000)
+    lab = np.asarray(viewer.layers[EVERYTHING_NAME].data[:])
+    assert lab.shape == stack.shape
+    ids = [set(np.unique(p)) - {0} for p in lab]
+    assert all(len(i) >= 2 for i in ids) and len(ids[0] & ids[1] & ids[2]) >= 2  # linked in 3D
+    assert "3 planes" in w.status.text()
+
+
+def test_cancel_stops_the_run(make_napari_viewer, qtbot, demo):
+    img, _ = nuclei_image((120, 150), n=8, seed=5)
+    stack = np.stack([img] * 6)
+    viewer, layer, w = _open(make_napari_viewer, qtbot, demo, stack)
+    w.scope_combo.setCurrentText("every plane along the axis")
+    w.everything_button.click()
+    qtbot.waitUntil(lambda: EVERYTHING_NAME in viewer.layers, timeout=60000)  # the first plane is done
+    w.cancel()
+    assert not w.session.segmenting_everything
+    settle(qtbot, w, 60000)
+    lab = np.asarray(viewer.layers[EVERYTHING_NAME].data[:])
+    assert lab[0].any() and not lab[-1].any()
+    assert "stopped after" in w.status.text() or "cancelled" in w.status.text()
