@@ -245,7 +245,8 @@ def _small_regions(c: _Candidates, shape, area: int, nms_thresh: float) -> _Cand
 
 
 def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, cache=None, disk=None,
-                            embedding: Embedding | None = None, **params) -> Iterator[EverythingStep]:
+                            embedding: Embedding | None = None, zoom=None,
+                            **params) -> Iterator[EverythingStep]:
     """:func:`segment_everything` as a generator: an :class:`EverythingStep` per prompt batch
     (cancel by not iterating further); the last one holds the result."""
     from .embeddings import embed_cached
@@ -280,7 +281,9 @@ def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, 
         if emb0 is not None and ci == 0:
             emb = emb0
         else:
-            emb = embed_cached(model, np.ascontiguousarray(rgb[r0:r1, c0:c1]), None, cache, disk)
+            # the whole image at the model's scale (or ``zoom``); crops fill the input, as Meta's
+            emb = embed_cached(model, np.ascontiguousarray(rgb[r0:r1, c0:c1]), None, cache, disk,
+                               zoom=zoom if ci == 0 else "fit")
         pts = grids[li] * [r1 - r0, c1 - c0]
         here = _Candidates()
         for s in range(0, len(pts), per):
@@ -313,7 +316,7 @@ def _result(c: _Candidates, crops: Sequence, shape) -> Everything:
 
 
 def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache=None, disk=None,
-                       embedding: Embedding | None = None, **params) -> Everything:
+                       embedding: Embedding | None = None, zoom=None, **params) -> Everything:
     """Every object in a 2D image, as Meta's ``SamAutomaticMaskGenerator`` finds them.
 
     image_or_embedding: ``(H, W)`` or ``(H, W, 3|4)`` image of any real dtype (mapped to uint8 by
@@ -325,6 +328,7 @@ def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache
     """
     result = None
     for step in segment_everything_iter(model, image_or_embedding, contrast_limits=contrast_limits,
-                                        cache=cache, disk=disk, embedding=embedding, **params):
+                                        cache=cache, disk=disk, embedding=embedding, zoom=zoom,
+                                        **params):
         result = step.result
     return result

@@ -23,12 +23,14 @@ from .results import Embedding
 __all__ = ["embedding_key", "EmbeddingCache", "embed_cached", "DiskCache", "CacheWarning"]
 
 
-def embedding_key(model, rgb: np.ndarray) -> str:
-    """Cache key for ``model`` encoding the ``(H, W, 3)`` uint8 image ``rgb``."""
+def embedding_key(model, rgb: np.ndarray, zoom: float | None = None) -> str:
+    """Cache key for ``model`` encoding the ``(H, W, 3)`` uint8 image ``rgb`` at the resolved
+    ``zoom`` (:meth:`~.models.base.PromptableModel.input_zoom`; None: the long side fills the input)."""
     import xxhash
 
     h = xxhash.xxh3_128()
-    h.update(repr((model.name, model.checkpoint_id, model.preprocessing, rgb.shape)).encode())
+    what = (model.name, model.checkpoint_id, model.preprocessing, rgb.shape)
+    h.update(repr(what if zoom is None else (*what, float(zoom))).encode())
     h.update(np.ascontiguousarray(rgb).data)
     return h.hexdigest()
 
@@ -69,24 +71,26 @@ def embed_cached(
     contrast_limits=None,
     cache: EmbeddingCache | None = None,
     disk: DiskCache | None = None,
+    zoom: float | str | None = None,
 ) -> Embedding:
-    """``model.embed(image, contrast_limits)``, reusing an embedding of the same model input.
+    """``model.embed(image, contrast_limits, zoom)``, reusing an embedding of the same model input.
 
     Looks in the memory ``cache`` first, then in the ``disk`` cache (loaded onto
     ``model.device``), else encodes; a new embedding is stored in both. A disk cache that cannot
     be written (full, read-only) is reported with a :class:`CacheWarning` and skipped.
     """
     rgb = to_rgb_uint8(image, contrast_limits)
+    z = model.input_zoom(rgb.shape[:2], zoom)
     if cache is None and disk is None:
-        return model.embed(rgb)
-    key = embedding_key(model, rgb)
+        return model.embed(rgb, zoom=z if z is not None else "fit")
+    key = embedding_key(model, rgb, z)
     emb = None if cache is None else cache.get(key)
     if emb is not None:
         return emb
     if disk is not None:
         emb = disk.get(key, device=model.device, model=model)
     if emb is None:
-        emb = model.embed(rgb)  # uint8 RGB goes to the model unchanged
+        emb = model.embed(rgb, zoom=z if z is not None else "fit")  # uint8 RGB goes in unchanged
         if disk is not None:
             try:
                 disk.put(key, emb)

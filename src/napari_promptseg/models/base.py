@@ -53,14 +53,56 @@ class PromptableModel(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} on {self.device}>"
 
-    def embed(self, image, contrast_limits: tuple[float, float] | None = None) -> Embedding:
+    @property
+    def pixel_scale(self) -> float | None:
+        """Model-input pixels per image pixel this model works best at (``ModelSpec.pixel_scale``);
+        None: the image's long side fills the input (official SAM and SAM 2, as Meta's predictors)."""
+        return self.spec.pixel_scale
+
+    def input_zoom(self, shape: tuple[int, int], zoom: float | str | None = None) -> float | None:
+        """The zoom :meth:`embed` uses for an image of ``shape`` ``(H, W)``: None = fit the long
+        side to the input (Meta's resize, exactly); a float = input pixels per image pixel.
+
+        zoom: None = the model's :attr:`pixel_scale`, capped where the image would not fit (then
+        fit: a large image is squeezed, as Meta does; :func:`~napari_promptseg.tiles.embed_tiles`
+        keeps the scale); ``"fit"``; or a number, which must keep the image inside the input.
+        """
+        h, w = (int(v) for v in shape[:2])
+        fit = self.image_size / max(h, w)
+        explicit = zoom is not None
+        zoom = self.pixel_scale if zoom is None else zoom
+        if zoom is None or (isinstance(zoom, str) and zoom == "fit"):
+            return None
+        try:
+            z = float(zoom)
+        except (TypeError, ValueError):
+            raise ValueError(f"zoom must be a positive number or 'fit', got {zoom!r}") from None
+        if not (np.isfinite(z) and z > 0):
+            raise ValueError(f"zoom must be a positive number or 'fit', got {zoom!r}")
+        if int(max(h, w) * z + 0.5) > self.image_size:
+            if explicit:
+                raise ValueError(
+                    f"at zoom {z:g} the image ({h}, {w}) would be {int(h * z + 0.5)} x {int(w * z + 0.5)} "
+                    f"pixels, larger than the model's {self.image_size}-pixel input; use zoom <= "
+                    f"{fit:.4g}, zoom='fit', or tiles (ps.embed_tiles)"
+                )
+            return None
+        return None if int(max(h, w) * z + 0.5) == self.image_size else z
+
+    def embed(self, image, contrast_limits: tuple[float, float] | None = None,
+              zoom: float | str | None = None) -> Embedding:
         """Encode ``image`` (H, W) or (H, W, 1|3|4) of any real dtype.
 
         uint8 RGB goes to the model unchanged; uint8 gray too unless ``contrast_limits`` other than
         ``(0, 255)`` are given; other dtypes through the ``contrast_limits`` window (default:
         robust percentiles). For a stack, pass the stack's window for every slice.
+        zoom: how the image is resized into the square input (:meth:`input_zoom`): by default at
+        the model's :attr:`pixel_scale` (a small image is padded, not blown up), else its long
+        side fills the input.
         """
-        return self._embed_rgb(to_rgb_uint8(image, contrast_limits))
+        rgb = to_rgb_uint8(image, contrast_limits)
+        z = self.input_zoom(rgb.shape[:2], zoom)
+        return self._embed_rgb(rgb) if z is None else self._embed_rgb(rgb, z)
 
     def predict(
         self,
@@ -148,8 +190,8 @@ class PromptableModel(ABC):
             )
 
     @abstractmethod
-    def _embed_rgb(self, rgb: np.ndarray) -> Embedding:
-        """Encode a validated (H, W, 3) uint8 image."""
+    def _embed_rgb(self, rgb: np.ndarray, zoom: float | None = None) -> Embedding:
+        """Encode a validated (H, W, 3) uint8 image at ``zoom`` (None: the long side fills the input)."""
 
     @abstractmethod
     def _predict(self, embedding: Embedding, prompt: Prompt, multimask: bool) -> Prediction:

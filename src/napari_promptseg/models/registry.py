@@ -24,6 +24,7 @@ class ModelSpec:
     ``known_hash`` is in pooch's ``"algorithm:hexdigest"`` form (``sha256:…``, ``xxh128:…``).
     ``arch`` names the network configuration inside the family's backend (e.g. ``"vit_b"``).
     ``size_mb`` is the download size in megabytes (10**6 bytes), approximate.
+    ``pixel_scale``: see :attr:`~.base.PromptableModel.pixel_scale`.
     ``package_file``: for weights that ship inside this package, their path relative to the
     ``napari_promptseg`` folder (then ``url`` is informative only and nothing is downloaded).
     """
@@ -38,6 +39,9 @@ class ModelSpec:
     description: str
     licence: str
     package_file: str = ""
+    #: model-input pixels per image pixel the model works best at (objects at the sizes it learned);
+    #: None: the image's long side fills the input (official SAM, as Meta's predictor)
+    pixel_scale: float | None = None
 
     @property
     def packaged(self) -> bool:
@@ -110,7 +114,7 @@ REGISTRY: dict[str, ModelSpec] = {
                   "sha256:7ca3b95b7ce0ecf918d8df6e98f8d4a47eb5afba81934f2a2b3a98ba973a8f54",
                   4.6, "2.3M", "Small SAM trained on synthetic fluorescence nuclei; ships with the "
                   "package, works offline (demos, tests). Not a replacement for SAM.", _OURS,
-                  package_file="models/data/promptseg_demo.pt"),
+                  package_file="models/data/promptseg_demo.pt", pixel_scale=1.0),
     ]
 }
 

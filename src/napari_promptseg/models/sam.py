@@ -164,14 +164,21 @@ class SamModel(PromptableModel):
         return self._low_res
 
     @torch.no_grad()  # not inference_mode: embeddings must stay usable by ordinary torch code
-    def _embed_rgb(self, rgb: np.ndarray) -> Embedding:
+    def _embed_rgb(self, rgb: np.ndarray, zoom: float | None = None) -> Embedding:
         h, w = rgb.shape[:2]
-        if min(self.transform.get_preprocess_shape(h, w, self.image_size)) < 1:
+        target = (self.transform.get_preprocess_shape(h, w, self.image_size) if zoom is None
+                  else (int(h * zoom + 0.5), int(w * zoom + 0.5)))
+        if min(target) < 1:
             raise ValueError(
                 f"image of shape ({h}, {w}) is too elongated for the model's {self.image_size}-pixel "
                 "input (its short side would shrink to 0 pixels); crop it into shorter pieces or pad it"
             )
-        resized = self.transform.apply_image(rgb)
+        if zoom is None:
+            resized = self.transform.apply_image(rgb)  # Meta's resize: identical model input
+        else:  # the same resize to another size; the rest of the square input is padding
+            from torchvision.transforms.functional import resize, to_pil_image
+
+            resized = np.array(resize(to_pil_image(rgb), list(target)))
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         input_size = tuple(int(v) for v in x.shape[-2:])
         feats = self.sam.image_encoder(self.sam.preprocess(x))
@@ -184,19 +191,28 @@ class SamModel(PromptableModel):
             features={"image_embed": feats},
         )
 
-    def _sam_inputs(self, prompt: Prompt, original_size: tuple[int, int]):
+    @staticmethod
+    def _to_input(xy: np.ndarray, embedding: Embedding) -> np.ndarray:
+        """``(N, 2)`` (x, y) image pixels -> the resized model input's (Meta's ``apply_coords``)."""
+        (h, w), (h_in, w_in) = embedding.original_size, embedding.input_size
+        xy = np.array(xy, np.float64)
+        xy[..., 0] = xy[..., 0] * (w_in / w)
+        xy[..., 1] = xy[..., 1] * (h_in / h)
+        return xy
+
+    def _sam_inputs(self, prompt: Prompt, embedding: Embedding):
         """Prompt in SAM's frame: (x, y) coordinates scaled to the resized model input."""
         dev = self.device
         points = box = mask = None
         if len(prompt.points):
-            xy = self.transform.apply_coords(prompt.points[:, ::-1].copy(), original_size)
+            xy = self._to_input(prompt.points[:, ::-1], embedding)
             points = (
                 torch.as_tensor(xy, dtype=torch.float, device=dev)[None],
                 torch.as_tensor(prompt.labels, dtype=torch.int, device=dev)[None],
             )
         if prompt.box is not None:
             r0, c0, r1, c1 = prompt.box
-            xyxy = self.transform.apply_boxes(np.array([[c0, r0, c1, r1]]), original_size)
+            xyxy = self._to_input(np.array([[c0, r0], [c1, r1]]), embedding).reshape(1, 4)
             box = torch.as_tensor(xyxy, dtype=torch.float, device=dev)
         if prompt.mask_input is not None:
             mask = torch.as_tensor(prompt.mask_input, dtype=torch.float, device=dev)[None]
@@ -207,7 +223,7 @@ class SamModel(PromptableModel):
         feats = embedding.features["image_embed"]
         if feats.device != self.device:  # e.g. loaded from disk: move once, keep it there
             feats = embedding.features["image_embed"] = feats.to(self.device)
-        points, box, mask = self._sam_inputs(prompt, embedding.original_size)
+        points, box, mask = self._sam_inputs(prompt, embedding)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=mask)
         if mask is None:
             key = "sam_decoder"
@@ -241,7 +257,7 @@ class SamModel(PromptableModel):
         if cache is None or cache["src"].device != self.device:
             cache = embedding.derived["sam_decoder"] = self.decoder.prepare(feats)
         pts = np.asarray(points, np.float64).reshape(-1, 2)
-        xy = self.transform.apply_coords(pts[:, ::-1].copy(), embedding.original_size)
+        xy = self._to_input(pts[:, ::-1], embedding)
         scores, keeps, lows = [], [], []
         for s in range(0, len(xy), batch):
             coords = torch.as_tensor(xy[s:s + batch], dtype=torch.float, device=self.device)[:, None]

@@ -132,7 +132,13 @@ class Sam2Model(PromptableModel):
         return self.transforms(rgb)[None].to(self.device)
 
     @torch.no_grad()
-    def _embed_rgb(self, rgb: np.ndarray) -> Embedding:
+    def _embed_rgb(self, rgb: np.ndarray, zoom: float | None = None) -> Embedding:
+        if zoom is not None:
+            raise ValueError(
+                f"{self.name} stretches every image to its {self.image_size} x {self.image_size} input "
+                "(as Meta's SAM 2 predictor); zoom= works with SAM 1 models only. For a large image use "
+                "tiles (ps.embed_tiles), which feed SAM 2 square tiles at the image's own resolution"
+            )
         out = self.net.forward_image(self.preprocess(rgb))
         feats = {k: f for k, f in zip(FEATURE_KEYS, out["backbone_fpn"], strict=True)}
         s = self.image_size
