@@ -87,6 +87,14 @@ def blobs_image(shape=(700, 1300), seed=0, n=12) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+@pytest.fixture(scope="session")
+def demo_model():
+    """The shipped demo model on the CPU (real weights, in the package)."""
+    import napari_promptseg as ps
+
+    return ps.load_model("promptseg_demo", device="cpu")
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

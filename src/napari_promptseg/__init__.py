@@ -10,6 +10,7 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> ps.load_model("promptseg_demo")                 # small model shipped in the package: offline
 >>> labels = ps.propagate(model, stack, {12: seed_labels})  # through a z-stack or video
 >>> found = ps.segment_everything(model, image)      # .labels (H, W) int32, .objects
+>>> tiled = ps.embed_tiles(model, huge_image)        # tiles at the model's scale, on demand
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .models.weights import default_model_name
 from .prompts import Prompt
 from .propagate import SliceResult, propagate, propagate_iter  # light: numpy only at import
 from .results import Embedding, Prediction
+from .tiles import TiledEmbedding, embed_tiles
 
 if TYPE_CHECKING:
     from .training.finetune import FinetuneResult
@@ -39,7 +41,7 @@ __all__ = [
     "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
     "default_model_name", "finetune", "DiskCache", "CacheWarning", "propagate", "propagate_iter",
     "SliceResult", "segment_everything", "segment_everything_iter", "Everything", "MaskRecord",
-    "EVERYTHING_DEFAULTS",
+    "EVERYTHING_DEFAULTS", "TiledEmbedding", "embed_tiles",
 ]
 
 

@@ -161,8 +161,9 @@ class _Candidates:
 _FIELDS = ("score", "stability", "box", "point", "piece", "crop")
 
 
-def _batch(model, emb, pts_rc, crop, ci, shape, p) -> _Candidates:
-    """Meta's ``_process_batch`` for points ``(B, 2)`` (row, col) in the crop."""
+def _batch(model, emb, pts_rc, crop, ci, shape, p, edge: _Candidates | None = None) -> _Candidates:
+    """Meta's ``_process_batch`` for points ``(B, 2)`` (row, col) in the crop; masks near the
+    crop's edge (not the image's) are dropped, or go to ``edge`` when given (tiles)."""
     from .models.upscale import upscale_masks
 
     thr = float(p["pred_iou_thresh"])
@@ -193,26 +194,32 @@ def _batch(model, emb, pts_rc, crop, ci, shape, p) -> _Candidates:
             g = b + [r0, c0, r0, c0]
             near_crop = np.isclose(g, [r0, c0, r1, c1], atol=20, rtol=0)
             near_img = np.isclose(g, [0, 0, H, W], atol=20, rtol=0)
+            dest = out
             if np.any(near_crop & ~near_img):
-                continue
-            out.score.append(float(iou[s + i]))
-            out.stability.append(float(stab[i]))
-            out.box.append(g)
+                if edge is None:
+                    continue
+                dest = edge
+            dest.score.append(float(iou[s + i]))
+            dest.stability.append(float(stab[i]))
+            dest.box.append(g)
             k = int(keep[s + i, 0])
-            out.point.append((float(pts_rc[k, 0]) + r0, float(pts_rc[k, 1]) + c0))
-            out.piece.append(masks[j, b[0]:b[2] + 1, b[1]:b[3] + 1].copy())
-            out.crop.append(ci)
+            dest.point.append((float(pts_rc[k, 0]) + r0, float(pts_rc[k, 1]) + c0))
+            dest.piece.append(masks[j, b[0]:b[2] + 1, b[1]:b[3] + 1].copy())
+            dest.crop.append(ci)
     return out
 
 
 def _remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
-    """Meta's ``remove_small_regions`` (8-connected components, as cv2's) on a bool mask."""
+    """Meta's ``remove_small_regions`` (8-connected components, as cv2's) on a bool mask padded
+    by one background pixel: the component holding the padding is the image's outside, never a
+    hole."""
     from scipy import ndimage
 
     holes = mode == "holes"
     regions, n = ndimage.label(holes ^ mask, structure=np.ones((3, 3), bool))
     sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
-    small = [i + 1 for i, s in enumerate(sizes) if s < area]
+    outside = int(regions[0, 0]) if holes else 0
+    small = [i + 1 for i, s in enumerate(sizes) if s < area and i + 1 != outside]
     if not small:
         return mask, False
     fill = [0] + small
@@ -223,36 +230,55 @@ def _remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.nd
 
 def _small_regions(c: _Candidates, shape, area: int, nms_thresh: float) -> _Candidates:
     """Meta's ``postprocess_small_regions``: fill small holes, drop small islands, NMS that
-    prefers masks that did not change."""
+    prefers masks that did not change (on each mask's box piece, never a full-image mask)."""
     if not c.score:
         return c
-    full, unchanged = [], []
+    boxes, pieces, unchanged = [], [], []
     for b, piece in zip(c.box, c.piece):
-        m = np.zeros(shape, bool)
-        m[b[0]:b[2] + 1, b[1]:b[3] + 1] = piece
+        m = np.pad(piece, 1)
         m, ch1 = _remove_small_regions(m, area, "holes")
         m, ch2 = _remove_small_regions(m, area, "islands")
-        full.append(m)
+        m = m[1:-1, 1:-1]
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if rows.size:
+            boxes.append([b[0] + rows[0], b[1] + cols[0], b[0] + rows[-1], b[1] + cols[-1]])
+            pieces.append(m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy())
+        else:  # Meta: an empty mask has the box (0, 0, 0, 0)
+            boxes.append([0, 0, 0, 0])
+            pieces.append(np.zeros((1, 1), bool))
         unchanged.append(float(not (ch1 or ch2)))
-    boxes = _boxes(np.stack(full))
+    boxes = np.asarray(boxes, np.int64)
     keep = _nms(boxes, unchanged, nms_thresh)
     for i in keep:
         if unchanged[i] == 0.0:
-            b = boxes[i]
-            c.box[i] = b
-            c.piece[i] = full[i][b[0]:b[2] + 1, b[1]:b[3] + 1].copy()
+            c.box[i] = boxes[i]
+            c.piece[i] = pieces[i]
     return c.take(keep)
 
 
 def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, cache=None, disk=None,
-                            embedding: Embedding | None = None, zoom=None,
+                            embedding: Embedding | None = None, zoom=None, tiles="auto",
                             **params) -> Iterator[EverythingStep]:
     """:func:`segment_everything` as a generator: an :class:`EverythingStep` per prompt batch
     (cancel by not iterating further); the last one holds the result."""
     from .embeddings import embed_cached
     from .image import to_rgb_uint8
+    from .tiles import TiledEmbedding, wants_tiles
 
     p = _params(params)
+    if tiles not in (True, False, "auto"):
+        raise ValueError(f"tiles must be True, False or 'auto', got {tiles!r}")
+    if (not isinstance(image_or_embedding, (Embedding, TiledEmbedding)) and embedding is None
+            and hasattr(image_or_embedding, "shape")
+            and (tiles is True or (tiles == "auto" and wants_tiles(model, image_or_embedding.shape)))):
+        image_or_embedding = TiledEmbedding(model, image_or_embedding, contrast_limits, cache=cache,
+                                            disk=disk)
+    if isinstance(image_or_embedding, TiledEmbedding):
+        from .everything_tiles import tiled_everything_iter
+
+        model._check_tiled(image_or_embedding)
+        yield from tiled_everything_iter(model, image_or_embedding, p)
+        return
     if isinstance(image_or_embedding, Embedding):
         emb0, rgb = image_or_embedding, None
         model._check_embedding(emb0)
@@ -316,7 +342,8 @@ def _result(c: _Candidates, crops: Sequence, shape) -> Everything:
 
 
 def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache=None, disk=None,
-                       embedding: Embedding | None = None, zoom=None, **params) -> Everything:
+                       embedding: Embedding | None = None, zoom=None, tiles="auto",
+                       **params) -> Everything:
     """Every object in a 2D image, as Meta's ``SamAutomaticMaskGenerator`` finds them.
 
     image_or_embedding: ``(H, W)`` or ``(H, W, 3|4)`` image of any real dtype (mapped to uint8 by
@@ -329,6 +356,6 @@ def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache
     result = None
     for step in segment_everything_iter(model, image_or_embedding, contrast_limits=contrast_limits,
                                         cache=cache, disk=disk, embedding=embedding, zoom=zoom,
-                                        **params):
+                                        tiles=tiles, **params):
         result = step.result
     return result

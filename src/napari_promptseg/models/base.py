@@ -14,6 +14,12 @@ from .registry import ModelSpec
 __all__ = ["PromptableModel"]
 
 
+def _is_tiled(embedding) -> bool:
+    from ..tiles import TiledEmbedding
+
+    return isinstance(embedding, TiledEmbedding)
+
+
 class PromptableModel(ABC):
     """A promptable segmentation model: ``embed`` an image once, ``predict`` many prompts.
 
@@ -118,7 +124,11 @@ class PromptableModel(ABC):
         points: ``(N, 2)`` (row, col) in image pixels; labels: ``(N,)`` 1 = object, 0 = background
         (default all 1); box: ``(row0, col0, row1, col1)``, corners in any order; mask_input:
         ``(h, w)`` or ``(1, h, w)`` low-res logits from a previous prediction of the same object.
+        A :class:`~napari_promptseg.tiles.TiledEmbedding` decodes in the tile the prompt needs.
         """
+        if _is_tiled(embedding):
+            self._check_tiled(embedding)
+            return embedding.predict(points, labels, box, mask_input, multimask)
         self._check_embedding(embedding)
         prompt = make_prompt(
             embedding.original_size, self.low_res_shape, points, labels, box, mask_input
@@ -134,6 +144,9 @@ class PromptableModel(ABC):
         """
         from skimage.transform import resize
 
+        if _is_tiled(embedding):
+            self._check_tiled(embedding)
+            return embedding.mask_prompt(mask, strength)
         m = np.asarray(mask)
         if m.shape != tuple(embedding.original_size):
             raise ValueError(
@@ -175,6 +188,11 @@ class PromptableModel(ABC):
         this model's low-resolution logits of ``embedding`` to the image (SAM: the resized image
         sits in the top-left corner of the square input)."""
         return tuple(embedding.input_size), tuple(embedding.original_size), int(self.image_size)
+
+    def _check_tiled(self, tiled) -> None:
+        if tiled.model is not self:
+            raise ValueError(f"this tiled embedding is for model {tiled.model.name!r}, not for this "
+                             f"{self.name!r}; make one with ps.embed_tiles(model, image)")
 
     def _check_embedding(self, embedding: Embedding) -> None:
         if not isinstance(embedding, Embedding):
