@@ -88,7 +88,8 @@ def main(argv=None) -> None:
     }
     image = to_rgb_uint8(nuclei_image((args.size, args.size), n=60, seed=1)[0])
     settings = {
-        "Meta's defaults": {},
+        "Meta's defaults": {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95},
+        "pred_iou 0.7, stability 0.85": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.85},
         "every mask kept (thresholds 0)": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
     }
     rows = []

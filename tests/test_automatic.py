@@ -73,7 +73,7 @@ def _assert_labels(res):
 
 
 @pytest.mark.parametrize("kw", [
-    {},  # Meta's defaults
+    {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95},  # Meta's defaults (not the model's own)
     {"points_per_side": 16, "pred_iou_thresh": 0.006, "stability_score_thresh": 0.8},
     {"points_per_side": 12, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.5,
      "min_mask_region_area": 50},
@@ -172,3 +172,18 @@ def test_sam2_model_runs_the_generator_steps(sam2_model):
     assert len(res.objects) > 0
     assert all(o.mask.shape == (96, 128) for o in res.objects)
     _assert_labels(res)
+
+
+def test_a_model_declares_the_generator_thresholds_its_weights_need(demo, tiny_model):
+    model, _ = demo
+    assert tiny_model.everything_defaults == ps.EVERYTHING_DEFAULTS  # official SAM: Meta's
+    d = model.everything_defaults
+    assert d["pred_iou_thresh"] < 0.88 and d["stability_score_thresh"] < 0.95
+    img, truth = nuclei_image((160, 160), n=8, seed=3)
+    plain = segment_everything(model, img, points_per_side=16)
+    metas = segment_everything(model, img, points_per_side=16, pred_iou_thresh=0.88,
+                               stability_score_thresh=0.95)
+    assert len(plain.objects) >= 5 and len(plain.objects) > len(metas.objects)  # Meta's keep few
+    own = {k: d[k] for k in ("pred_iou_thresh", "stability_score_thresh")}
+    same = segment_everything(model, img, points_per_side=16, **own)
+    assert [o.box for o in same.objects] == [o.box for o in plain.objects]

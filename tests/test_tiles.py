@@ -217,3 +217,46 @@ def test_tiled_everything_is_chosen_for_big_images_and_progress_counts_tiles(dem
         ps.segment_everything(demo, ps.embed_tiles(demo, img), crop_n_layers=1)
     with pytest.raises(ValueError, match="tiles must be"):
         ps.segment_everything(demo, img, tiles="yes")
+
+
+def test_the_session_tiles_a_huge_2d_image_and_says_which_tile_it_embeds(demo, monkeypatch):
+    from napari_promptseg.session import AnnotationSession
+
+    img, lab = synthetic_image(8, (1400, 1100), style="sparse")
+    enc = _CountingEncoder(demo, monkeypatch)
+    s = AnnotationSession(demo, img, autosave=False)
+    statuses = []
+    s.events.status.connect(statuses.append)
+    assert s.ready and s.stack.tiled and enc.shapes == []  # ready at once: nothing embedded yet
+    gt = lab == np.bincount(lab.ravel())[1:].argmax() + 1
+    s.add_point(interior_point(gt))
+    assert len(enc.shapes) == 1 and enc.shapes[0] == (256, 256)
+    assert any(t.startswith("embedding tile ") for t in statuses)
+    mask = s.preview_plane() > 0
+    assert mask.shape == img.shape and _iou(mask, gt) > 0.5
+    s.commit()
+    assert _iou(np.asarray(s.target) > 0, gt) > 0.5
+    # segment everything runs tile by tile into a new array; committed labels stay
+    before = np.array(s.target)
+    out = s.segment_everything(**EVERYTHING)
+    assert np.asarray(out).shape == img.shape and len(np.unique(out)) > 5
+    assert np.array_equal(np.asarray(s.target), before)
+
+
+def test_a_stack_is_never_tiled(demo):
+    from napari_promptseg.stack import StackEmbeddings
+
+    assert not StackEmbeddings(demo, np.zeros((2, 1100, 300), np.uint8), tiles=True).tiled
+    assert StackEmbeddings(demo, np.zeros((1100, 300), np.uint8), tiles=True).tiled
+    assert not StackEmbeddings(demo, np.zeros((1100, 300), np.uint8)).tiled  # the API default
+
+
+def test_grow_zero_decodes_in_the_prompts_tile_only(demo, monkeypatch):
+    img, lab = synthetic_image(5, (700, 700), style="sparse")
+    tiled = ps.embed_tiles(demo, img, grow=0)
+    boxes = [t.box for t in tiled.grid.tiles]
+    enc = _CountingEncoder(demo, monkeypatch)
+    for i in _cut_objects(lab, tiled)[:4]:
+        gt = lab == i
+        assert demo.predict(tiled, points=[interior_point(gt)]).region in boxes
+    assert all(s == (256, 256) for s in enc.shapes)

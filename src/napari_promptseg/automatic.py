@@ -85,12 +85,15 @@ class EverythingStep:
     result: Everything | None = None
 
 
-def _params(params: dict) -> dict:
+def _params(params: dict, model=None) -> dict:
+    """``params`` over the model's defaults (:attr:`PromptableModel.everything_defaults`, else
+    Meta's), checked."""
     unknown = sorted(set(params) - set(EVERYTHING_DEFAULTS))
     if unknown:
         raise TypeError(f"unknown segment-everything parameter(s) {', '.join(unknown)}; known: "
                         f"{', '.join(EVERYTHING_DEFAULTS)}")
-    p = {**EVERYTHING_DEFAULTS, **params}
+    defaults = getattr(model, "everything_defaults", None) or EVERYTHING_DEFAULTS
+    p = {**defaults, **params}
     if (p["points_per_side"] is None) == (p["point_grids"] is None):
         raise ValueError("give exactly one of points_per_side and point_grids")
     for name in ("points_per_batch",):
@@ -265,7 +268,7 @@ def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, 
     from .image import to_rgb_uint8
     from .tiles import TiledEmbedding, wants_tiles
 
-    p = _params(params)
+    p = _params(params, model)
     if tiles not in (True, False, "auto"):
         raise ValueError(f"tiles must be True, False or 'auto', got {tiles!r}")
     if (not isinstance(image_or_embedding, (Embedding, TiledEmbedding)) and embedding is None
@@ -348,8 +351,12 @@ def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache
 
     image_or_embedding: ``(H, W)`` or ``(H, W, 3|4)`` image of any real dtype (mapped to uint8 by
     ``contrast_limits``, as :meth:`~napari_promptseg.PromptableModel.embed`), or its
-    :class:`Embedding` (reused; then ``crop_n_layers`` must be 0). params: Meta's names and
-    defaults (:data:`EVERYTHING_DEFAULTS`); ``point_grids`` in (row, col) fractions. cache /
+    :class:`Embedding` (reused; then ``crop_n_layers`` must be 0), or a
+    :class:`~napari_promptseg.tiles.TiledEmbedding` (tile by tile; ``tiles="auto"`` makes one for
+    an image more than :data:`~napari_promptseg.tiles.TILE_FACTOR` tiles long). params: Meta's
+    names and defaults (:data:`EVERYTHING_DEFAULTS`), except where the model declares its own
+    (``model.everything_defaults``: the demo model's IoU and stability thresholds);
+    ``point_grids`` in (row, col) fractions. cache /
     disk: embedding caches for the crops; embedding: the image's own, when the image is given
     for its crops (``crop_n_layers > 0``). Returns :class:`Everything` (``.labels``, ``.objects``).
     """

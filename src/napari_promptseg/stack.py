@@ -56,10 +56,14 @@ class StackEmbeddings:
     disk: an on-disk cache passed to :func:`embed_cached` (optional). ``max_items`` embeddings
     are kept in memory by plane index (least recently used dropped): after changing the stack's
     pixels in place, make a new StackEmbeddings (the napari widget does on a data event).
+    tiles: a 2D image more than :data:`~napari_promptseg.tiles.TILE_FACTOR` tiles long gets a
+    :class:`~napari_promptseg.tiles.TiledEmbedding` (its tiles embedded as prompts need them)
+    instead of one squeezed embedding; :attr:`tiled` says whether it did.
     """
 
     def __init__(self, model, stack, window: tuple[float, float] | None = None, *, rgb: bool = False,
-                 cache: EmbeddingCache | None = None, disk=None, max_items: int = 16) -> None:
+                 cache: EmbeddingCache | None = None, disk=None, max_items: int = 16,
+                 tiles: bool = False) -> None:
         if stack.ndim < (3 if rgb else 2):
             raise ValueError(f"stack of shape {stack.shape} has no {'RGB ' if rgb else ''}plane")
         self.model, self.stack, self.rgb = model, stack, rgb
@@ -70,6 +74,9 @@ class StackEmbeddings:
         self._inflight: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
         self.computed = 0  # planes encoded (or read from a cache) by this object
+        from .tiles import wants_tiles
+
+        self.tiled = bool(tiles) and not self.lead_shape and wants_tiles(model, stack.shape)
 
     def index(self, index) -> tuple[int, ...]:
         """``index`` as a tuple of ints, checked against the leading shape."""
@@ -105,7 +112,12 @@ class StackEmbeddings:
                 event.wait()
                 continue  # computed (or failed: then this caller tries itself)
             try:
-                emb = embed_cached(self.model, self.plane(idx), self.window, self.cache, disk=self.disk)
+                if self.tiled:
+                    from .tiles import TiledEmbedding
+
+                    emb = TiledEmbedding(self.model, self.stack, self.window, disk=self.disk)
+                else:
+                    emb = embed_cached(self.model, self.plane(idx), self.window, self.cache, disk=self.disk)
                 self._mem.put(idx, emb)  # before the in-flight entry goes: waiters find it
                 with self._lock:
                     self.computed += 1

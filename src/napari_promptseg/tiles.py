@@ -110,14 +110,15 @@ class TiledEmbedding:
     are read). contrast_limits: one window for every tile (default: robust percentiles of the
     whole image, subsampled). tile / halo: pixels (default :func:`tile_side` and an eighth of the
     tile). cache / disk: embedding caches (one key per window). on_embed(text): called before
-    a window not in the memory cache is embedded (e.g. ``"embedding tile 3 of 40"``).
+    a window not in the memory cache is embedded (e.g. ``"embedding tile 3 of 40"``). grow: how
+    many times a mask reaching an inner window edge is decoded again in a larger window (0: never).
     ``model.predict(tiled, ...)`` and ``ps.segment_everything(model, tiled)`` take it like an
     :class:`~napari_promptseg.results.Embedding`; predictions are at the whole image's size.
     """
 
     def __init__(self, model, image, contrast_limits=None, *, tile: int | None = None,
                  halo: int | None = None, cache: EmbeddingCache | None = None, disk=None,
-                 on_embed: Callable[[str], None] | None = None) -> None:
+                 on_embed: Callable[[str], None] | None = None, grow: int = 2) -> None:
         if not hasattr(image, "shape") or len(image.shape) not in (2, 3):
             raise ValueError(f"a tiled image must be 2D (H, W) or (H, W, 3|4), got shape "
                              f"{getattr(image, 'shape', None)}")
@@ -132,6 +133,7 @@ class TiledEmbedding:
         self.cache = cache if cache is not None else EmbeddingCache(16)
         self.disk = disk
         self.on_embed = on_embed
+        self.grow = max(0, int(grow))
         self._regions: dict[bytes, Region] = {}  # logits digest -> the window they belong to
 
     @property
@@ -191,6 +193,24 @@ class TiledEmbedding:
             ext[2] < r1 - (m if r1 < self.shape[0] else 0), ext[3] < c1 - (m if c1 < self.shape[1] else 0)))
         return t.box if inside else self.window_around(ext)
 
+    def pending(self, points=None, labels=None, box=None) -> str | None:
+        """What decoding this prompt will embed first (``"embedding tile 3 of 40 (...)"``), or None
+        when its tile is in the memory cache (a guess for a mask that will grow: the first window)."""
+        from .embeddings import embedding_key
+        from .image import to_rgb_uint8
+
+        pts = None if points is None or not len(points) else np.asarray(points, np.float64).reshape(-1, 2)
+        if pts is None:
+            lab = None
+        else:
+            lab = np.ones(len(pts)) if labels is None else np.asarray(labels).reshape(-1)
+        if _extent(pts, lab, box) is None:
+            return None
+        r0, c0, r1, c1 = region = self.region_for(pts, lab, box)
+        rgb = to_rgb_uint8(np.asarray(self.image[r0:r1, c0:c1]), self.contrast_limits)
+        key = embedding_key(self.model, rgb, self.model.input_zoom(rgb.shape[:2]))
+        return None if key in self.cache else self._describe(region)
+
     # -- decoding ----------------------------------------------------------------------------
     def predict(self, points=None, labels=None, box=None, mask_input=None,
                 multimask: bool = True) -> Prediction:
@@ -199,7 +219,7 @@ class TiledEmbedding:
 
         mask_input: logits of an earlier prediction of this tiled image (decoded again in that
         prediction's window). A mask reaching an inner window edge is decoded again in a window
-        around it (twice at most)."""
+        around it (:attr:`grow` times at most)."""
         pts = None if points is None else np.asarray(points, np.float64).reshape(-1, 2)
         lab = None if labels is None else np.asarray(labels).reshape(-1)
         if pts is not None and lab is None:
@@ -208,9 +228,9 @@ class TiledEmbedding:
             raise ValueError(f"labels has {len(lab)} entries for {len(pts)} points")
         fixed = None if mask_input is None else self._regions.get(_digest(mask_input))
         region = fixed or self.region_for(pts, lab, box)
-        for attempt in range(3):
+        for attempt in range(self.grow + 1):
             pred = self._predict_in(region, pts, lab, box, mask_input, multimask)
-            if fixed is not None or attempt == 2:
+            if fixed is not None or attempt == self.grow:
                 break
             best = pred.window_mask(pred.best)
             if not best.any() or not _touches_inner_edge(best, region, self.shape):

@@ -27,6 +27,9 @@ def _open(make_napari_viewer, qtbot, demo, image, **kw):
     w.set_model(demo)
     qtbot.waitUntil(lambda: w.ready, timeout=20000)
     settle(qtbot, w, 20000)
+    # the spins show the model's own defaults (the demo model's thresholds, not Meta's 0.88)
+    own = demo.everything_defaults["pred_iou_thresh"]
+    assert w.everything_params["pred_iou_thresh"] == pytest.approx(own) and own != 0.88
     w.everything_spins["points_per_side"].setValue(12)
     w.everything_spins["pred_iou_thresh"].setValue(0.5)
     w.everything_spins["stability_score_thresh"].setValue(0.8)
@@ -87,3 +90,28 @@ def test_cancel_stops_the_run(make_napari_viewer, qtbot, demo):
     lab = np.asarray(viewer.layers[EVERYTHING_NAME].data[:])
     assert lab[0].any() and not lab[-1].any()
     assert "stopped after" in w.status.text() or "cancelled" in w.status.text()
+
+
+def test_a_huge_2d_image_is_tiled_transparently(make_napari_viewer, qtbot, demo):
+    from napari_promptseg.tiles import TiledEmbedding
+    from napari_promptseg.training.sampling import interior_point
+    from napari_promptseg.training.synthetic import synthetic_image
+
+    from .test_widget import click
+
+    img, lab = synthetic_image(8, (1400, 1100), style="sparse")
+    viewer = make_napari_viewer()
+    viewer.add_image(img.astype(np.uint16) * 10, name="slide", scale=(0.5, 0.5))
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(demo)
+    qtbot.waitUntil(lambda: w.ready, timeout=20000)
+    assert isinstance(w.session.stack.cached(()), TiledEmbedding)
+    statuses = []
+    w.session.events.status.connect(statuses.append)
+    gt = lab == np.bincount(lab.ravel())[1:].argmax() + 1
+    click(w.bridge.points_layer, np.asarray(interior_point(gt)) * 0.5)  # world = data x scale
+    settle(qtbot, w, 20000)
+    assert any(t.startswith("embedding tile ") for t in statuses)
+    shown = np.asarray(w.bridge.preview_layer.data) > 0
+    assert shown.shape == img.shape and (shown & gt).sum() / (shown | gt).sum() > 0.5
+    assert len(w.session.stack.cached(()).cache) <= 2  # a tile (and a window around the object) of 42

@@ -485,6 +485,9 @@ class PromptSegWidget(QWidget):
         _set_items(self.model_combo, _items(self.model_combo), model.name)
         self.session.set_model(model)
         self._sync_method()
+        defaults = model.everything_defaults  # Meta's, or what these weights need
+        for name, spin in self.everything_spins.items():
+            spin.setValue(defaults[name])
         note = model_note(model)
         self._set_status(f"model {model.name} on {model.device}{note}. " + self.session.describe())
 

@@ -65,6 +65,14 @@ class PromptableModel(ABC):
         None: the image's long side fills the input (official SAM and SAM 2, as Meta's predictors)."""
         return self.spec.pixel_scale
 
+    @property
+    def everything_defaults(self) -> dict[str, object]:
+        """Segment-everything parameters used when not given: Meta's defaults
+        (:data:`~napari_promptseg.EVERYTHING_DEFAULTS`) with this model's ``ModelSpec.everything``."""
+        from ..automatic import EVERYTHING_DEFAULTS
+
+        return {**EVERYTHING_DEFAULTS, **dict(self.spec.everything)}
+
     def input_zoom(self, shape: tuple[int, int], zoom: float | str | None = None) -> float | None:
         """The zoom :meth:`embed` uses for an image of ``shape`` ``(H, W)``: None = fit the long
         side to the input (Meta's resize, exactly); a float = input pixels per image pixel.

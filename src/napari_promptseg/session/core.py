@@ -245,7 +245,21 @@ class AnnotationSession:
             self._status(f"could not decode the prompts: {err}. Commit and propagate use what is shown.")
 
         self._pending = Job("decode", lambda: decoding.decode(model, stack, todo), done, failed)
+        if stack.tiled:
+            self._tile_status(stack, todo)
         self.schedule(self._pending)
+
+    def _tile_status(self, stack, todo) -> None:
+        """A huge 2D image: say which tile the decode is about to embed (if one)."""
+        tiled = stack.cached(())
+        for objs in todo.values():
+            for o, _ in objs.values():
+                if tiled is None or not decoding.present(o):
+                    continue
+                what = tiled.pending(o.points, o.labels, o.box)
+                if what:
+                    self._status(f"{what}…")
+                    return
 
     def _finish_waiting(self) -> None:
         waiting, self._after_decode = self._after_decode, []

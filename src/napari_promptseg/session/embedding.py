@@ -48,7 +48,8 @@ class PlaneEmbedder:
         self.plane = tuple(plane)
         if model is None or image is None:
             return
-        self.stack = StackEmbeddings(model, image, window, rgb=rgb, cache=self._cache, disk=self.disk)
+        self.stack = StackEmbeddings(model, image, window, rgb=rgb, cache=self._cache, disk=self.disk,
+                                     tiles=True)
         self._embed_current()
 
     def stop(self) -> None:
@@ -87,7 +88,15 @@ class PlaneEmbedder:
         if self._job is not None and self._job.plane == plane:
             return
         where = f" plane {fmt(plane)}" if plane else ""
-        self.on_status(f"embedding{where} with {stack.model.name}…")
+        if stack.tiled:
+            from ..tiles import tile_side
+
+            h, w = stack.stack.shape[:2]
+            side = tile_side(stack.model)
+            self.on_status(f"image of {h} x {w} pixels: {stack.model.name} embeds its {side}-pixel tiles "
+                           "as prompts need them…")
+        else:
+            self.on_status(f"embedding{where} with {stack.model.name}…")
         self._embed(plane, f"embedding{where}")
 
     def _embed(self, plane: Plane, label: str) -> None:

@@ -101,7 +101,7 @@ class EverythingRunner:
         _params(dict(params))  # a bad parameter fails now, with its name
         self.cancel()
         run = self.run = EverythingRun(list(planes), target)
-        per_plane = _batches(params)
+        batches = _batches(params, model)
 
         def work() -> Iterator:
             from ..automatic import segment_everything_iter
@@ -109,10 +109,12 @@ class EverythingRunner:
             prev, next_id = None, 1
             for i, p in enumerate(run.planes):
                 emb = stack.get(p)  # embedded in this worker when not cached yet
-                image = stack.plane(p) if int(params.get("crop_n_layers", 0)) > 0 else emb
+                crops = int(params.get("crop_n_layers", 0)) > 0 and not stack.tiled
+                image = stack.plane(p) if crops else emb
                 kw = ({"contrast_limits": stack.window, "disk": stack.disk, "embedding": emb}
                       if image is not emb else {})
                 for step in segment_everything_iter(model, image, **kw, **params):
+                    per_plane = step.total if stack.tiled else batches  # 2D in tiles: tiles x batches
                     if step.result is None:
                         yield PlaneStep(i * per_plane + step.done, len(run.planes) * per_plane)
                     else:
@@ -166,11 +168,11 @@ class EverythingRunner:
             self.finished()
 
 
-def _batches(params: dict) -> int:
+def _batches(params: dict, model=None) -> int:
     """Prompt batches per plane (for one progress bar over all planes)."""
     from ..automatic import _grids, _params
 
-    p = _params(dict(params))
+    p = _params(dict(params), model)
     grids = _grids(p)
     per = int(p["points_per_batch"])
     n_layers = int(p["crop_n_layers"])
