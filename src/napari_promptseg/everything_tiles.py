@@ -21,6 +21,7 @@ from .automatic import EverythingStep, _batch, _Candidates, _grids, _nms, _resul
 __all__ = ["tiled_everything_iter"]
 
 JOIN_AGREEMENT = 0.5  # pieces are one object when they agree this much in the tiles' common area
+SAME_OBJECT = 0.5  # two masks above this mask IoU are one object (kept once)
 
 
 def tiled_everything_iter(model, tiled, p: dict) -> Iterator[EverythingStep]:
@@ -134,12 +135,13 @@ def _across_tiles(c: _Candidates) -> list[int]:
     ones), in the input order."""
     kept: list[int] = []
     for i in sorted(range(len(c.score)), key=lambda i: -c.score[i]):
-        if not any(c.crop[j] != c.crop[i] and _mask_iou(c.box[i], c.piece[i], c.box[j], c.piece[j]) > 0.5
-                   for j in kept):
+        if not any(c.crop[j] != c.crop[i]
+                   and _mask_iou(c.box[i], c.piece[i], c.box[j], c.piece[j]) > SAME_OBJECT for j in kept):
             kept.append(i)
     return sorted(kept)
 
 
 def _covered(c: _Candidates, k: int, found: _Candidates) -> bool:
-    """Whether joined object ``k`` overlaps a found mask by IoU > 0.5."""
-    return any(_mask_iou(c.box[k], c.piece[k], b_box, b) > 0.5 for b_box, b in zip(found.box, found.piece))
+    """Whether joined object ``k`` overlaps a found mask by IoU > :data:`SAME_OBJECT`."""
+    return any(_mask_iou(c.box[k], c.piece[k], b_box, b) > SAME_OBJECT
+               for b_box, b in zip(found.box, found.piece))

@@ -147,16 +147,22 @@ class TiledEmbedding:
     # -- windows ---------------------------------------------------------------------------
     def embedding_of(self, region: Region) -> Embedding:
         """The embedding of the image's ``region`` (from the caches when seen before)."""
+        rgb, key = self._input(region)
+        emb = self.cache.get(key)
+        if emb is not None:
+            return emb
+        if self.on_embed is not None:
+            self.on_embed(self._describe(region))
+        return embed_cached(self.model, rgb, None, self.cache, self.disk)
+
+    def _input(self, region: Region) -> tuple[np.ndarray, str]:
+        """The region's model input (uint8 RGB) and its embedding cache key."""
         from .embeddings import embedding_key
         from .image import to_rgb_uint8
 
         r0, c0, r1, c1 = region
         rgb = to_rgb_uint8(np.asarray(self.image[r0:r1, c0:c1]), self.contrast_limits)
-        if self.on_embed is not None:
-            key = embedding_key(self.model, rgb, self.model.input_zoom(rgb.shape[:2]))
-            if key not in self.cache:
-                self.on_embed(self._describe(region))
-        return embed_cached(self.model, rgb, None, self.cache, self.disk)
+        return rgb, embedding_key(self.model, rgb, self.model.input_zoom(rgb.shape[:2]))
 
     def tile_embedding(self, index: int) -> Embedding:
         """Tile ``index``'s embedding."""
@@ -196,9 +202,6 @@ class TiledEmbedding:
     def pending(self, points=None, labels=None, box=None) -> str | None:
         """What decoding this prompt will embed first (``"embedding tile 3 of 40 (...)"``), or None
         when its tile is in the memory cache (a guess for a mask that will grow: the first window)."""
-        from .embeddings import embedding_key
-        from .image import to_rgb_uint8
-
         pts = None if points is None or not len(points) else np.asarray(points, np.float64).reshape(-1, 2)
         if pts is None:
             lab = None
@@ -206,10 +209,8 @@ class TiledEmbedding:
             lab = np.ones(len(pts)) if labels is None else np.asarray(labels).reshape(-1)
         if _extent(pts, lab, box) is None:
             return None
-        r0, c0, r1, c1 = region = self.region_for(pts, lab, box)
-        rgb = to_rgb_uint8(np.asarray(self.image[r0:r1, c0:c1]), self.contrast_limits)
-        key = embedding_key(self.model, rgb, self.model.input_zoom(rgb.shape[:2]))
-        return None if key in self.cache else self._describe(region)
+        region = self.region_for(pts, lab, box)
+        return None if self._input(region)[1] in self.cache else self._describe(region)
 
     # -- decoding ----------------------------------------------------------------------------
     def predict(self, points=None, labels=None, box=None, mask_input=None,
@@ -241,7 +242,6 @@ class TiledEmbedding:
             if bigger == region:
                 break
             region = bigger
-        self._regions[_digest(pred.logits[pred.best])] = region
         for i in range(len(pred.scores)):
             self._regions[_digest(pred.logits[i])] = region
         return pred

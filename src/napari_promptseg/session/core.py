@@ -252,11 +252,11 @@ class AnnotationSession:
     def _tile_status(self, stack, todo) -> None:
         """A huge 2D image: say which tile the decode is about to embed (if one)."""
         tiled = stack.cached(())
+        if tiled is None:
+            return
         for objs in todo.values():
             for o, _ in objs.values():
-                if tiled is None or not decoding.present(o):
-                    continue
-                what = tiled.pending(o.points, o.labels, o.box)
+                what = tiled.pending(o.points, o.labels, o.box) if decoding.present(o) else None
                 if what:
                     self._status(f"{what}…")
                     return
