@@ -29,7 +29,8 @@ import numpy as np
 
 from .results import Embedding
 
-__all__ = ["DiskCache", "CacheWarning", "FORMAT_VERSION", "DEFAULT_DTYPE", "default_max_bytes"]
+__all__ = ["DiskCache", "CacheWarning", "FORMAT_VERSION", "DEFAULT_DTYPE", "default_max_bytes",
+           "read_entry", "write_entry"]
 
 #: bump when the layout or the meaning of the stored arrays changes: older entries are then
 #: reported and recomputed
@@ -142,7 +143,7 @@ class DiskCache:
             if not path.is_dir():
                 return None
             try:
-                emb = self._read(path, key, device, model)
+                emb = read_entry(path, key, device, model)
             except Exception as e:  # noqa: BLE001 - a cache never fails its caller
                 error = e
                 continue
@@ -160,50 +161,6 @@ class DiskCache:
         )
         self._discard(path)
         return None
-
-    def _read(self, path: Path, key: str, device, model) -> Embedding:
-        import zarr
-        from zarr.storage import LocalStore
-
-        group = zarr.open_group(store=LocalStore(path, read_only=True), mode="r")
-        meta = group.attrs.asdict()
-        if meta.get("format") != _FORMAT:
-            raise _Corrupt("not a napari-promptseg embedding")
-        if meta.get("version") != FORMAT_VERSION:
-            raise _Corrupt(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
-        if meta.get("key") != key:
-            raise _Corrupt(f"it was stored under key {meta.get('key')!r}")
-        if model is not None:
-            mine = (model.name, model.checkpoint_id, model.preprocessing)
-            theirs = (meta.get("model"), meta.get("checkpoint_id"), meta.get("preprocessing"))
-            if mine != theirs:
-                raise _Corrupt(f"made by {theirs}, not by the requesting model {mine}")
-        feats = {}
-        for f in meta["features"]:
-            arr = group[f["array"]][...]
-            if list(arr.shape) != f["shape"] or str(arr.dtype) != f["stored_dtype"]:
-                raise _Corrupt(f"feature {f['name']!r} has shape {arr.shape} {arr.dtype}, "
-                               f"expected {tuple(f['shape'])} {f['stored_dtype']}")
-            if _digest(arr) != f["xxh3"]:
-                raise _Corrupt(f"feature {f['name']!r} fails its checksum (truncated or garbled chunk)")
-            feats[f["name"]] = self._restore(arr, f, device)
-        return Embedding(
-            model=str(meta["model"]),
-            checkpoint_id=str(meta["checkpoint_id"]),
-            preprocessing=str(meta["preprocessing"]),
-            original_size=tuple(int(v) for v in meta["original_size"]),
-            input_size=tuple(int(v) for v in meta["input_size"]),
-            features=feats,
-        )
-
-    @staticmethod
-    def _restore(arr: np.ndarray, f: dict, device):
-        if f["kind"] == "numpy":
-            return arr.astype(f["dtype"], copy=False)
-        import torch
-
-        dtype = getattr(torch, f["dtype"])
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -232,48 +189,7 @@ class DiskCache:
         self.evict(keep=key)
 
     def _write(self, tmp: Path, key: str, emb: Embedding) -> None:
-        import zarr
-        from zarr.storage import LocalStore
-
-        arrays, feats = {}, []
-        for i, (name, value) in enumerate(emb.features.items()):
-            arr, kind, dtype = self._to_numpy(value)
-            stored = arr
-            if (self.dtype == "float16" and arr.dtype.kind == "f" and arr.dtype.itemsize > 2
-                    and (arr.size == 0 or float(np.abs(arr).max()) <= _F16_MAX)):
-                stored = arr.astype(np.float16)  # out of range or NaN: kept as it is
-            arrays[f"f{i}"] = stored
-            feats.append({"name": str(name), "array": f"f{i}", "kind": kind, "dtype": dtype,
-                          "shape": list(stored.shape), "stored_dtype": str(stored.dtype),
-                          "xxh3": _digest(stored)})
-        meta = {
-            "format": _FORMAT, "version": FORMAT_VERSION, "key": key,
-            "model": emb.model, "checkpoint_id": emb.checkpoint_id,
-            "preprocessing": emb.preprocessing,
-            "original_size": [int(v) for v in emb.original_size],
-            "input_size": [int(v) for v in emb.input_size],
-            "features": feats,
-        }
-        group = zarr.create_group(store=LocalStore(tmp), zarr_format=3, attributes=meta)
-        for name, stored in arrays.items():
-            a = group.create_array(
-                name, shape=stored.shape, dtype=stored.dtype,
-                chunks=tuple(max(1, s) for s in stored.shape), compressors=None, fill_value=0,
-                chunk_key_encoding={"name": "default", "separator": "."},
-            )
-            a[...] = stored
-
-    @staticmethod
-    def _to_numpy(value) -> tuple[np.ndarray, str, str]:
-        """(array, "torch" | "numpy", dtype name to restore)."""
-        if hasattr(value, "detach"):  # a torch tensor
-            dtype = str(value.dtype).removeprefix("torch.")
-            t = value.detach().cpu()
-            if dtype == "bfloat16":  # numpy has no bfloat16
-                t = t.float()
-            return t.numpy(), "torch", dtype
-        arr = np.asarray(value)
-        return arr, "numpy", str(arr.dtype)
+        write_entry(tmp, key, emb, self.dtype)
 
     # -- size, eviction --------------------------------------------------------------------------
 
@@ -337,3 +253,96 @@ class DiskCache:
         except OSError:  # gone already, or in use (Windows): leave it
             return
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def read_entry(path: Path, key: str | None, device: Any = "cpu", model=None) -> Embedding:
+    """The embedding in the entry folder ``path`` (checked: format, ``key`` unless None, ``model``
+    unless None, every checksum); raises ``_Corrupt`` (or zarr's errors) when it is unusable."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    group = zarr.open_group(store=LocalStore(path, read_only=True), mode="r")
+    meta = group.attrs.asdict()
+    if meta.get("format") != _FORMAT:
+        raise _Corrupt("not a napari-promptseg embedding")
+    if meta.get("version") != FORMAT_VERSION:
+        raise _Corrupt(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
+    if key is not None and meta.get("key") != key:
+        raise _Corrupt(f"it was stored under key {meta.get('key')!r}")
+    if model is not None:
+        mine = (model.name, model.checkpoint_id, model.preprocessing)
+        theirs = (meta.get("model"), meta.get("checkpoint_id"), meta.get("preprocessing"))
+        if mine != theirs:
+            raise _Corrupt(f"made by {theirs}, not by the requesting model {mine}")
+    feats = {}
+    for f in meta["features"]:
+        arr = group[f["array"]][...]
+        if list(arr.shape) != f["shape"] or str(arr.dtype) != f["stored_dtype"]:
+            raise _Corrupt(f"feature {f['name']!r} has shape {arr.shape} {arr.dtype}, "
+                           f"expected {tuple(f['shape'])} {f['stored_dtype']}")
+        if _digest(arr) != f["xxh3"]:
+            raise _Corrupt(f"feature {f['name']!r} fails its checksum (truncated or garbled chunk)")
+        feats[f["name"]] = _restore(arr, f, device)
+    return Embedding(
+        model=str(meta["model"]),
+        checkpoint_id=str(meta["checkpoint_id"]),
+        preprocessing=str(meta["preprocessing"]),
+        original_size=tuple(int(v) for v in meta["original_size"]),
+        input_size=tuple(int(v) for v in meta["input_size"]),
+        features=feats,
+    )
+
+def _restore(arr: np.ndarray, f: dict, device):
+    if f["kind"] == "numpy":
+        return arr.astype(f["dtype"], copy=False)
+    import torch
+
+    dtype = getattr(torch, f["dtype"])
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
+
+
+def write_entry(tmp: Path, key: str, emb: Embedding, dtype: str = DEFAULT_DTYPE, **attrs) -> None:
+    """Write ``emb`` as an entry folder at ``tmp`` (a zarr v3 group; floating-point features
+    stored as ``dtype``); ``attrs`` are added to its metadata. Callers rename it into place."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    arrays, feats = {}, []
+    for i, (name, value) in enumerate(emb.features.items()):
+        arr, kind, restore = _to_numpy(value)
+        stored = arr
+        if (dtype == "float16" and arr.dtype.kind == "f" and arr.dtype.itemsize > 2
+                and (arr.size == 0 or float(np.abs(arr).max()) <= _F16_MAX)):
+            stored = arr.astype(np.float16)  # out of range or NaN: kept as it is
+        arrays[f"f{i}"] = stored
+        feats.append({"name": str(name), "array": f"f{i}", "kind": kind, "dtype": restore,
+                      "shape": list(stored.shape), "stored_dtype": str(stored.dtype),
+                      "xxh3": _digest(stored)})
+    meta = {
+        "format": _FORMAT, "version": FORMAT_VERSION, "key": key,
+        "model": emb.model, "checkpoint_id": emb.checkpoint_id,
+        "preprocessing": emb.preprocessing,
+        "original_size": [int(v) for v in emb.original_size],
+        "input_size": [int(v) for v in emb.input_size],
+        "features": feats, **attrs,
+    }
+    group = zarr.create_group(store=LocalStore(tmp), zarr_format=3, attributes=meta)
+    for name, stored in arrays.items():
+        a = group.create_array(
+            name, shape=stored.shape, dtype=stored.dtype,
+            chunks=tuple(max(1, s) for s in stored.shape), compressors=None, fill_value=0,
+            chunk_key_encoding={"name": "default", "separator": "."},
+        )
+        a[...] = stored
+
+
+def _to_numpy(value) -> tuple[np.ndarray, str, str]:
+    """(array, "torch" | "numpy", dtype name to restore)."""
+    if hasattr(value, "detach"):  # a torch tensor
+        dtype = str(value.dtype).removeprefix("torch.")
+        t = value.detach().cpu()
+        if dtype == "bfloat16":  # numpy has no bfloat16
+            t = t.float()
+        return t.numpy(), "torch", dtype
+    arr = np.asarray(value)
+    return arr, "numpy", str(arr.dtype)
