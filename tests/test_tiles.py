@@ -85,6 +85,29 @@ def test_first_mask_on_a_big_image_embeds_only_the_tile_it_needs(demo, monkeypat
     assert len(enc.shapes) == 1
 
 
+class _Reads(np.ndarray):
+    """An image that counts how often its pixels are sliced."""
+
+    reads = 0
+
+    def __getitem__(self, item):
+        type(self).reads += 1
+        return np.asarray(self).__getitem__(item)
+
+
+def test_pending_says_which_tile_without_reading_pixels(demo):
+    img, lab = synthetic_image(3, (1400, 1400), style="sparse")
+    image = img.view(_Reads)
+    tiled = ps.embed_tiles(demo, image, contrast_limits=(float(img.min()), float(img.max())))
+    gt = lab == [i for i in range(1, lab.max() + 1) if (lab == i).sum() >= 40][0]
+    pt = [interior_point(gt)]
+    _Reads.reads = 0
+    assert tiled.pending(points=pt).startswith("embedding tile ") and _Reads.reads == 0
+    demo.predict(tiled, points=pt, multimask=False)
+    _Reads.reads = 0
+    assert tiled.pending(points=pt) is None and _Reads.reads == 0  # its tile is in memory now
+
+
 def _cut_objects(lab, tiled, min_area=40):
     """Ids of objects crossing a tile box edge inside the image (a tile sees them cut)."""
     out = []

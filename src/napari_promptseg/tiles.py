@@ -17,6 +17,7 @@ pixels; regions ``(row0, col0, row1, col1)`` with exclusive ends.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ __all__ = ["TILE_FACTOR", "Tile", "TileGrid", "TiledEmbedding", "tile_side", "wa
 
 #: ``tiles="auto"``: tile an image whose long side exceeds this many tiles
 TILE_FACTOR = 4.0
+_MAX_REGIONS = 256  # predictions whose logits can come back as mask_input
 
 Region = tuple[int, int, int, int]
 
@@ -134,7 +136,9 @@ class TiledEmbedding:
         self.disk = disk
         self.on_embed = on_embed
         self.grow = max(0, int(grow))
-        self._regions: dict[bytes, Region] = {}  # logits digest -> the window they belong to
+        # logits digest -> the window they belong to (the latest _MAX_REGIONS predictions)
+        self._regions: OrderedDict[bytes, Region] = OrderedDict()
+        self._keys: dict[Region, str] = {}  # cache key of each region embedded so far
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -162,7 +166,13 @@ class TiledEmbedding:
 
         r0, c0, r1, c1 = region
         rgb = to_rgb_uint8(np.asarray(self.image[r0:r1, c0:c1]), self.contrast_limits)
-        return rgb, embedding_key(self.model, rgb, self.model.input_zoom(rgb.shape[:2]))
+        key = self._keys[tuple(region)] = embedding_key(self.model, rgb, self.model.input_zoom(rgb.shape[:2]))
+        return rgb, key
+
+    def _remember(self, logits, region: Region) -> None:
+        self._regions[_digest(logits)] = region
+        while len(self._regions) > _MAX_REGIONS:
+            self._regions.popitem(last=False)
 
     def tile_embedding(self, index: int) -> Embedding:
         """Tile ``index``'s embedding."""
@@ -210,7 +220,8 @@ class TiledEmbedding:
         if _extent(pts, lab, box) is None:
             return None
         region = self.region_for(pts, lab, box)
-        return None if self._input(region)[1] in self.cache else self._describe(region)
+        key = self._keys.get(tuple(region))  # no pixels read or hashed: this runs on the UI thread
+        return None if key is not None and key in self.cache else self._describe(region)
 
     # -- decoding ----------------------------------------------------------------------------
     def predict(self, points=None, labels=None, box=None, mask_input=None,
@@ -243,7 +254,7 @@ class TiledEmbedding:
                 break
             region = bigger
         for i in range(len(pred.scores)):
-            self._regions[_digest(pred.logits[i])] = region
+            self._remember(pred.logits[i], region)
         return pred
 
     def _predict_in(self, region, pts, lab, box, mask_input, multimask):
@@ -278,7 +289,7 @@ class TiledEmbedding:
             region = t.box if _contains(t.box, ext) else self.window_around(ext)
         r0, c0, r1, c1 = region
         logits = self.model.mask_prompt(self.embedding_of(region), m[r0:r1, c0:c1], strength)
-        self._regions[_digest(logits)] = region
+        self._remember(logits, region)
         return logits
 
     def tile_embeddings(self) -> Iterator[tuple[Tile, Embedding]]:
