@@ -36,7 +36,11 @@ def open_demo(viewer, model: str | None = None, checkpoint=None, device: str = "
 
 
 def main(argv=None) -> None:
-    import napari
+    try:
+        import napari
+    except ImportError:
+        raise SystemExit("napari is not installed: pip install \"napari-promptseg[qt]\" (napari and "
+                         "a Qt binding; a plain install is headless)") from None
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None,
