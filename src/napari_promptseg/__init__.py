@@ -11,6 +11,8 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> labels = ps.propagate(model, stack, {12: seed_labels})  # through a z-stack or video
 >>> found = ps.segment_everything(model, image)      # .labels (H, W) int32, .objects
 >>> tiled = ps.embed_tiles(model, huge_image)        # tiles at the model's scale, on demand
+>>> for done, total in ps.embed_store_iter(model, stack, "stack.zarr"): ...   # resumable
+>>> labels = ps.propagate(model, stack, seeds, embeddings=ps.open_embeddings("stack.zarr"))
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .models.weights import default_model_name
 from .prompts import Prompt
 from .propagate import SliceResult, propagate, propagate_iter  # light: numpy only at import
 from .results import Embedding, Prediction
+from .store import EmbeddingStore, StoreError, embed_store_iter, open_embeddings
 from .tiles import TiledEmbedding, embed_tiles
 
 if TYPE_CHECKING:
@@ -41,7 +44,8 @@ __all__ = [
     "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
     "default_model_name", "finetune", "DiskCache", "CacheWarning", "propagate", "propagate_iter",
     "SliceResult", "segment_everything", "segment_everything_iter", "Everything", "MaskRecord",
-    "EVERYTHING_DEFAULTS", "TiledEmbedding", "embed_tiles",
+    "EVERYTHING_DEFAULTS", "TiledEmbedding", "embed_tiles", "EmbeddingStore", "StoreError",
+    "embed_store_iter", "open_embeddings",
 ]
 
 

@@ -569,6 +569,7 @@ def propagate(
     progress: Callable[[int, int], None] | None = None,
     method: str = "auto",
     stop_after: int | None = None,
+    embeddings=None,
 ) -> np.ndarray:
     """Segment objects through a z-stack or a video from prompts on some of its slices / frames.
 
@@ -604,6 +605,10 @@ def propagate(
     min_score, min_overlap, min_area, max_slices, prompt, box_margin, absent: see
     :func:`propagate_iter` (with ``method="memory"`` only ``max_slices`` and ``absent`` apply).
     progress: called as ``progress(done, total)`` after each processed slice.
+    embeddings: an embeddings store (:func:`~napari_promptseg.store.open_embeddings` or its path)
+    made for this stack, model and ``axis``: its planes are used (its window too), missing planes
+    are embedded; a store made for other pixels or another model raises
+    :class:`~napari_promptseg.store.StoreError`.
 
     Returns an int32 labels array shaped like ``stack`` without its channel axis; the seed slices
     hold the seed masks, the other slices the propagated masks (0 = background).
@@ -626,7 +631,17 @@ def propagate(
     axis %= 3
     n = spatial[axis]
     plane_shape = tuple(s for i, s in enumerate(spatial) if i != axis)
-    if contrast_limits is not None:
+    store = None
+    if embeddings is not None:
+        from .store import EmbeddingStore, StoreError, open_embeddings
+
+        store = embeddings if isinstance(embeddings, EmbeddingStore) else open_embeddings(embeddings)
+        store.check(model, tuple(arr.shape), axis)
+        if contrast_limits is not None and tuple(_check_limits(contrast_limits)) != store.window:
+            raise StoreError(f"contrast_limits {contrast_limits} differ from the store's window "
+                             f"{store.window}: leave contrast_limits out to use the store")
+        window = store.window
+    elif contrast_limits is not None:
         window = _check_limits(contrast_limits)
     elif np.dtype(arr.dtype) in (np.uint8, np.bool_):
         window = None  # passes unchanged
@@ -636,19 +651,22 @@ def propagate(
     def plane(k: int) -> np.ndarray:  # indexing reads one plane of a zarr / dask stack, not all
         return np.asarray(arr[(slice(None),) * axis + (k,)])
 
+    def _stored(k: int) -> Embedding | None:
+        return None if store is None else store.embedding_for(k, model, plane(k))
+
     if resolve_method(model, method) == "memory":
         from .embeddings import EmbeddingCache
 
         mem = EmbeddingCache(2) if cache is None else cache  # the tracker reads a frame ~3 times
 
         def embedding_of(k: int) -> Embedding:
-            return embed_cached(model, plane(k), window, mem, disk=disk)
+            return _stored(k) or embed_cached(model, plane(k), window, mem, disk=disk)
 
         return _propagate_memory(model, embedding_of, n, plane_shape, spatial, axis, prompts,
                                  max_slices, stop_after, absent, progress)
 
     def embedding_of(k: int) -> Embedding:
-        return embed_cached(model, plane(k), window, cache, disk=disk)
+        return _stored(k) or embed_cached(model, plane(k), window, cache, disk=disk)
 
     seeds: dict[int, dict[int, np.ndarray]] = {}
     for k, p in _seed_prompts(prompts, n).items():
