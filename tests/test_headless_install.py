@@ -30,6 +30,7 @@ labels = ps.propagate(model, stack, {1: [{"points": [[r, c]]}]})
 assert labels.shape == (3, 128, 160) and (labels == 1).sum(axis=(1, 2)).min() > 0
 found = ps.segment_everything(model, img, points_per_side=8)
 assert found.labels.shape == (128, 160) and found.objects
+np.save("stack.npy", stack)
 print("HEADLESS OK")
 '''
 
@@ -53,6 +54,10 @@ def test_plain_install_has_no_gui_and_the_api_runs(tmp_path):
     pip(str(ROOT))  # the package alone, no extras
     out = subprocess.run([py, "-c", PROBE], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "HEADLESS OK" in out.stdout, out.stderr[-3000:]
+    cli = subprocess.run([str(venv / "bin" / "promptseg"), "embed", "stack.npy", "--model", "promptseg_demo",
+                          "--device", "cpu", "--out", "stack.zarr"], env=env, capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert cli.returncode == 0 and "3 of 3 planes" in cli.stdout, cli.stderr[-3000:]
     demo = subprocess.run([str(venv / "bin" / "napari-promptseg-demo")], env=env, capture_output=True,
                           text=True)
     assert demo.returncode != 0 and 'pip install "napari-promptseg[qt]"' in demo.stderr

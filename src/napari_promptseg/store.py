@@ -265,15 +265,20 @@ def embed_store_iter(model, image, path: str | Path, axis: int = 0, *,
     """Embed every plane of ``image`` into the store at ``path`` in this process; yields
     ``(done, total)``. Resumable: planes already stored are skipped. window: the intensity window
     (default: the stack's, :func:`~napari_promptseg.stack.stack_window`, as ``ps.propagate``
-    uses); planes: flat plane indices to embed (default all)."""
+    uses); planes: flat plane indices to embed (default all). A bad image, axis or a store made
+    for other pixels or another model raises :class:`StoreError` at the call, before any work."""
     from .stack import stack_window
 
     lead_axes, _, rgb = plane_layout(tuple(image.shape), axis, rgb)
     if window is None and np.dtype(image.dtype) not in (np.uint8, np.bool_):
         front = np.moveaxis(image, lead_axes, range(len(lead_axes))) if lead_axes else image
         window = stack_window(front, rgb=rgb)
-    store = _create(Path(path), model, image, axis, window, rgb)
+    store = _create(Path(path), model, image, axis, window, rgb)  # bad input raises here, at the call
     todo = list(range(store.n_planes)) if planes is None else [int(p) for p in planes]
-    for done, flat in enumerate(todo, 1):
-        embed_plane(store, model, image, flat)
-        yield done, len(todo)
+
+    def run() -> Iterator[tuple[int, int]]:
+        for done, flat in enumerate(todo, 1):
+            embed_plane(store, model, image, flat)
+            yield done, len(todo)
+
+    return run()

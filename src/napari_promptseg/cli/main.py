@@ -1,0 +1,139 @@
+"""promptseg: models, downloads and embeddings stores from a shell (a cluster node, a batch job).
+
+Every command prints progress on stderr; a bad input gives one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .io import UsageError, read_image
+
+EXAMPLES = {
+    "models": "promptseg models",
+    "download": "promptseg download vit_b",
+    "embed": "promptseg embed stack.tif --model vit_b --out stack.zarr   # rerun to resume",
+}
+
+
+def _models(args) -> int:
+    import napari_promptseg as ps
+    from napari_promptseg.models.weights import available_locally
+
+    for spec in ps.list_models():
+        here = "local" if available_locally(spec) else "-"
+        print(f"{spec.name:24s} {spec.family:5s} {spec.size_mb:8.1f} MB  {here:5s}  {spec.description}")
+    return 0
+
+
+def _spec(name: str):
+    from napari_promptseg.models.registry import get_spec
+
+    try:
+        return get_spec(name)
+    except (KeyError, ValueError) as e:
+        raise UsageError(str(e).strip("'\"")) from None
+
+
+def _download(args) -> int:
+    from napari_promptseg.models.weights import WeightsError, fetch_weights
+
+    try:
+        path = fetch_weights(_spec(args.name), progress=True)
+    except WeightsError as e:
+        print(f"promptseg download: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _embed(args) -> int:
+    from tqdm import tqdm
+
+    import napari_promptseg as ps
+    from napari_promptseg.store import StoreError
+
+    image = read_image(args.input)
+    _spec(args.model)
+    if args.checkpoint is None and not _local(args.model):
+        print(f"promptseg: {args.model} is not downloaded yet: downloading", file=sys.stderr)
+    from napari_promptseg.models.weights import WeightsError
+
+    try:
+        model = ps.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    except (OSError, ValueError, WeightsError) as e:
+        raise UsageError(f"cannot load {args.model}: {e}") from None
+    window = tuple(args.window) if args.window else None
+    try:
+        it = ps.embed_store_iter(model, image, args.out, axis=args.axis, window=window)
+        with tqdm(desc="embedding planes", unit="plane", file=sys.stderr) as bar:
+            for done, total in it:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+    store = ps.open_embeddings(args.out)
+    print(f"{args.out}: {len(store)} of {store.n_planes} planes, model {store.model}, window {store.window}")
+    return 0
+
+
+def _local(name: str) -> bool:
+    from napari_promptseg.models.weights import available_locally
+
+    return available_locally(_spec(name))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="promptseg", description=__doc__.split("\n")[0],
+        epilog="Examples:\n  " + "\n  ".join(EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    m = sub.add_parser("models", help="list the models, and which are in the local cache",
+                       epilog=f"Example: {EXAMPLES['models']}")
+    m.set_defaults(run=_models)
+    d = sub.add_parser("download", help="download a model's checkpoint into the cache (hash-checked)",
+                       epilog=f"Example: {EXAMPLES['download']}")
+    d.add_argument("name", help="registry name (see `promptseg models`)")
+    d.set_defaults(run=_download)
+    e = sub.add_parser(
+        "embed", help="embed every plane of an image, z-stack, video or T x Z stack into a zarr store",
+        description="Embed every plane into one self-describing zarr store (model, checkpoint, window, "
+                    "axis, shape; float16). Planes already stored are skipped: rerun an interrupted "
+                    "run to complete it. Open the store with ps.open_embeddings or "
+                    "ps.propagate(..., embeddings=STORE).",
+        epilog=f"Example: {EXAMPLES['embed']}")
+    e.add_argument("input", help="tif / ome-tif, png / jpg, npy or zarr")
+    e.add_argument("--model", required=True, help="registry name (see `promptseg models`)")
+    e.add_argument("--checkpoint", default=None, help="a local checkpoint file: no download")
+    e.add_argument("--axis", type=int, default=0, help="the axis the planes lie across (default 0)")
+    e.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="intensity window (default: the stack's robust percentiles, as ps.propagate)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    e.add_argument("--out", required=True, help="the store folder, e.g. stack.zarr")
+    e.set_defaults(run=_embed)
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit code (2 for a user error)."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UsageError as e:
+        print(f"promptseg {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"promptseg {args.command}: interrupted (a store is valid: rerun to complete it)",
+              file=sys.stderr)
+        return 130
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()
