@@ -166,7 +166,7 @@ class EmbeddingStore(Mapping):
         ``shape`` with planes across ``axis``."""
         mine = (model.name, model.checkpoint_id, model.preprocessing)
         theirs = (self.model, self.checkpoint_id, self.preprocessing)
-        if mine[:2] != theirs[:2] or mine[2] != theirs[2]:
+        if mine != theirs:
             raise StoreError(f"the store {self.path} was made with model {self.model!r} (checkpoint "
                              f"{self.checkpoint_id[:12]}), not with {model.name!r} (checkpoint "
                              f"{model.checkpoint_id[:12]}): load that model or embed again")
@@ -193,9 +193,11 @@ class EmbeddingStore(Mapping):
         if key != stored:
             raise StoreError(f"plane {index!r} of the image differs from the one embedded in "
                              f"{self.path}: the store was made for other pixels (or another window)")
-        emb = self[index]
-        return emb if str(model.device) == str(self.device) else read_entry(
-            self._entry(self._flat(index)), None, model.device)
+        try:
+            return read_entry(self._entry(self._flat(index)), None, model.device)
+        except Exception as e:  # noqa: BLE001 - a damaged plane is reported as what it is
+            raise StoreError(f"plane {index!r} of {self.path} is damaged ({e}); delete it and embed "
+                             "again") from None
 
 
 def open_embeddings(path: str | Path, device: Any = "cpu") -> EmbeddingStore:
