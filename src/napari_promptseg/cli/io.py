@@ -13,6 +13,13 @@ class UsageError(Exception):
     """A user error: reported as one line, exit code 2."""
 
 
+def guess_rgb(shape: tuple[int, ...]) -> bool:
+    """Whether an input of ``shape`` has a colour axis: a last axis of 3 or 4 after at least two
+    others (``(H, W, 3)`` is an RGB image, ``(T, H, W, 3)`` an RGB video; a gray z-stack has its
+    planes first, ``(Z, H, W)``)."""
+    return len(shape) in (3, 4) and shape[-1] in (3, 4)
+
+
 def read_image(path: str | Path):
     """The array in ``path``: a memory map or a zarr array when the format allows (planes are
     read when used), else a numpy array."""
@@ -49,3 +56,46 @@ def read_image(path: str | Path):
     except Exception as e:  # noqa: BLE001 - an unreadable file is the user's input
         raise UsageError(f"{p}: cannot be read as {suffix[1:]} ({type(e).__name__}: {e})") from None
     raise UsageError(f"{p}: unknown image format {suffix!r}; use one of {', '.join(SUFFIXES)}")
+
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".zarr")
+
+
+def check_labels_path(path: str | Path, overwrite: bool = True) -> Path:
+    """``path`` if labels can be written there (a .tif / .tiff file or a .zarr folder)."""
+    p = Path(path)
+    if p.suffix.lower() not in LABEL_SUFFIXES:
+        raise UsageError(f"{p}: labels are written as .tif or .zarr, not {p.suffix or 'no suffix'}")
+    if not p.parent.is_dir():
+        raise UsageError(f"{p.parent}: no such folder for the output")
+    if not overwrite and p.exists():
+        raise UsageError(f"{p} exists; pass --overwrite or another --out")
+    return p
+
+
+def write_labels(path: str | Path, labels: np.ndarray) -> None:
+    """Write an int labels array to a .tif (zlib-compressed, ImageJ-readable) or a .zarr array
+    (chunked per plane), replacing what was there; written beside and renamed into place."""
+    import os
+    import shutil
+    import uuid
+
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        if p.suffix.lower() == ".zarr":
+            import zarr
+
+            chunks = (1,) * (labels.ndim - 2) + tuple(min(s, 1024) for s in labels.shape[-2:])
+            z = zarr.open_array(tmp, mode="w", shape=labels.shape, dtype=labels.dtype, chunks=chunks)
+            z[...] = labels
+            if p.exists():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        else:
+            import tifffile
+
+            tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack")
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .commands import EXAMPLES as MORE_EXAMPLES
+from .commands import add_parsers
 from .io import UsageError, read_image
 
 EXAMPLES = {
@@ -88,7 +90,7 @@ def _local(name: str) -> bool:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="promptseg", description=__doc__.split("\n")[0],
-        epilog="Examples:\n  " + "\n  ".join(EXAMPLES.values()),
+        epilog="Examples:\n  " + "\n  ".join([*EXAMPLES.values(), *MORE_EXAMPLES.values()]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     m = sub.add_parser("models", help="list the models, and which are in the local cache",
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     e.add_argument("--out", required=True, help="the store folder, e.g. stack.zarr")
     e.set_defaults(run=_embed)
+    add_parsers(sub)
     return p
 
 

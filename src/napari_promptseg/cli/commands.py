@@ -1,0 +1,339 @@
+"""The `promptseg segment`, `propagate` and `everything` commands (argparse namespaces in, exit
+codes out). Bad input raises :class:`~.io.UsageError` (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .io import SUFFIXES, UsageError, check_labels_path, guess_rgb, read_image, write_labels
+
+__all__ = ["load_model", "run_segment", "run_propagate", "run_everything", "everything_params"]
+
+
+def load_model(args):
+    """The model named by ``args.model`` (``args.checkpoint``, ``args.device``); a missing
+    checkpoint is downloaded (said on stderr), an unknown name or a bad file is a UsageError."""
+    import napari_promptseg as ps
+    from napari_promptseg.models.registry import get_spec
+    from napari_promptseg.models.weights import WeightsError, available_locally
+
+    try:
+        spec = get_spec(args.model)
+    except (KeyError, ValueError) as e:
+        raise UsageError(str(e).strip("'\"")) from None
+    if args.checkpoint is None and not available_locally(spec):
+        print(f"promptseg: {args.model} is not downloaded yet: downloading", file=sys.stderr)
+    try:
+        return ps.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    except (OSError, ValueError, WeightsError) as e:
+        raise UsageError(f"cannot load {args.model}: {e}") from None
+
+
+def _layout(image, axis: int) -> tuple[bool, int, int]:
+    """``(rgb, non-channel dims, axis)`` of an input image: 2D (gray or RGB) or a stack."""
+    rgb = guess_rgb(image.shape)
+    spatial = image.ndim - rgb
+    if spatial == 2:
+        return rgb, 2, 0
+    if spatial != 3:
+        raise UsageError(f"an image of shape {tuple(image.shape)} is neither 2D nor a stack (N, H, W"
+                         f"{'' if not rgb else ', C'}); T x Z stacks: use `promptseg embed`")
+    if not -3 <= axis < 3:
+        raise UsageError(f"axis {axis} does not exist: the image has 3 non-channel axes (shape "
+                         f"{tuple(image.shape)}); use 0..2")
+    return rgb, 3, axis % 3
+
+
+def _plane(image, axis: int, k: int) -> np.ndarray:
+    return np.asarray(image[(slice(None),) * axis + (k,)])
+
+
+def _window(args, image, rgb: bool, spatial: int, axis: int):
+    if args.window:
+        return tuple(args.window)
+    if spatial == 3 and np.dtype(image.dtype) not in (np.uint8, np.bool_):
+        from napari_promptseg.stack import stack_window
+
+        return stack_window(np.moveaxis(image, axis, 0), rgb=rgb)  # as ps.propagate and stores
+    return None
+
+
+def _store(args, model, image, axis: int):
+    if not getattr(args, "embeddings", None):
+        return None
+    import napari_promptseg as ps
+
+    try:
+        store = ps.open_embeddings(args.embeddings, device=model.device)
+        store.check(model, tuple(image.shape), axis)
+    except ps.StoreError as e:
+        raise UsageError(str(e)) from None
+    if args.window and tuple(args.window) != store.window:
+        raise UsageError(f"--window {tuple(args.window)} differs from the store's window {store.window}: "
+                         "leave --window out to use the store")
+    return store
+
+
+def run_segment(args) -> int:
+    """One mask per prompted object on its plane; the labels have the image's non-channel shape."""
+    from napari_promptseg.propagate import _decode_prompt
+    from napari_promptseg.store import StoreError
+    from napari_promptseg.tiles import wants_tiles
+
+    from .prompt_files import read_prompts
+
+    image = read_image(args.input)
+    rgb, spatial, axis = _layout(image, args.axis)
+    prompts = read_prompts(args.prompts, spatial, axis)
+    out_path = check_labels_path(args.out)
+    model = load_model(args)
+    store = _store(args, model, image, axis)
+    window = store.window if store is not None else _window(args, image, rgb, spatial, axis)
+    shape = tuple(image.shape[:spatial])
+    labels = np.zeros(shape, np.int32)
+    n = shape[axis] if spatial == 3 else 1
+    view = np.moveaxis(labels, axis, 0) if spatial == 3 else labels[None]
+    empty = 0
+    for k in sorted(prompts):
+        if not 0 <= k < n:
+            raise UsageError(f"{args.prompts}: plane {k} is outside the image's {n} planes (axis {axis})")
+        pixels = _plane(image, axis, k) if spatial == 3 else np.asarray(image)
+        try:
+            emb = store.embedding_for(k if spatial == 3 else (), model, pixels) if store else None
+        except StoreError as e:
+            raise UsageError(str(e)) from None
+        if emb is None:
+            if spatial == 2 and wants_tiles(model, shape):
+                from napari_promptseg.tiles import embed_tiles
+
+                emb = embed_tiles(model, pixels, window)  # only the tiles the prompts need
+            else:
+                emb = model.embed(pixels, contrast_limits=window)
+        taken = np.zeros(shape[-2:] if spatial == 2 else pixels.shape[:2], bool)
+        for oid in sorted(prompts[k]):
+            where = f"plane {k}, object {oid}" if spatial == 3 else f"object {oid}"
+            try:
+                m = _decode_prompt(model, emb, prompts[k][oid], where) & ~taken
+            except ValueError as e:
+                if "empty mask" not in str(e):
+                    raise UsageError(f"{args.prompts}: {e}") from None
+                print(f"promptseg segment: {e}: skipped", file=sys.stderr)
+                empty += 1
+                continue
+            taken |= m
+            view[k][m] = oid
+    write_labels(out_path, labels)
+    n_obj = len(np.unique(labels)) - 1
+    print(f"{out_path}: {n_obj} object(s) on {len(prompts)} plane(s)"
+          + (f"; {empty} prompt(s) gave no mask" if empty else ""))
+    return 0
+
+
+def run_propagate(args) -> int:
+    """Objects prompted on some planes, followed through the stack both ways (ps.propagate)."""
+    from tqdm import tqdm
+
+    import napari_promptseg as ps
+
+    from .prompt_files import read_prompts
+
+    image = read_image(args.input)
+    rgb, spatial, axis = _layout(image, args.axis)
+    if spatial != 3:
+        raise UsageError(f"propagate needs a stack or a video (N, H, W[, C]); {args.input} is a 2D image "
+                         f"of shape {tuple(image.shape)}: use `promptseg segment`")
+    prompts = read_prompts(args.prompts, spatial, axis)
+    out_path = check_labels_path(args.out)
+    model = load_model(args)
+    store = _store(args, model, image, axis)
+    window = None if store is not None else _window(args, image, rgb, spatial, axis)
+    bars = []  # made at the first step: a refusal before any work prints one line only
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc="propagating", unit="plane", total=total, file=sys.stderr))
+        bars[0].n = done
+        bars[0].refresh()
+
+    try:
+        labels = ps.propagate(model, image, prompts, axis=axis, contrast_limits=window,
+                              embeddings=store, progress=progress, method=args.method)
+    except ps.StoreError as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:
+        raise UsageError(f"{args.prompts}: {e}") from None
+    finally:
+        for bar in bars:
+            bar.close()
+    write_labels(out_path, labels)
+    per_plane = (np.moveaxis(labels, axis, 0).reshape(labels.shape[axis], -1) > 0).any(1)
+    print(f"{out_path}: {len(np.unique(labels)) - 1} object(s) on {int(per_plane.sum())} of "
+          f"{labels.shape[axis]} planes")
+    return 0
+
+
+def everything_params(args) -> dict:
+    """The generator parameters given on the command line (the others keep the model's defaults)."""
+    from napari_promptseg.automatic import EVERYTHING_DEFAULTS
+
+    return {k: getattr(args, k) for k in EVERYTHING_DEFAULTS if getattr(args, k, None) is not None}
+
+
+def _inputs(paths) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir() and p.suffix.lower() != ".zarr":
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES
+                           and not q.name.startswith("."))
+            if not found:
+                raise UsageError(f"{p}: a folder with no image ({', '.join(SUFFIXES)})")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            raise UsageError(f"{p}: no such file or folder")
+    return files
+
+
+def run_everything(args) -> int:
+    """Every object of every image (a stack: of every plane, linked into 3D objects) into
+    ``OUT/<name>_labels.<format>``; existing outputs are skipped unless --overwrite."""
+    from tqdm import tqdm
+
+    import napari_promptseg as ps
+    from napari_promptseg.session.everything import link_plane
+
+    files = _inputs(args.inputs)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: --out must be a folder")
+    params = everything_params(args)
+    from napari_promptseg.automatic import _params
+
+    model = load_model(args)
+    try:
+        _params(params, model)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = done = skipped = 0
+    for f in tqdm(files, desc="images", unit="image", file=sys.stderr, disable=len(files) < 2):
+        target = out_dir / f"{f.name.split('.')[0]}_labels.{args.format}"
+        if target.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        try:
+            image = read_image(f)
+            rgb, spatial, axis = _layout(image, args.axis)
+            window = _window(args, image, rgb, spatial, axis)
+            if spatial == 2:
+                labels = ps.segment_everything(model, np.asarray(image), contrast_limits=window,
+                                               **params).labels
+                n_obj = int(labels.max(initial=0))
+            else:
+                n = image.shape[axis]
+                labels = np.zeros(image.shape[:3], np.int32)
+                view = np.moveaxis(labels, axis, 0)
+                prev, next_id = None, 1
+                for k in tqdm(range(n), desc=f.name, unit="plane", file=sys.stderr, leave=False):
+                    found = ps.segment_everything(model, _plane(image, axis, k), contrast_limits=window,
+                                                  **params).labels
+                    view[k], next_id = link_plane(prev, found, next_id)
+                    prev = view[k]
+                n_obj = next_id - 1
+        except (UsageError, ValueError) as e:
+            print(f"promptseg everything: {f}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        write_labels(target, labels)
+        done += 1
+        print(f"{f} -> {target}: {n_obj} object(s)")
+    if skipped:
+        print(f"{skipped} image(s) skipped: their labels exist (--overwrite recomputes them)",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+EXAMPLES = {
+    "segment": "promptseg segment cells.tif --model vit_b --prompts points.csv --out cells_labels.tif",
+    "propagate": "promptseg propagate stack.tif --model vit_b --prompts seeds.json --axis 0 "
+                 "--out stack_labels.zarr [--embeddings stack.zarr]",
+    "everything": "promptseg everything images/ more.tif --model vit_b_lm --out labels/ "
+                  "--points-per-side 32 --pred-iou-thresh 0.8",
+}
+
+_PROMPTS_HELP = ("prompts: .json ({plane: [{\"points\": [[row, col], ...], \"labels\": [1, 0], \"box\": "
+                 "[row0, col0, row1, col1]}, ...]}, or a list for a 2D image) or .csv (a napari Points "
+                 "layer saved as CSV: axis-0, axis-1, ... and optional label / object columns)")
+
+
+def _common(p, store: bool = True) -> None:
+    p.add_argument("--model", required=True, help="registry name (see `promptseg models`)")
+    p.add_argument("--checkpoint", default=None, help="a local checkpoint file: no download")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--axis", type=int, default=0, help="for a stack: the axis of its planes (default 0)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="intensity window (default: robust percentiles; for a stack the stack's)")
+    if store:
+        p.add_argument("--embeddings", metavar="STORE", default=None,
+                       help="an embeddings store made by `promptseg embed` for this image and model")
+
+
+def _prompted(p, input_help: str) -> None:
+    p.add_argument("input", help=input_help)
+    p.add_argument("--prompts", required=True, help="a .json or .csv prompts file")
+    p.add_argument("--out", required=True, help="labels file: .tif or .zarr")
+    _common(p)
+
+
+def add_parsers(sub) -> None:
+    """Add the segment, propagate and everything sub-commands to ``sub``."""
+    from napari_promptseg.automatic import EVERYTHING_DEFAULTS
+
+    s = sub.add_parser(
+        "segment", help="masks from point / box prompts on a 2D image or planes of a stack",
+        description="One mask per prompted object (the best-scoring candidate; three candidates for a "
+                    "single point), written as int32 labels (object ids from the prompts; where two "
+                    "objects claim a pixel the lower id keeps it). Huge 2D images are embedded in "
+                    "tiles, only those the prompts need. Coordinates: (row, col) data pixels, as in "
+                    "napari. " + _PROMPTS_HELP + ".",
+        epilog=f"Example: {EXAMPLES['segment']}")
+    _prompted(s, "tif / ome-tif, png / jpg, npy or zarr")
+    s.set_defaults(run=run_segment)
+
+    p = sub.add_parser(
+        "propagate", help="follow prompted objects through a z-stack or video, both ways",
+        description="Segment objects prompted on some planes in every plane of a stack or video (SAM: "
+                    "mask-to-prompt propagation; SAM 2: memory tracking), both ways from each prompted "
+                    "plane. " + _PROMPTS_HELP + ".",
+        epilog=f"Example: {EXAMPLES['propagate']}")
+    _prompted(p, "a stack (N, H, W) or an RGB video (N, H, W, 3): tif, npy or zarr")
+    p.add_argument("--method", choices=("auto", "memory", "prompt"), default="auto",
+                   help="memory (SAM 2 models), prompt, or auto (default: memory for SAM 2)")
+    p.set_defaults(run=run_propagate)
+
+    e = sub.add_parser(
+        "everything", help="segment every object of images and folders (SAM's automatic generator)",
+        description="Every object of each image (SAM's automatic mask generator, Meta's parameters) "
+                    "into OUT/<name>_labels.tif; a stack plane by plane with objects linked across "
+                    "planes by overlap (3D ids); huge 2D images in tiles. Labels already in OUT are "
+                    "skipped, so an interrupted batch resumes. Unset parameters keep the model's "
+                    "defaults (Meta's, or the model's own).",
+        epilog=f"Example: {EXAMPLES['everything']}")
+    e.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders of images")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--format", choices=("tif", "zarr"), default="tif", help="labels format (default tif)")
+    e.add_argument("--overwrite", action="store_true", help="recompute labels that exist in OUT")
+    _common(e, store=False)
+    g = e.add_argument_group("generator parameters (Meta's names)")
+    for name, default in EVERYTHING_DEFAULTS.items():
+        if name == "point_grids" or isinstance(default, bool):
+            continue
+        kind = int if isinstance(default, int) else float
+        g.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                       metavar=kind.__name__.upper(), help=f"Meta's default: {default}")
+    e.set_defaults(run=run_everything)
