@@ -1,7 +1,9 @@
 """Segment everything after the embedding: ps.segment_everything versus Meta's
-SamAutomaticMaskGenerator, same weights and parameters, same image and embedding.
+SamAutomaticMaskGenerator (SAM) and SAM2AutomaticMaskGenerator (SAM 2), same weights and
+parameters, same image and embedding.
 
-    python benchmarks/bench_everything.py         # writes its section of docs/benchmarks.md
+    python benchmarks/bench_everything.py              # writes its sections of docs/benchmarks.md
+    python benchmarks/bench_everything.py --only sam2  # the SAM 2 section alone
 
 Meta's generator embeds the image inside generate(): its predictor's set_image / reset_image are
 replaced by restoring the features computed once beforehand, so both sides time the generator
@@ -47,6 +49,26 @@ def _frozen_generator(sam, image, **kw):
     return gen
 
 
+def _frozen_sam2_generator(net, image, image_size: int, **kw):
+    """Meta's SAM 2 generator whose predictor keeps ``image``'s features (no re-embedding)."""
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    gen = SAM2AutomaticMaskGenerator(net, **kw)
+    pred = gen.predictor
+    s = image_size
+    pred._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]  # hard-coded for 1024
+    pred.set_image(image)
+    saved = {k: getattr(pred, k) for k in ("_features", "_orig_hw", "_is_image_set", "_is_batch")}
+
+    def restore(*_a, **_k):
+        for k, v in saved.items():
+            setattr(pred, k, v)
+
+    pred.set_image = restore
+    pred.reset_predictor = lambda: None
+    return gen
+
+
 def _iou(a, b) -> float:
     u = np.logical_or(a, b).sum()
     return 1.0 if u == 0 else np.logical_and(a, b).sum() / u
@@ -54,7 +76,8 @@ def _iou(a, b) -> float:
 
 def run_case(model, sam, image, repeats: int, **kw) -> dict:
     emb = model.embed(image)
-    gen = _frozen_generator(sam, image, **kw)
+    gen = (_frozen_sam2_generator(sam, image, model.image_size, **kw) if model.family == "sam2"
+           else _frozen_generator(sam, image, **kw))
     ours_t, meta_t, ref, res = [], [], None, None
     for _ in range(repeats):
         t = time.perf_counter()
@@ -73,7 +96,17 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--only", choices=("sam", "sam2"), help="one family's section")
+    p.add_argument("--sam2-arch", default="sam2.1_hiera_t_256",
+                   help="SAM 2 architecture (models.sam2.SAM2_ARCHS), random weights")
     args = p.parse_args(argv)
+    if args.only != "sam2":
+        bench_sam(args)
+    if args.only != "sam":
+        bench_sam2(args)
+
+
+def bench_sam(args) -> None:
 
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
@@ -119,6 +152,56 @@ def main(argv=None) -> None:
     print(text)
     if not args.no_write:
         write_section("bench_everything", text)
+
+
+def bench_sam2(args) -> None:
+    """SAM 2.1 Hiera-T with random weights (its registry spec, the chosen input size) against
+    Meta's SAM2AutomaticMaskGenerator on the same network weights."""
+    import dataclasses
+
+    from napari_promptseg.models.registry import get_spec
+    from napari_promptseg.models.sam2 import build_sam2_network
+
+    torch.manual_seed(0)
+    net = build_sam2_network(args.sam2_arch)
+    tmp = Path(tempfile.mkdtemp()) / "sam2_random.pt"
+    torch.save({"model": net.state_dict()}, tmp)
+    spec = dataclasses.replace(get_spec("sam2.1_hiera_tiny"), arch=args.sam2_arch)
+    model = ps.load_model(spec, checkpoint=tmp, device="cpu")
+    ref_net = build_sam2_network(args.sam2_arch)
+    ref_net.load_state_dict(torch.load(tmp, weights_only=True)["model"])
+    image = to_rgb_uint8(nuclei_image((args.size, args.size), n=60, seed=1)[0])
+    settings = {
+        "Meta's SAM 2 defaults": {},
+        "pred_iou 0.5, stability 0.5, offset 0.05": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.5,
+                                                     "stability_score_offset": 0.05},
+        "every mask kept (thresholds 0)": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+    }
+    rows = []
+    for sname, kw in settings.items():
+        r = run_case(model, ref_net, image, args.repeats, points_per_side=32, **kw)
+        rows.append((sname, r))
+        print(args.sam2_arch, sname, r, flush=True)
+    lines = [
+        "### SAM 2 (bench_everything.py --only sam2)",
+        "",
+        f"`python benchmarks/bench_everything.py --only sam2 --sam2-arch {args.sam2_arch}` — {machine()}. "
+        f"SAM 2.1 Hiera-T with **random weights** (`{args.sam2_arch}`: model input "
+        f"{model.image_size}²) against Meta's `SAM2AutomaticMaskGenerator` on the same network; generated "
+        f"nuclei, {args.size}² RGB, 32 x 32 points, points_per_batch 64, after the embedding (Meta's "
+        f"predictor keeps the features computed beforehand); medians of {args.repeats}, calls alternating. "
+        "Random weights: every mask covers most of the image, so box NMS keeps about one.",
+        "",
+        "| model | parameters | ours (s) | Meta's generator (s) | ratio | masks ours / Meta | min IoU |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for sname, r in rows:
+        lines.append(f"| {args.sam2_arch} (random weights) | {sname} | {r['ours']:.2f} | {r['meta']:.2f} "
+                     f"| {r['ours'] / r['meta']:.2f}x | {r['n_ours']} / {r['n_meta']} | {r['min_iou']:.3f} |")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("bench_everything_sam2", text)
 
 
 if __name__ == "__main__":

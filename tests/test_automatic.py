@@ -163,17 +163,6 @@ def test_point_grids_are_row_col_fractions(demo, nuclei):
     _assert_same(ref, ours)
 
 
-def test_sam2_model_runs_the_generator_steps(sam2_model):
-    """SAM 2 models: SAM's generator steps, prompt by prompt (Meta's SAM 2 generator is not the
-    reference here); masks in image pixels, labels consistent with the objects."""
-    image = blobs_image((96, 128), seed=1)
-    res = segment_everything(sam2_model, image, points_per_side=4, pred_iou_thresh=0.0,
-                             stability_score_thresh=0.0, box_nms_thresh=1.0)
-    assert len(res.objects) > 0
-    assert all(o.mask.shape == (96, 128) for o in res.objects)
-    _assert_labels(res)
-
-
 def test_a_model_declares_the_generator_thresholds_its_weights_need(demo, tiny_model):
     model, _ = demo
     assert tiny_model.everything_defaults == ps.EVERYTHING_DEFAULTS  # official SAM: Meta's

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .automatic import (
     EVERYTHING_DEFAULTS,
+    SAM2_EVERYTHING_DEFAULTS,
     Everything,
     MaskRecord,
     segment_everything,
@@ -44,8 +45,8 @@ __all__ = [
     "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
     "default_model_name", "finetune", "DiskCache", "CacheWarning", "propagate", "propagate_iter",
     "SliceResult", "segment_everything", "segment_everything_iter", "Everything", "MaskRecord",
-    "EVERYTHING_DEFAULTS", "TiledEmbedding", "embed_tiles", "EmbeddingStore", "StoreError",
-    "embed_store_iter", "open_embeddings",
+    "EVERYTHING_DEFAULTS", "SAM2_EVERYTHING_DEFAULTS", "TiledEmbedding", "embed_tiles", "EmbeddingStore",
+    "StoreError", "embed_store_iter", "open_embeddings",
 ]
 
 

@@ -3,7 +3,11 @@
 :func:`segment_everything` follows ``segment_anything.SamAutomaticMaskGenerator`` step by step
 (point grid per crop, predicted-IoU filter, stability score on the upscaled logits, crop-edge
 filter, box NMS per crop and across crops, small-region cleanup), with Meta's parameter names
-and defaults, so on the same weights it returns the same masks. What is faster:
+and defaults, so on the same weights it returns the same masks. For SAM 2 models it follows
+``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator`` instead: its defaults
+(``pred_iou_thresh`` 0.8), its ``mask_threshold``, ``multimask_output`` and ``use_m2m``, its
+``min_mask_region_area`` (holes and specks removed in the low-resolution logits) and its
+upscaling (:mod:`napari_promptseg.automatic_sam2`). What is faster:
 
 - prompts are decoded in batches on the cached image side of the decoder
   (:meth:`~napari_promptseg.PromptableModel.decode_points`) and the output upscaling runs only
@@ -25,10 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .automatic_sam2 import SAM2_EVERYTHING_DEFAULTS, SAM2_ONLY
 from .results import Embedding
 
-__all__ = ["MaskRecord", "Everything", "EverythingStep", "EVERYTHING_DEFAULTS", "segment_everything",
-           "segment_everything_iter"]
+__all__ = ["MaskRecord", "Everything", "EverythingStep", "EVERYTHING_DEFAULTS", "SAM2_EVERYTHING_DEFAULTS",
+           "GENERATOR_DEFAULTS", "segment_everything", "segment_everything_iter"]
 
 #: Meta's ``SamAutomaticMaskGenerator`` defaults (``point_grids``: None = a regular grid)
 EVERYTHING_DEFAULTS: dict[str, object] = {
@@ -37,6 +42,14 @@ EVERYTHING_DEFAULTS: dict[str, object] = {
     "crop_n_layers": 0, "crop_nms_thresh": 0.7, "crop_overlap_ratio": 512 / 1500,
     "crop_n_points_downscale_factor": 1, "point_grids": None, "min_mask_region_area": 0,
 }
+
+#: defaults per :attr:`~napari_promptseg.PromptableModel.everything_generator`
+GENERATOR_DEFAULTS: dict[str, dict[str, object]] = {"sam": EVERYTHING_DEFAULTS,
+                                                    "sam2": SAM2_EVERYTHING_DEFAULTS}
+
+
+def _is_sam2(model) -> bool:
+    return getattr(model, "everything_generator", "sam") == "sam2"
 
 
 @dataclass(eq=False)
@@ -88,12 +101,22 @@ class EverythingStep:
 def _params(params: dict, model=None) -> dict:
     """``params`` over the model's defaults (:attr:`PromptableModel.everything_defaults`, else
     Meta's), checked."""
-    unknown = sorted(set(params) - set(EVERYTHING_DEFAULTS))
+    sam2 = _is_sam2(model)
+    defaults = getattr(model, "everything_defaults", None) or GENERATOR_DEFAULTS["sam2" if sam2 else "sam"]
+    unknown = sorted(set(params) - set(defaults))
+    theirs = [n for n in unknown if n in SAM2_ONLY]
+    if theirs:
+        name = getattr(model, "name", type(model).__name__)
+        raise TypeError(f"{', '.join(theirs)}: parameter(s) of Meta's SAM2AutomaticMaskGenerator, for "
+                        f"SAM 2 models; model {name!r} follows SamAutomaticMaskGenerator, which has none")
     if unknown:
         raise TypeError(f"unknown segment-everything parameter(s) {', '.join(unknown)}; known: "
-                        f"{', '.join(EVERYTHING_DEFAULTS)}")
-    defaults = getattr(model, "everything_defaults", None) or EVERYTHING_DEFAULTS
+                        f"{', '.join(defaults)}")
     p = {**defaults, **params}
+    if sam2:
+        from .automatic_sam2 import check_sam2_params
+
+        check_sam2_params(p)
     if (p["points_per_side"] is None) == (p["point_grids"] is None):
         raise ValueError("give exactly one of points_per_side and point_grids")
     for name in ("points_per_batch",):
@@ -169,27 +192,34 @@ def _batch(model, emb, pts_rc, crop, ci, shape, p, edge: _Candidates | None = No
     crop's edge (not the image's) are dropped, or go to ``edge`` when given (tiles)."""
     from .models.upscale import upscale_masks
 
-    thr = float(p["pred_iou_thresh"])
-    scores, keep, low = model.decode_points(emb, pts_rc, multimask=True, min_score=thr if thr > 0 else None)
+    if _is_sam2(model):
+        from .automatic_sam2 import decode_sam2
+
+        iou, keep, low = decode_sam2(model, emb, pts_rc, p)
+    else:
+        thr = float(p["pred_iou_thresh"])
+        scores, keep, low = model.decode_points(emb, pts_rc, multimask=True,
+                                                min_score=thr if thr > 0 else None)
+        iou = scores[keep[:, 0], keep[:, 1]].numpy()
     out = _Candidates()
     if len(keep) == 0:
         return out
-    iou = scores[keep[:, 0], keep[:, 1]].numpy()
     geo = model.upscale_args(emb)
+    mt = float(p.get("mask_threshold", 0.0))  # SAM: the model's mask_threshold, 0
     off = float(p["stability_score_offset"])
     st_thr = float(p["stability_score_thresh"])
     r0, c0, r1, c1 = crop
     H, W = shape
     for s in range(0, len(keep), 16):  # bounded memory: 16 full-crop masks at a time
         lo = low[s:s + 16]
-        inter = upscale_masks(lo - off, *geo).sum(axis=(1, 2), dtype=np.int64)
-        union = upscale_masks(lo + off, *geo).sum(axis=(1, 2), dtype=np.int64)
+        inter = upscale_masks(lo - (mt + off), *geo).sum(axis=(1, 2), dtype=np.int64)
+        union = upscale_masks(lo - (mt - off), *geo).sum(axis=(1, 2), dtype=np.int64)
         with np.errstate(invalid="ignore", divide="ignore"):
             stab = inter / union
         ok = np.flatnonzero(stab >= st_thr) if st_thr > 0 else np.arange(len(lo))
         if ok.size == 0:
             continue
-        masks = upscale_masks(lo[ok], *geo)
+        masks = upscale_masks(lo[ok] - mt if mt else lo[ok], *geo)
         boxes = _boxes(masks)
         for j, i in enumerate(ok):
             b = boxes[j]
@@ -326,9 +356,16 @@ def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, 
         keep = _nms(np.asarray(found.box).reshape(-1, 4), 1.0 / np.asarray(areas, np.float32),
                     p["crop_nms_thresh"])
         found = found.take(keep)
-    if int(p["min_mask_region_area"]) > 0:
-        found = _small_regions(found, shape, int(p["min_mask_region_area"]), p["box_nms_thresh"])
+    found = _cleanup(model, found, shape, p)
     yield EverythingStep(done, total, _result(found, crops, shape))
+
+
+def _cleanup(model, found: _Candidates, shape, p: dict) -> _Candidates:
+    """SAM's generator: small-region cleanup of the kept masks; SAM 2's has none (its
+    ``min_mask_region_area`` acted on the low-resolution logits in :func:`_batch`)."""
+    if int(p["min_mask_region_area"]) > 0 and not _is_sam2(model):
+        found = _small_regions(found, shape, int(p["min_mask_region_area"]), p["box_nms_thresh"])
+    return found
 
 
 def _result(c: _Candidates, crops: Sequence, shape) -> Everything:
@@ -358,7 +395,10 @@ def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache
     (``model.everything_defaults``: the demo model's IoU and stability thresholds);
     ``point_grids`` in (row, col) fractions. cache /
     disk: embedding caches for the crops; embedding: the image's own, when the image is given
-    for its crops (``crop_n_layers > 0``). Returns :class:`Everything` (``.labels``, ``.objects``).
+    for its crops (``crop_n_layers > 0``). SAM 2 models follow Meta's ``SAM2AutomaticMaskGenerator``:
+    its defaults (:data:`SAM2_EVERYTHING_DEFAULTS`) and its extra ``mask_threshold``,
+    ``multimask_output`` and ``use_m2m`` (:mod:`~napari_promptseg.automatic_sam2`).
+    Returns :class:`Everything` (``.labels``, ``.objects``).
     """
     result = None
     for step in segment_everything_iter(model, image_or_embedding, contrast_limits=contrast_limits,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .automatic import EverythingStep, _batch, _Candidates, _grids, _nms, _result, _small_regions
+from .automatic import EverythingStep, _batch, _Candidates, _cleanup, _grids, _nms, _result
 
 __all__ = ["tiled_everything_iter"]
 
@@ -54,8 +54,7 @@ def tiled_everything_iter(model, tiled, p: dict) -> Iterator[EverythingStep]:
     for k in range(len(joined.score)):
         if not _covered(joined, k, found):
             found.extend(joined.take([k]))
-    if int(p["min_mask_region_area"]) > 0:
-        found = _small_regions(found, shape, int(p["min_mask_region_area"]), p["box_nms_thresh"])
+    found = _cleanup(model, found, shape, p)
     yield EverythingStep(done, total, _result(found, [t.box for t in grid.tiles], shape))
 
 

@@ -175,11 +175,17 @@ def run_propagate(args) -> int:
     return 0
 
 
+def _generator_defaults() -> dict:
+    """Both of Meta's generators' parameters (SAM 2's extras are refused for SAM models)."""
+    from napari_promptseg.automatic import EVERYTHING_DEFAULTS, SAM2_EVERYTHING_DEFAULTS
+
+    return {**EVERYTHING_DEFAULTS, **{k: v for k, v in SAM2_EVERYTHING_DEFAULTS.items()
+                                      if k not in EVERYTHING_DEFAULTS}}
+
+
 def everything_params(args) -> dict:
     """The generator parameters given on the command line (the others keep the model's defaults)."""
-    from napari_promptseg.automatic import EVERYTHING_DEFAULTS
-
-    return {k: getattr(args, k) for k in EVERYTHING_DEFAULTS if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in _generator_defaults() if getattr(args, k, None) is not None}
 
 
 def _inputs(paths) -> list[Path]:
@@ -292,7 +298,7 @@ def _prompted(p, input_help: str) -> None:
 
 def add_parsers(sub) -> None:
     """Add the segment, propagate and everything sub-commands to ``sub``."""
-    from napari_promptseg.automatic import EVERYTHING_DEFAULTS
+    import argparse
 
     s = sub.add_parser(
         "segment", help="masks from point / box prompts on a 2D image or planes of a stack",
@@ -329,11 +335,17 @@ def add_parsers(sub) -> None:
     e.add_argument("--format", choices=("tif", "zarr"), default="tif", help="labels format (default tif)")
     e.add_argument("--overwrite", action="store_true", help="recompute labels that exist in OUT")
     _common(e, store=False)
-    g = e.add_argument_group("generator parameters (Meta's names)")
-    for name, default in EVERYTHING_DEFAULTS.items():
-        if name == "point_grids" or isinstance(default, bool):
+    g = e.add_argument_group("generator parameters (Meta's names; mask-threshold, use-m2m and "
+                             "multimask-output: SAM 2 models only)")
+    for name, default in _generator_defaults().items():
+        if name == "point_grids":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"Meta's default: {default}")
             continue
         kind = int if isinstance(default, int) else float
-        g.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                       metavar=kind.__name__.upper(), help=f"Meta's default: {default}")
+        g.add_argument(flag, dest=name, type=kind, default=None, metavar=kind.__name__.upper(),
+                       help=f"Meta's default: {default}")
     e.set_defaults(run=run_everything)

@@ -32,6 +32,9 @@ class PromptableModel(ABC):
     #: side of the square model input in pixels (the image is resized into its top-left corner;
     #: the low-resolution logits cover the whole square)
     image_size: int
+    #: which of Meta's automatic mask generators :func:`~napari_promptseg.segment_everything`
+    #: follows: ``"sam"`` (``SamAutomaticMaskGenerator``) or ``"sam2"`` (``SAM2AutomaticMaskGenerator``)
+    everything_generator: str = "sam"
 
     def __init__(self, spec: ModelSpec, checkpoint_id: str, device) -> None:
         self.spec = spec
@@ -67,11 +70,12 @@ class PromptableModel(ABC):
 
     @property
     def everything_defaults(self) -> dict[str, object]:
-        """Segment-everything parameters used when not given: Meta's defaults
-        (:data:`~napari_promptseg.EVERYTHING_DEFAULTS`) with this model's ``ModelSpec.everything``."""
-        from ..automatic import EVERYTHING_DEFAULTS
+        """Segment-everything parameters used when not given: the defaults of Meta's generator for
+        this family (:attr:`everything_generator`: :data:`~napari_promptseg.EVERYTHING_DEFAULTS` or
+        :data:`~napari_promptseg.SAM2_EVERYTHING_DEFAULTS`) with this model's ``ModelSpec.everything``."""
+        from ..automatic import GENERATOR_DEFAULTS
 
-        return {**EVERYTHING_DEFAULTS, **dict(self.spec.everything)}
+        return {**GENERATOR_DEFAULTS[self.everything_generator], **dict(self.spec.everything)}
 
     def input_zoom(self, shape: tuple[int, int], zoom: float | str | None = None) -> float | None:
         """The zoom :meth:`embed` uses for an image of ``shape`` ``(H, W)``: None = fit the long
@@ -170,10 +174,11 @@ class PromptableModel(ABC):
         return out
 
     def decode_points(self, embedding: Embedding, points, multimask: bool = True,
-                      min_score: float | None = None):
+                      min_score: float | None = None, mask_input=None):
         """One positive point per prompt, many prompts at once (segment everything).
 
-        points: ``(B, 2)`` float (row, col) in image pixels. Returns ``(scores, keep, low)``:
+        points: ``(B, 2)`` float (row, col) in image pixels; mask_input: None, or ``(B, h, w)``
+        low-resolution logits, one mask prompt per point. Returns ``(scores, keep, low)``:
         scores ``(B, K)`` float32 tensor of predicted IoUs; keep ``(M, 2)`` int64 tensor of
         ``(prompt, mask)`` pairs whose score is > ``min_score`` (all when None); low ``(M, h, w)``
         float32 tensor of their low-resolution logits (:meth:`upscale_args` maps them to the image).
@@ -183,7 +188,9 @@ class PromptableModel(ABC):
 
         self._check_embedding(embedding)
         pts = np.asarray(points, np.float64).reshape(-1, 2)
-        preds = [self.predict(embedding, points=p[None], multimask=multimask) for p in pts]
+        masks = [None] * len(pts) if mask_input is None else [np.asarray(m, np.float32) for m in mask_input]
+        preds = [self.predict(embedding, points=p[None], multimask=multimask, mask_input=m)
+                 for p, m in zip(pts, masks)]
         scores = torch.as_tensor(np.stack([p.scores for p in preds]) if preds else
                                  np.zeros((0, 3 if multimask else 1), np.float32))
         keep = (scores > min_score).nonzero() if min_score is not None else torch.ones_like(scores).nonzero()

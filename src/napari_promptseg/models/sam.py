@@ -244,11 +244,14 @@ class SamModel(PromptableModel):
 
     @torch.inference_mode()
     def decode_points(self, embedding: Embedding, points, multimask: bool = True,
-                      min_score: float | None = None, batch: int = 32):
+                      min_score: float | None = None, batch: int = 32, mask_input=None):
         """Batched :meth:`~.base.PromptableModel.decode_points`: the transformer for ``batch``
-        prompts at once, the output upscaling only for prompts with a mask above ``min_score``."""
+        prompts at once, the output upscaling only for prompts with a mask above ``min_score``
+        (with ``mask_input``: prompt by prompt)."""
         from .sam_batch import heads_batch, transformer_batch, upscale_batch
 
+        if mask_input is not None:
+            return super().decode_points(embedding, points, multimask, min_score, mask_input)
         self._check_embedding(embedding)
         feats = embedding.features["image_embed"]
         if feats.device != self.device:

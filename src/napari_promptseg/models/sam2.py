@@ -107,6 +107,7 @@ class Sam2Model(PromptableModel):
     tracking (:mod:`napari_promptseg.tracking`). ``net`` is Meta's ``SAM2VideoPredictor``."""
 
     preprocessing = "sam2-rgb8-v1"
+    everything_generator = "sam2"  # segment_everything follows Meta's SAM2AutomaticMaskGenerator
 
     def __init__(self, spec: ModelSpec, net, checkpoint_id: str, device) -> None:
         super().__init__(spec, checkpoint_id, device)
@@ -207,6 +208,57 @@ class Sam2Model(PromptableModel):
         logits = torch.clamp(low, -32.0, 32.0)  # as SAM2ImagePredictor returns them
         return Prediction(scores=iou.float().cpu().numpy(), logits=logits.float().cpu().numpy(),
                           upscale=upscale)
+
+
+    def upscale_args(self, embedding: Embedding) -> tuple[tuple[int, int], tuple[int, int], int]:
+        """The low-resolution logits cover the whole (squashed) image: one bilinear resize
+        straight to the image size, as ``SAM2Transforms.postprocess_masks``."""
+        side = self._low_res[0]
+        return (side, side), tuple(embedding.original_size), side
+
+    @torch.inference_mode()
+    def decode_points(self, embedding: Embedding, points, multimask: bool = True,
+                      min_score: float | None = None, batch: int = 32, mask_input=None):
+        """Batched :meth:`~.base.PromptableModel.decode_points` (as ``SAM2ImagePredictor._predict``
+        with a batch of one-point prompts): :meth:`~.sam2_decoder.Sam2FastDecoder.decode_batch`
+        on the cached image side. ``mask_input`` ``(B, h, w)``: a mask prompt per point (Meta's
+        ``use_m2m`` refinement), decoded by the official decoder ``batch`` prompts at a time.
+        The logits returned are not clamped (the masks are made from them)."""
+        self._check_embedding(embedding)
+        image = self._image_side(embedding)
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        h, w = embedding.original_size
+        xy = pts[:, ::-1] * np.array([self.image_size / w, self.image_size / h])
+        net = self.net
+        scores, keeps, lows = [], [], []
+        for s in range(0, len(xy), batch):
+            coords = torch.as_tensor(xy[s:s + batch], dtype=torch.float32, device=self.device)[:, None]
+            labels = torch.ones(coords.shape[:2], dtype=torch.int32, device=self.device)
+            masks = None
+            if mask_input is not None:
+                masks = torch.as_tensor(mask_input[s:s + batch], dtype=torch.float32,
+                                        device=self.device)[:, None]
+            sparse, dense = net.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=masks)
+            if masks is None:
+                iou, keep, low = self.decoder.decode_batch(image["first"], image["high_res"], sparse,
+                                                           multimask, min_score)
+            else:
+                f0, f1, _ = self.features_on_device(embedding)
+                low, iou, _, _ = net.sam_mask_decoder(
+                    image_embeddings=image["embed"], image_pe=net.sam_prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                    multimask_output=multimask, repeat_image=len(coords) > 1, high_res_features=[f0, f1])
+                ok = iou > min_score if min_score is not None else torch.ones_like(iou, dtype=torch.bool)
+                keep = ok.nonzero()
+                low = low[keep[:, 0], keep[:, 1]]
+            scores.append(iou)
+            keeps.append(keep + torch.tensor([s, 0], device=keep.device))
+            lows.append(low)
+        k = 3 if multimask else 1
+        scores_t = torch.cat(scores).float().cpu() if scores else torch.zeros((0, k))
+        keep = torch.cat(keeps).cpu() if keeps else torch.zeros((0, 2), dtype=torch.long)
+        low = torch.cat(lows).float() if lows else torch.zeros((0, *self._low_res))
+        return scores_t, keep, low
 
 
 def build_sam2_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -> Sam2Model:

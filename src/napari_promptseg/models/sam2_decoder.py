@@ -7,6 +7,8 @@ falls back to the most stable multimask output (``dynamic_multimask_via_stabilit
 transformer and the blocked channel-last upscaling are :class:`~.sam_decoder.FastMaskDecoder`'s;
 the high-resolution maps are rearranged into that blocked layout once per embedding
 (:meth:`Sam2FastDecoder.prepare_high_res`), so a prompt adds them with one addition each.
+:meth:`Sam2FastDecoder.decode_batch` decodes many prompts at once (segment everything) on
+:func:`~.sam_batch.transformer_batch`, upscaling only prompts with a mask above a score.
 """
 
 from __future__ import annotations
@@ -67,6 +69,52 @@ class Sam2FastDecoder(FastMaskDecoder):
             low, iou = dec._dynamic_multimask_via_stability(low[None], iou[None])
             return low[0], iou[0]
         return low, iou[:1]
+
+    @torch.inference_mode()
+    def decode_batch(self, cache: dict[str, Tensor], high_res: dict[str, Tensor], sparse: Tensor,
+                     multimask: bool, min_score: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`decode` for ``B`` prompts: sparse ``(B, N, C)``. Returns the predicted IoUs
+        ``(B, K)``, ``keep`` ``(M, 2)`` (prompt, mask) pairs scored > ``min_score`` (all: None) and
+        their logits ``(M, 4h, 4w)``; the output upscaling runs only for prompts in ``keep``
+        (all of them for the dynamic single mask, whose choice needs the logits)."""
+        from .sam_batch import transformer_batch
+
+        dec = self.sam.mask_decoder
+        B = sparse.shape[0]
+        tokens = torch.cat([self.output_tokens[None].expand(B, -1, -1), sparse], dim=1)
+        queries, keys = transformer_batch(self, cache, tokens)
+        s, n = self.s, dec.num_mask_tokens
+        dynamic = not multimask and dec.dynamic_multimask_via_stability
+        idx = range(1, n) if multimask else range(n) if dynamic else range(1)
+        hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, s + 1 + i]) for i in idx], dim=2)
+        iou = dec.iou_prediction_head(queries[:, s])  # (B, n)
+        if dynamic:
+            low, iou = dec._dynamic_multimask_via_stability(
+                self._upscale_high_res_batch(keys, hyper, high_res), iou)
+            keep = (iou > min_score).nonzero() if min_score is not None else torch.ones_like(iou).nonzero()
+            return iou, keep, low[keep[:, 0], keep[:, 1]]
+        iou = iou[:, 1:] if multimask else iou[:, :1]
+        ok = iou > min_score if min_score is not None else torch.ones_like(iou, dtype=torch.bool)
+        rows = ok.any(dim=1).nonzero()[:, 0]
+        if len(rows) == 0:
+            return iou, torch.zeros((0, 2), dtype=torch.long), keys.new_zeros((0, 4 * self.embed_hw[0],
+                                                                                 4 * self.embed_hw[1]))
+        low = self._upscale_high_res_batch(keys[rows], hyper[rows], high_res)  # (b, K, 4h, 4w)
+        pick = ok[rows].nonzero()
+        return iou, torch.stack([rows[pick[:, 0]], pick[:, 1]], dim=1), low[pick[:, 0], pick[:, 1]]
+
+    def _upscale_high_res_batch(self, keys: Tensor, hyper: Tensor, hr: dict[str, Tensor]) -> Tensor:
+        """:meth:`_upscale_high_res` for keys ``(B, hw, C)``, hyper ``(B, c2, K)``: ``(B, K, 4h, 4w)``."""
+        h, w = self.embed_hw
+        B, k = keys.shape[0], hyper.shape[2]
+        y = torch.addmm(self.b1, keys.reshape(-1, keys.shape[-1]), self.w1).reshape(B, -1, self.c1)
+        y = y.add_(hr["s1"])
+        ln = self.ln
+        y = self.act1(torch.nn.functional.layer_norm(y, (self.c1,), ln.weight, ln.bias, ln.eps))
+        y = torch.addmm(self.b2, y.reshape(-1, self.c1), self.w2).reshape(B, -1, self.c2).add_(hr["s0"])
+        m = torch.bmm(self.act2(y), hyper)  # (B, hw*16, K)
+        m = m.reshape(B, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return m.reshape(B, k, 4 * h, 4 * w)
 
     def _upscale_high_res(self, keys: Tensor, hyper: Tensor, hr: dict[str, Tensor]) -> Tensor:
         h, w = self.embed_hw
