@@ -95,6 +95,20 @@ def demo_model():
     return ps.load_model("promptseg_demo", device="cpu")
 
 
+@pytest.fixture
+def calls(demo_model, monkeypatch):
+    """The image sizes the shipped model encodes (one entry per encoder call)."""
+    seen = []
+    orig = demo_model._embed_rgb
+
+    def spy(rgb, *args):
+        seen.append(rgb.shape[:2])
+        return orig(rgb, *args)
+
+    monkeypatch.setattr(demo_model, "_embed_rgb", spy)
+    return seen
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

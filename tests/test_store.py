@@ -10,19 +10,6 @@ from napari_promptseg.sample import nuclei_image
 from napari_promptseg.store import StoreError
 
 
-@pytest.fixture
-def calls(demo_model, monkeypatch):
-    seen = []
-    orig = demo_model._embed_rgb
-
-    def spy(rgb, *args):
-        seen.append(rgb.shape[:2])
-        return orig(rgb, *args)
-
-    monkeypatch.setattr(demo_model, "_embed_rgb", spy)
-    return seen
-
-
 def _stack(seed=0, n=4):
     img, lab = nuclei_image((96, 112), n=6, seed=seed)
     shifts = [np.roll(img, k, axis=1) for k in range(n)]

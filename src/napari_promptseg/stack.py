@@ -20,7 +20,7 @@ from .embeddings import EmbeddingCache, embed_cached
 from .image import intensity_window
 from .results import Embedding
 
-__all__ = ["StackEmbeddings", "stack_window", "embed_stack_iter"]
+__all__ = ["StackEmbeddings", "stack_window", "embed_stack_iter", "store_lead_axes"]
 
 _WINDOW_PLANES = 16  # planes sampled for the default window of a large stack
 
@@ -59,24 +59,37 @@ class StackEmbeddings:
     tiles: a 2D image more than :data:`~napari_promptseg.tiles.TILE_FACTOR` tiles long gets a
     :class:`~napari_promptseg.tiles.TiledEmbedding` (its tiles embedded as prompts need them)
     instead of one squeezed embedding; :attr:`tiled` says whether it did.
+    store: an :class:`~napari_promptseg.store.EmbeddingStore` made for this stack and model
+    (checked by the caller; its planes across the last two axes): a plane it holds is read from
+    it (its pixel key checked) instead of encoded, and its window replaces ``window``; a plane
+    it lacks, or holds for other pixels (:attr:`store_problems` says why), is embedded as without
+    a store. A stack with a store is never tiled.
     """
 
     def __init__(self, model, stack, window: tuple[float, float] | None = None, *, rgb: bool = False,
                  cache: EmbeddingCache | None = None, disk=None, max_items: int = 16,
-                 tiles: bool = False) -> None:
+                 tiles: bool = False, store=None) -> None:
         if stack.ndim < (3 if rgb else 2):
             raise ValueError(f"stack of shape {stack.shape} has no {'RGB ' if rgb else ''}plane")
-        self.model, self.stack, self.rgb = model, stack, rgb
-        self.window = stack_window(stack, rgb) if window is None else window
+        self.model, self.stack, self.rgb, self.store = model, stack, rgb, store
+        if store is not None:
+            window = store.window
+        elif window is None:
+            window = stack_window(stack, rgb)
+        self.window = window
         self.cache, self.disk, self.max_items = cache, disk, max_items
         self.lead_shape = tuple(stack.shape[: stack.ndim - (3 if rgb else 2)])
         self._mem = EmbeddingCache(max_items)  # by plane index
         self._inflight: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
-        self.computed = 0  # planes encoded (or read from a cache) by this object
+        self.computed = 0  # planes encoded (or read from a cache or the store) by this object
+        self.from_store = 0  # planes read from the store
+        self.store_problems: dict[tuple[int, ...], str] = {}  # plane -> why the store's was not used
+        self._store_axes = store_lead_axes(store) if store is not None else ()
         from .tiles import wants_tiles
 
-        self.tiled = bool(tiles) and not self.lead_shape and wants_tiles(model, stack.shape)
+        self.tiled = (bool(tiles) and store is None and not self.lead_shape
+                      and wants_tiles(model, stack.shape))
 
     def index(self, index) -> tuple[int, ...]:
         """``index`` as a tuple of ints, checked against the leading shape."""
@@ -117,7 +130,8 @@ class StackEmbeddings:
 
                     emb = TiledEmbedding(self.model, self.stack, self.window, disk=self.disk)
                 else:
-                    emb = embed_cached(self.model, self.plane(idx), self.window, self.cache, disk=self.disk)
+                    emb = self._stored(idx) or embed_cached(self.model, self.plane(idx), self.window,
+                                                            self.cache, disk=self.disk)
                 self._mem.put(idx, emb)  # before the in-flight entry goes: waiters find it
                 with self._lock:
                     self.computed += 1
@@ -126,6 +140,32 @@ class StackEmbeddings:
                 with self._lock:
                     self._inflight.pop(idx, None)
                 event.set()
+
+    def in_store(self, index) -> bool:
+        """True when the store holds plane ``index`` (it is read, not encoded, unless its pixels differ)."""
+        return self.store is not None and self.store_index(index) in self.store
+
+    def store_index(self, index):
+        """The store's index of plane ``index`` (its leading axes may be in another order)."""
+        idx = self.index(index)
+        return tuple(idx[a] for a in self._store_axes)
+
+    def _stored(self, idx: tuple[int, ...]) -> Embedding | None:
+        """The plane's embedding from the store; None when it has none or one for other pixels."""
+        if self.store is None:
+            return None
+        from .store import StoreError
+
+        try:
+            emb = self.store.embedding_for(self.store_index(idx), self.model, self.plane(idx))
+        except StoreError as err:
+            with self._lock:
+                self.store_problems[idx] = str(err)
+            return None
+        if emb is not None:
+            with self._lock:
+                self.from_store += 1
+        return emb
 
     def prefetch_order(self, index, axis: int = 0, direction: int = 1, count: int = 4,
                        behind: int = 1) -> list[tuple[int, ...]]:
@@ -151,6 +191,19 @@ class StackEmbeddings:
         """All plane indices that share ``index``'s other leading coordinates, along ``axis``."""
         idx = list(self.index(index))
         return [tuple(idx[:axis] + [k] + idx[axis + 1:]) for k in range(self.lead_shape[axis])]
+
+
+def store_lead_axes(store) -> tuple[int, ...]:
+    """The image axis of each of ``store``'s leading (plane index) axes; :class:`StoreError`
+    unless its planes are the image's last two non-channel axes (as napari shows them)."""
+    from .store import StoreError, plane_layout
+
+    lead_axes, plane_axes, rgb = plane_layout(store.shape, store.axis, store.rgb)
+    spatial = len(store.shape) - (1 if rgb else 0)
+    if plane_axes != (spatial - 2, spatial - 1):
+        raise StoreError(f"the store {store.path} holds planes across axis {store.axis}, but planes are "
+                         f"segmented across the last two axes here: embed again with --axis 0")
+    return tuple(lead_axes)
 
 
 def embed_stack_iter(model, stack, window: tuple[float, float] | None = None, *, rgb: bool = False,

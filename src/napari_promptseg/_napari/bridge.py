@@ -53,7 +53,9 @@ class LayerBridge:
         source = getattr(getattr(layer, "source", None), "path", None)
         self.ensure_prompt_layers()
         self._clear_prompt_layers()  # the session starts the new image without prompts
-        self.session.set_image(data, rgb=layer.rgb, window=self.window(), source_path=source)
+        found = self.store_beside(self.session.model, data.shape, layer.rgb)
+        self.session.set_image(data, rgb=layer.rgb, window=self.window(), source_path=source,
+                               embeddings=found)
         target = self.target_layer
         if target is not None and target in self.viewer.layers and (
                 level0_shape(target) == L.image_plane_shape(layer)):
@@ -65,6 +67,19 @@ class LayerBridge:
             getattr(layer.events, name).connect(self._on_transform)
         self._on_transform()
         self.sync_plane()
+
+    def store_beside(self, model, shape=None, rgb=None):
+        """The embeddings store beside the image layer's file (a sibling ``*.zarr`` folder) made
+        by ``model`` for an image of ``shape`` (default: the session's image), or None."""
+        from ..session.stores import find_store
+
+        s, layer = self.session, self.image_layer
+        if shape is None:
+            if s.image is None:
+                return None
+            shape, rgb = s.image.shape, s.rgb
+        source = getattr(getattr(layer, "source", None), "path", None)
+        return find_store(source, model, tuple(shape), bool(rgb)) if layer is not None else None
 
     def window(self) -> tuple[float, float]:
         return tuple(float(v) for v in self.image_layer.contrast_limits)

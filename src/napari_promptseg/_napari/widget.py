@@ -115,6 +115,10 @@ class PromptSegWidget(QWidget):
         self.model_combo.addItems([*REGISTRY, LOCAL_CHECKPOINT])
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.load_button = QPushButton("Load model")
+        self.embeddings_button = QPushButton("Load embeddings…")
+        self.embeddings_button.setToolTip("read the planes from an embeddings store (a .zarr folder made "
+                                          "by `promptseg embed`) instead of embedding them; a store "
+                                          "beside the image's file is used by itself")
         self.labels_combo = QComboBox()
         self.overwrite_check = QCheckBox("overwrite other objects")
         self.negative_check = QCheckBox("negative points (N)")
@@ -150,8 +154,11 @@ class PromptSegWidget(QWidget):
         obj_row = QHBoxLayout()
         obj_row.addWidget(self.object_spin)
         obj_row.addWidget(self.negative_check)
+        load_row = QHBoxLayout()
+        load_row.addWidget(self.load_button)
+        load_row.addWidget(self.embeddings_button)
         rows = (("image", self.image_combo), ("model", self.model_combo), ("device", self.device_combo),
-                ("", self.load_button), ("commit to", self.labels_combo), ("", self.overwrite_check),
+                ("", load_row), ("commit to", self.labels_combo), ("", self.overwrite_check),
                 ("object", obj_row), ("propagate along", self.axis_combo), ("track with", self.method_combo),
                 ("stop after missing frames", self.stop_after_spin),
                 ("stop below score", self.min_score_spin), ("stop below overlap", self.min_overlap_spin))
@@ -185,6 +192,7 @@ class PromptSegWidget(QWidget):
         self.labels_combo.currentIndexChanged.connect(self._on_target_chosen)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.load_button.clicked.connect(self._on_load_clicked)
+        self.embeddings_button.clicked.connect(lambda *_: self.load_embeddings())
         self.negative_check.toggled.connect(self.bridge.set_negative)
         self.object_spin.valueChanged.connect(lambda v: v != self.session.current_object
                                               and self.session.select_object(v))
@@ -301,6 +309,19 @@ class PromptSegWidget(QWidget):
             self._on_target_chosen()
         self.session.restore_autosave()
         self.restore_button.setVisible(False)
+
+    def load_embeddings(self, path=None) -> bool:
+        """Read the image's planes from the embeddings store at ``path`` (None: choose its folder)
+        instead of embedding them; a store that does not fit is refused with its message."""
+        if path is None:
+            import os
+
+            source = getattr(getattr(self.bridge.image_layer, "source", None), "path", None)
+            start = os.path.dirname(source) if source else ""
+            path = QFileDialog.getExistingDirectory(self, "Embeddings store (a .zarr folder)", start)
+            if not path:
+                return False
+        return self.session.use_embeddings(path)
 
     @property
     def ready(self) -> bool:
@@ -483,13 +504,16 @@ class PromptSegWidget(QWidget):
             self._load_job = None
             self._download_timer.stop()
         _set_items(self.model_combo, _items(self.model_combo), model.name)
-        self.session.set_model(model)
+        s = self.session
+        found = self.bridge.store_beside(model) if s.embeddings_store is None else None
+        s.set_model(model, embeddings=found)  # a store beside the image's file, made by this model
         self._sync_method()
         defaults = model.everything_defaults  # Meta's, or what these weights need
         for name, spin in self.everything_spins.items():
             spin.setValue(defaults[name])
         note = model_note(model)
-        self._set_status(f"model {model.name} on {model.device}{note}. " + self.session.describe())
+        said = self.status.text() if found else s.describe()  # the store's note, or why it was refused
+        self._set_status(f"model {model.name} on {model.device}{note}. " + said)
 
     def _load_default_model(self) -> None:
         """Load the default model when it needs no download: a registry model already in the

@@ -88,11 +88,14 @@ class AnnotationSession:
         """The displayed plane's embedding is ready (a prompt there decodes at once)."""
         return self.stack is not None and self.stack.cached(self.plane) is not None
 
-    def set_image(self, image, *, rgb: bool = False, window=None, source_path: str | None = None) -> None:
+    def set_image(self, image, *, rgb: bool = False, window=None, source_path: str | None = None,
+                  embeddings=None) -> None:
         """Segment ``image`` (array-like ``(..., H, W)`` or ``(..., H, W, 3|4)`` with ``rgb``; numpy,
         dask, zarr: planes are read when needed). window: ``(lo, hi)`` for every plane (napari's
         contrast limits; default robust percentiles; uint8 RGB is never windowed). Prompts,
-        preview and the commit target start afresh; an autosave of this image is announced."""
+        preview and the commit target start afresh; an autosave of this image is announced.
+        embeddings: an embeddings store for this image (see :meth:`use_embeddings`), taken into
+        use before anything is embedded; a store used before is dropped."""
         ndim = image.ndim - (1 if rgb else 0)
         if ndim < 2:
             raise ValueError(f"image of shape {image.shape} has no 2D plane to segment")
@@ -101,7 +104,9 @@ class AnnotationSession:
         shape = tuple(image.shape[:ndim])
         self._lead, self._plane_shape = shape[:-2], shape[-2:]
         self.embedder.stop()
+        self.embedder.store = None  # a store belongs to the image it was made for
         self.embedder.plane = self.active = tuple(0 for _ in self._lead)
+        note = self._attach(embeddings)
         self._reset_state()
         self._view = Preview(shape, len(self._lead))
         self._view.on_reset = self.events.preview_reset.emit
@@ -109,6 +114,8 @@ class AnnotationSession:
         self.events.preview_reset.emit(self.preview)
         self.events.current_object.emit(self.current_object)
         self._restart_embeddings()
+        if note:
+            self._status(note)
         if self.autosave_enabled:
             self._open_store(source_path)
 
@@ -116,19 +123,62 @@ class AnnotationSession:
         """The image is gone (e.g. its layer was removed): stop its work, drop its embeddings."""
         self._cancel_jobs()
         self.embedder.stop()
+        self.embedder.store = None
         self.image = None
 
-    def set_model(self, model) -> None:
-        """Use ``model``; embeddings restart, prompts and preview are kept and decoded again."""
+    def set_model(self, model, embeddings=None) -> None:
+        """Use ``model``; embeddings restart, prompts and preview are kept and decoded again. An
+        embeddings store made by another model is no longer used; embeddings: a store to use
+        with this model (see :meth:`use_embeddings`), taken into use before anything is embedded."""
         self.model = model
+        notes = [self.embedder.drop_unfit_store(model), self._attach(embeddings)]
         self._restart_embeddings()
+        for note in filter(None, notes):
+            self._status(note)
 
     def set_window(self, window) -> None:
-        """A new intensity window (napari contrast limits): as :meth:`set_model`."""
+        """A new intensity window (napari contrast limits): as :meth:`set_model`. While an
+        embeddings store is used, planes keep the store's window (only the display changes)."""
         window = None if window is None else tuple(float(v) for v in window)
         if window != self.window:
             self.window = window
+            if self.embedder.store is None:
+                self._restart_embeddings()
+
+    def use_embeddings(self, store=None) -> bool:
+        """Read the planes of a precomputed embeddings store (``ps.open_embeddings`` or its
+        path; made by ``promptseg embed`` or ``ps.embed_store_iter``) instead of encoding them;
+        the image is then embedded with the store's window. A store made by another model, for
+        another shape, axis or other pixels is refused: its message goes to the status line,
+        nothing else changes, and False is returned. None: stop using a store."""
+        from ..store import StoreError
+
+        try:
+            note = self.embedder.use_store(store, self.model, self.image, self.rgb)
+        except StoreError as err:
+            self._status(str(err))
+            return False
+        if note:
             self._restart_embeddings()
+            self._status(note)
+        return True
+
+    def _attach(self, embeddings) -> str | None:
+        """Use ``embeddings`` (None: leave the store as it is) from the next restart on; returns
+        what to say, a refusal's message included."""
+        from ..store import StoreError
+
+        if embeddings is None:
+            return None
+        try:
+            return self.embedder.use_store(embeddings, self.model, self.image, self.rgb)
+        except StoreError as err:
+            return str(err)
+
+    @property
+    def embeddings_store(self):
+        """The :class:`~napari_promptseg.store.EmbeddingStore` planes are read from, or None."""
+        return self.embedder.store
 
     def _restart_embeddings(self) -> None:
         self._cancel_jobs(keep_run=False)

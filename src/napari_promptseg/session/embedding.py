@@ -21,11 +21,14 @@ class PlaneEmbedder:
 
     on_ready(plane): the displayed plane's embedding is ready; on_status(text): a message;
     paused(): True while prefetching must wait (e.g. a propagation embeds planes itself).
+    store: an embeddings store (:mod:`napari_promptseg.store`) checked for the image and model,
+    or None: the planes it holds are read from it, with its window (see :meth:`restart`).
     """
 
     def __init__(self, schedule: Callable[[Job], None], prefetch: int, disk=None) -> None:
         self.schedule, self.prefetch, self.disk = schedule, prefetch, disk
         self.stack = None  # StackEmbeddings, None without a model or an image
+        self.store = None  # an EmbeddingStore for this image and model, or None
         self.plane: Plane = ()
         self.on_ready: Callable[[Plane], None] = lambda plane: None
         self.on_status: Callable[[str], None] = lambda text: None
@@ -41,7 +44,8 @@ class PlaneEmbedder:
         return self.stack is not None and self.stack.cached(self.plane) is not None
 
     def restart(self, model, image, window, rgb: bool, plane: Plane) -> None:
-        """Embed ``image`` with ``model`` through ``window`` from now on (None model or image: stop)."""
+        """Embed ``image`` with ``model`` through ``window`` from now on (None model or image: stop);
+        with a :attr:`store`, through the store's window."""
         from ..stack import StackEmbeddings
 
         self.stop()
@@ -49,8 +53,36 @@ class PlaneEmbedder:
         if model is None or image is None:
             return
         self.stack = StackEmbeddings(model, image, window, rgb=rgb, cache=self._cache, disk=self.disk,
-                                     tiles=True)
+                                     tiles=True, store=self.store)
         self._embed_current()
+
+    def use_store(self, store, model, image, rgb: bool) -> str | None:
+        """Read planes from ``store`` (an EmbeddingStore or its path; None: no store) from the next
+        :meth:`restart` on. Returns what to tell the user (None: nothing changed); raises
+        :class:`~napari_promptseg.store.StoreError` for a store that does not fit (see
+        :func:`~.stores.open_for`), keeping the store used so far."""
+        from .stores import open_for, store_note
+
+        if store is None:
+            if self.store is None:
+                return None
+            self.store = None
+            return "embeddings store no longer used: planes are embedded by the model."
+        self.store = open_for(store, model, image, rgb, self.plane)
+        return store_note(self.store)
+
+    def drop_unfit_store(self, model) -> str | None:
+        """Forget :attr:`store` unless ``model`` made it; returns why it was forgotten (None: kept)."""
+        from ..store import StoreError
+
+        if self.store is None or model is None:
+            return None
+        try:
+            self.store.check(model, self.store.shape)
+        except StoreError as err:
+            self.store = None
+            return f"embeddings store no longer used: {err}"
+        return None
 
     def stop(self) -> None:
         """Cancel the encoder job (it stops at its next block) and forget the stack."""
@@ -95,6 +127,8 @@ class PlaneEmbedder:
             side = tile_side(stack.model)
             self.on_status(f"image of {h} x {w} pixels: {stack.model.name} embeds its {side}-pixel tiles "
                            "as prompts need them…")
+        elif stack.in_store(plane):
+            self.on_status(f"reading{where} from the embeddings store {stack.store.path.name}…")
         else:
             self.on_status(f"embedding{where} with {stack.model.name}…")
         self._embed(plane, f"embedding{where}")
@@ -109,6 +143,10 @@ class PlaneEmbedder:
                 return
             if plane == self.plane:
                 self.on_ready(plane)
+                why = stack.store_problems.get(plane)
+                if why:
+                    self.on_status(f"{why}; plane {fmt(plane) or '(2D)'} was embedded with the model "
+                                   "instead.")
             self.resume()
 
         def failed(err: BaseException) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .planes import PlaneDecode, fmt, offered
 
-__all__ = ["describe", "model_note"]
+__all__ = ["describe", "model_note", "store_note"]
 
 
 def model_note(model) -> str:
@@ -12,6 +12,19 @@ def model_note(model) -> str:
 
     return ", the offline demo model: pick another and 'Load model' for real work" if (
         model is not None and model.name == DEMO_MODEL) else ""
+
+
+def store_note(session) -> str:
+    """``; embeddings from stack.zarr`` while a store is used (and whether the shown plane's
+    pixels differ from the stored ones)."""
+    store = getattr(session, "embeddings_store", None)
+    if store is None:
+        return ""
+    stack = session.stack
+    if stack is not None and session.plane in stack.store_problems:
+        return (f"; embeddings from {store.path.name}, but this plane's pixels differ from the stored "
+                "ones: embedded by the model")
+    return f"; embeddings from {store.path.name}"
 
 
 def describe(session, dec: PlaneDecode | None, plane: tuple[int, ...], shown: int = 0) -> str:
@@ -31,7 +44,7 @@ def describe(session, dec: PlaneDecode | None, plane: tuple[int, ...], shown: in
         if n:
             return (f"{head} · plane {fmt(session.plane)}: {n} propagated object{'s' * (n > 1)} in the "
                     "preview. Correct it with points (choose the object first) and press P again; K commits.")
-        model = f" ({session.model.name}{model_note(session.model)})"
+        model = f" ({session.model.name}{model_note(session.model)}{store_note(session)})"
         return (f"{head}: ready{model}{where}: click on the object (Shift-click: background) or draw a box; "
                 "O: new object.")
     parts = []
