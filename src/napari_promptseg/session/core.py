@@ -21,18 +21,18 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..labels_io import LabelsCommit, read_plane
+from ..labels_io import LabelsCommit
 from ..propagate import MIN_OVERLAP, MIN_SCORE
-from . import decoding
+from .decoding import Decoder
 from .embedding import PlaneEmbedder
 from .events import SessionEvents
-from .everything import EverythingRunner
+from .everything import EverythingRunner, scope_of
 from .jobs import Job, run_now
 from .labels import CommitLog
-from .planes import ObjectPrompt, Plane, PlaneDecode, ids_in, offered, prompts_json, with_prompt
+from .planes import ObjectPrompt, Plane, image_shape, prompts_json, with_prompt
 from .preview import Preview
-from .propagation import Propagator
-from .text import describe
+from .propagation import Propagator, method_for
+from .text import status_line
 
 __all__ = ["AnnotationSession", "SessionEvents"]
 
@@ -55,8 +55,8 @@ class AnnotationSession:
         self.embedder = PlaneEmbedder(scheduler, self.prefetch, disk)
         self.embedder.on_ready, self.embedder.on_status = self._embedded, self._status
         self.propagation = Propagator(scheduler, self._show, self._status, self.events.progress.emit,
-                                      lambda: self.embedder.resume(), self._blocked)
-        self._propagated = self.propagation.planes  # {plane: (H, W) ids}, the same dict
+                                      lambda: self.embedder.resume(),
+                                      lambda p: self.labels.blocked(p, self.overwrite))
         self.everything = EverythingRunner(scheduler, self.events.everything.emit, self._status,
                                            self.events.progress.emit, lambda: self.embedder.resume())
         self.embedder.paused = lambda: self.propagation.run is not None or self.everything.run is not None
@@ -64,12 +64,8 @@ class AnnotationSession:
         self.current_object = 1
         self._view: Preview | None = None
         self.labels = CommitLog(scheduler, self._status)  # the target labels, undo/redo, autosave
-        self._prompts: dict[Plane, dict[int, ObjectPrompt]] = {}
-        self._decoded: dict[Plane, PlaneDecode] = {}
-        self._kept: dict[Plane, np.ndarray] = {}  # objects refined from paint, without prompts
-        self._gen = 0  # bumped by every prompt change: older decodes are stale
-        self._pending: Job | None = None  # the newest decode not applied yet
-        self._after_decode: list[Callable[[], object]] = []  # commit / propagate waiting for it
+        self.decoder = Decoder(scheduler, lambda: (self.model, self.stack), self._show, self._status,
+                               self.describe)  # prompts, decodes (newest wins), objects refined from paint
         self._closed = False
         if image is not None:
             self.set_image(image, rgb=rgb, window=window, source_path=source_path)
@@ -96,20 +92,15 @@ class AnnotationSession:
         preview and the commit target start afresh; an autosave of this image is announced.
         embeddings: an embeddings store for this image (see :meth:`use_embeddings`), taken into
         use before anything is embedded; a store used before is dropped."""
-        ndim = image.ndim - (1 if rgb else 0)
-        if ndim < 2:
-            raise ValueError(f"image of shape {image.shape} has no 2D plane to segment")
+        shape = image_shape(image, rgb)
         self._cancel_jobs()
         self.image, self.rgb, self.window = image, rgb, window
-        shape = tuple(image.shape[:ndim])
         self._lead, self._plane_shape = shape[:-2], shape[-2:]
-        self.embedder.stop()
-        self.embedder.store = None  # a store belongs to the image it was made for
+        self.embedder.forget()
         self.embedder.plane = self.active = tuple(0 for _ in self._lead)
         note = self._attach(embeddings)
         self._reset_state()
-        self._view = Preview(shape, len(self._lead))
-        self._view.on_reset = self.events.preview_reset.emit
+        self._view = Preview(shape, len(self._lead), self.events.preview_reset.emit)
         self.labels = CommitLog(self.schedule, self._status)
         self.events.preview_reset.emit(self.preview)
         self.events.current_object.emit(self.current_object)
@@ -117,13 +108,16 @@ class AnnotationSession:
         if note:
             self._status(note)
         if self.autosave_enabled:
-            self._open_store(source_path)
+            earlier, problem = self.labels.open_store_for(image, rgb, source_path)
+            if problem:
+                self._status(problem)
+            elif earlier:
+                self.events.restorable.emit(earlier)
 
     def forget_image(self) -> None:
         """The image is gone (e.g. its layer was removed): stop its work, drop its embeddings."""
         self._cancel_jobs()
-        self.embedder.stop()
-        self.embedder.store = None
+        self.embedder.forget()
         self.image = None
 
     def set_model(self, model, embeddings=None) -> None:
@@ -151,29 +145,17 @@ class AnnotationSession:
         the image is then embedded with the store's window. A store made by another model, for
         another shape, axis or other pixels is refused: its message goes to the status line,
         nothing else changes, and False is returned. None: stop using a store."""
-        from ..store import StoreError
-
-        try:
-            note = self.embedder.use_store(store, self.model, self.image, self.rgb)
-        except StoreError as err:
-            self._status(str(err))
-            return False
-        if note:
+        ok, note = self.embedder.attach(store, self.model, self.image, self.rgb)
+        if ok and note:
             self._restart_embeddings()
+        if note:
             self._status(note)
-        return True
+        return ok
 
     def _attach(self, embeddings) -> str | None:
-        """Use ``embeddings`` (None: leave the store as it is) from the next restart on; returns
-        what to say, a refusal's message included."""
-        from ..store import StoreError
-
-        if embeddings is None:
-            return None
-        try:
-            return self.embedder.use_store(embeddings, self.model, self.image, self.rgb)
-        except StoreError as err:
-            return str(err)
+        """Use ``embeddings`` (None: keep the store) from the next restart on; returns what to say."""
+        return None if embeddings is None else self.embedder.attach(embeddings, self.model, self.image,
+                                                                     self.rgb)[1]
 
     @property
     def embeddings_store(self):
@@ -181,17 +163,15 @@ class AnnotationSession:
         return self.embedder.store
 
     def _restart_embeddings(self) -> None:
-        self._cancel_jobs(keep_run=False)
+        self._cancel_jobs()
         if self.model is None or self.image is None:
             self.embedder.stop()
             self._status("choose a model: the image is embedded as soon as one is loaded." if self.image
                          is not None else "choose an image.")
             return
-        for d in self._decoded.values():  # keep showing their masks; decode again on the new embeddings
-            d.stale = True
+        self.decoder.restale()  # keep showing the masks; decode again on the new embeddings
         self.embedder.restart(self.model, self.image, self.window, self.rgb, self.plane)
-        if self._prompts or self._decoded:  # prompts placed before the model came are decoded now
-            self._request_decode()
+        self.decoder.redecode()
 
     @property
     def stack(self):
@@ -215,8 +195,7 @@ class AnnotationSession:
     # ------------------------------------------------------------------ objects and prompts
     def new_object(self) -> int:
         """Start a new object: the next prompts belong to it. Returns its id."""
-        used = {self.current_object} | {o for objs in self._prompts.values() for o in objs}
-        used |= self.propagation.ids | {int(k.max()) for k in self._kept.values()}
+        used = {self.current_object} | self.decoder.ids() | self.propagation.ids
         return self.select_object(max(used) + 1)
 
     def select_object(self, oid: int) -> int:
@@ -232,17 +211,16 @@ class AnnotationSession:
     @property
     def prompts(self) -> dict[Plane, dict[int, ObjectPrompt]]:
         """``{plane: {object id: ObjectPrompt}}`` (a copy)."""
-        return {p: dict(objs) for p, objs in self._prompts.items()}
+        return {p: dict(objs) for p, objs in self.decoder.prompts.items()}
 
     def set_prompts(self, prompts: Mapping[Plane, Mapping[int, ObjectPrompt]]) -> None:
         """Replace all prompts (the napari bridge calls this when a prompt layer changes); only
         the objects whose prompts changed are decoded again."""
-        self._prompts = {tuple(p): dict(objs) for p, objs in prompts.items() if objs}
-        planned = decoding.plan(self._prompts, self._decoded)
+        planned = self.decoder.replace(prompts)
         changed = sorted(planned[0])
         if changed:
             self.active = self.plane if self.plane in changed else changed[-1]
-        self._request_decode(planned=planned)
+        self.decoder.request(planned=planned)
 
     def add_point(self, rc, positive: bool = True, plane: Plane | None = None,
                   obj: int | None = None) -> None:
@@ -263,71 +241,14 @@ class AnnotationSession:
     @property
     def decoding(self) -> bool:
         """True while the newest prompts are being decoded (their masks are not shown yet)."""
-        return self._pending is not None
-
-    def _request_decode(self, skip=(), planned=None) -> None:
-        """Decode the objects whose prompts changed (not on ``skip`` planes: painted just now);
-        planned: :func:`~.decoding.plan` of the current prompts, when the caller made it already."""
-        self._gen += 1
-        gen, stack, model = self._gen, self.stack, self.model
-        todo, removed = planned or decoding.plan(self._prompts, self._decoded)
-        todo = {p: v for p, v in todo.items() if p not in skip}
-        removed = {p: v for p, v in removed.items() if p not in skip}
-        if stack is None or (not todo and not removed):
-            self._pending = None
-            self._finish_waiting()
-            return
-
-        def done(result) -> None:
-            if self._closed or gen != self._gen or stack is not self.stack:
-                return  # stale: a newer decode (made from the prompts now) is on its way
-            self._pending = None
-            self._show(decoding.apply(self._decoded, self._prompts, result, removed))
-            self._status(self.describe())
-            self._candidates(result)
-            self._finish_waiting()
-
-        def failed(err: BaseException) -> None:
-            if self._closed or gen != self._gen:
-                return
-            self._pending = None
-            self._after_decode.clear()  # a commit or propagation waiting for these masks is off
-            self._status(f"could not decode the prompts: {err}. Commit and propagate use what is shown.")
-
-        self._pending = Job("decode", lambda: decoding.decode(model, stack, todo), done, failed)
-        if stack.tiled:
-            self._tile_status(stack, todo)
-        self.schedule(self._pending)
-
-    def _tile_status(self, stack, todo) -> None:
-        """A huge 2D image: say which tile the decode is about to embed (if one)."""
-        tiled = stack.cached(())
-        if tiled is None:
-            return
-        for objs in todo.values():
-            for o, _ in objs.values():
-                what = tiled.pending(o.points, o.labels, o.box) if decoding.present(o) else None
-                if what:
-                    self._status(f"{what}…")
-                    return
-
-    def _finish_waiting(self) -> None:
-        waiting, self._after_decode = self._after_decode, []
-        for action in waiting:
-            action()
-
-    def _candidates(self, result) -> None:
-        preds = [d.pred for objs in result.values() for d in objs.values() if d.pred is not None]
-        preds = [q for q in preds if len(offered(q, q.best)) > 1]
-        if preds and self.schedule is not run_now:  # J's other masks, computed before J is pressed
-            self.schedule(Job("candidates", lambda: [q.mask(i) for q in preds for i in offered(q, q.best)],
-                              lambda _: None, lambda _: None))
+        return self.decoder.pending is not None
 
     def _show(self, planes) -> None:
         """Compose ``planes`` from their decoded, propagated and refined objects into the preview."""
         planes = tuple(sorted(set(planes)))
         for p in planes:
-            self._view.show(p, self._decoded.get(p), self._propagated.get(p), self._kept.get(p))
+            self._view.show(p, self.decoder.decoded.get(p), self.propagation.planes.get(p),
+                            self.decoder.kept.get(p))
         if planes:
             self.events.preview.emit(planes)
 
@@ -346,73 +267,26 @@ class AnnotationSession:
         and a commit takes the painted pixels."""
         planes = {tuple(p) for p in planes}
         self._view.edited(planes)
-        if self._after_decode:
-            self._after_decode.clear()
-            self._status("the preview was painted: press K (or P) again.")
-        self._request_decode(skip=planes)  # other planes' prompts still decode
+        self.decoder.painted(planes)
 
     @property
     def predictions(self) -> dict[int, object]:
         """``{object id: Prediction}`` on :attr:`focus` (objects absent there left out)."""
-        dec = self._decoded.get(self.focus)
-        return {i: d.pred for i, d in (dec.objects.items() if dec else ()) if d.pred is not None}
+        return {i: d.pred for i, d in self.decoder.predicted(self.focus).items()}
 
     @property
     def choices(self) -> dict[int, int]:
         """``{object id: index of the shown candidate mask}`` on :attr:`focus`."""
-        dec = self._decoded.get(self.focus)
-        return {i: d.choice for i, d in (dec.objects.items() if dec else ()) if d.pred is not None}
+        return {i: d.choice for i, d in self.decoder.predicted(self.focus).items()}
 
     def next_mask(self) -> None:
         """Show the next candidate mask (by score) of each ambiguous object on :attr:`focus`."""
-        focus = self.focus
-        dec = self._decoded.get(focus)
-        objs = [d for d in (dec.objects.values() if dec else ()) if d.pred is not None]
-        if not any(len(offered(d.pred, d.choice)) > 1 for d in objs):
-            low = any(len(d.pred.scores) > 1 for d in objs)
-            why = "the other candidate masks score below 0.1" if low else "only one candidate mask"
-            self._status(f"{why}: add a point or a box to change the mask.")
-            return
-        for d in objs:
-            o = offered(d.pred, d.choice)
-            d.choice = o[(o.index(d.choice) + 1) % len(o)]
-        self._show([focus])
-        self._status(self.describe())
+        self.decoder.next_mask(self.focus)
 
     def refine_from_preview(self) -> None:
         """Each object of the displayed plane's (painted) preview becomes a mask prompt, with its
         bounding box and its points on this plane."""
-        p, stack, model = self.plane, self.stack, self.model
-        painted = np.array(self.preview_plane(p))
-        objs = self._prompts.get(p, {})
-        prompts = decoding.refine_prompts(painted, objs)
-        if stack is None or not prompts:
-            self._status("choose a model." if stack is None else "the preview is empty: paint one first.")
-            return
-        self._gen += 1
-        gen = self._gen
-
-        def work():
-            return decoding.refine(model, stack.get(p), painted, prompts)
-
-        def done(preds) -> None:
-            if self._closed or gen != self._gen or stack is not self.stack:
-                return
-            self._pending = None
-            self._kept[p] = decoding.apply_refined(self._decoded, p, objs, preds, self._kept.get(p),
-                                                   self._plane_shape)
-            self._show([p])
-            self._status(self.describe())
-            self._finish_waiting()
-
-        def failed(err: BaseException) -> None:
-            if not self._closed and gen == self._gen:
-                self._pending = None
-                self._after_decode.clear()
-                self._status(f"refine failed: {err}")
-
-        self._pending = Job("decode", work, done, failed)
-        self.schedule(self._pending)
+        self.decoder.refine(self.plane, np.array(self.preview_plane(self.plane)), self._plane_shape)
 
     # ------------------------------------------------------------------ propagation
     @property
@@ -431,34 +305,22 @@ class AnnotationSession:
         if self.stack is None:
             self._status("choose a model first.")
             return False
-        if self._pending is not None:
-            self._after_decode.append(lambda: self.propagate(axis))
+        if self.decoder.defer(lambda: self.propagate(axis)):
             self._status("propagating as soon as the newest prompts are decoded…")
             return True
-        line = set(self.stack.line(self.plane, int(axis)))
-        previews = {p[int(axis)]: self.preview_plane(p) for p in self._prompts if p in line}
-        return self.propagation.start(self.model, self.stack, self.plane, int(axis), previews,
+        return self.propagation.start(self.model, self.stack, self.plane, int(axis), self.decoder.prompts,
+                                      self.preview_plane,
                                       min_score=self.min_score, min_overlap=self.min_overlap,
                                       method=self.propagation_method, stop_after=self.stop_after)
 
     @property
     def propagation_method(self) -> str:
         """``"memory"`` or ``"prompt"``: what :meth:`propagate` will use with this model."""
-        from ..propagate import resolve_method
-
-        if self.method == "memory" and not getattr(self.model, "supports_memory", False):
-            return "prompt"  # a SAM model chosen after SAM 2: its only method
-        return resolve_method(self.model, self.method) if self.model is not None else "prompt"
+        return method_for(self.model, self.method)
 
     def cancel_propagation(self) -> None:
         """Stop a running propagation; the planes it finished stay in the preview."""
         self.propagation.cancel()
-
-    def _blocked(self, plane: Plane) -> np.ndarray | None:
-        """Pixels a propagation leaves empty on ``plane``: committed objects, unless overwriting."""
-        if self.target is None or self.overwrite:
-            return None
-        return read_plane(self.target, plane) != 0
 
     def cancel(self) -> None:
         """Cancel the propagation, segment everything and the embedding in progress."""
@@ -477,19 +339,11 @@ class AnnotationSession:
         (:data:`~napari_promptseg.automatic.EVERYTHING_DEFAULTS`). Returns the new array, or None
         (with a status) when there is no model or image; a bad parameter raises ValueError or
         TypeError before any work. A running propagation or run is cancelled first."""
-        from ..labels_io import lazy_labels
-
         if self.image is None or self.stack is None:
             self._status("choose an image and a model first." if self.image is None
                          else "choose a model first.")
             return None
-        if scope not in ("plane", "line"):
-            raise ValueError(f"scope must be 'plane' or 'line', got {scope!r}")
-        if scope == "line" and not self._lead:
-            scope = "plane"
-        planes = [self.plane] if scope == "plane" else list(self.stack.line(self.plane, int(axis)))
-        shape = (*self._lead, *self._plane_shape)
-        target = lazy_labels(shape, np.int32) if self._lead else np.zeros(shape, np.int32)
+        planes, target = scope_of(self.stack, self.plane, scope, axis, (*self._lead, *self._plane_shape))
         self.cancel_propagation()
         self.everything.start(self.model, self.stack, planes, target, params)
         return target
@@ -531,71 +385,49 @@ class AnnotationSession:
         if self.propagating:
             self._status("a propagation is running: wait for it or press Cancel, then commit.")
             return ()
-        if self._pending is not None:
-            self._after_decode.append(self.commit)
+        if self.decoder.defer(self.commit):
             self._status("committing as soon as the decode finishes…")
             return ()
-        planes = set(self._decoded) | set(self._propagated) | set(self._kept) | self._view.painted
-        groups = {p: pl for p in sorted(planes) if (pl := self.preview_plane(p)).any()}
+        groups = {p: pl for p in sorted(self._shown()) if (pl := self.preview_plane(p)).any()}
         if not groups:
             self._status("nothing to commit: the preview is empty.")
             return ()
         self.ensure_target()
-        image_shape = (*self._lead, *self._plane_shape)
-        if self.labels.shape != image_shape:
-            self._status(f"cannot commit: the labels' shape {self.labels.shape} is not the image's "
-                         f"{image_shape}; choose other labels or new ones.")
-            return ()
-        try:
-            c, problem = self.labels.commit(groups, self.overwrite, {"prompts": prompts_json(self._prompts)})
-        except (TypeError, ValueError, OverflowError) as err:
-            self._status(f"cannot commit: {err}")
-            return ()
-        if not c.ids:
-            self._status("nothing committed: every pixel already belongs to another object "
-                         "(check 'overwrite other objects' to replace them).")
-            return ()
-        self.events.labels.emit(tuple(e.plane for e in c.edits))
-        self.clear(quiet=True)
-        ids = ", ".join(map(str, c.ids))
-        self._status(problem or f"committed object{'s' * (len(c.ids) > 1)} {ids}. U: undo.")
-        return c.ids
+        c, message = self.labels.commit_preview(groups, self.overwrite, {
+            "prompts": prompts_json(self.decoder.prompts)}, (*self._lead, *self._plane_shape))
+        if c is not None:
+            self.events.labels.emit(tuple(e.plane for e in c.edits))
+            self.clear(quiet=True)
+        self._status(message)
+        return () if c is None else c.ids
 
     def undo(self) -> LabelsCommit | None:
         """Undo the last commit (exactly; refused when the pixels were edited since)."""
-        return self._replay("undo", "undid", " Shift-U: redo.")
+        return self._written(*self.labels.step("undo"))
 
     def redo(self) -> LabelsCommit | None:
         """Redo the last undone commit."""
-        return self._replay("redo", "redid", "")
+        return self._written(*self.labels.step("redo"))
 
-    def _replay(self, which: str, verb: str, hint: str) -> LabelsCommit | None:
-        c, problem = self.labels.replay(which)
+    def _written(self, c: LabelsCommit | None, message: str) -> LabelsCommit | None:
+        """Announce the planes ``c`` wrote (if any) and say ``message``."""
         if c is not None:
             self.events.labels.emit(tuple(e.plane for e in c.edits))
-            ids = ", ".join(map(str, c.ids))
-            self._status(problem or f"{verb} object{'s' * (len(c.ids) > 1)} {ids}.{hint}")
-        else:
-            self._status(problem)
+        self._status(message)
         return c
 
     def restore_autosave(self) -> tuple[int, ...]:
         """Write the autosaved labels of this image into the target (undoable); returns their ids."""
         if self.labels.store is not None and self.labels.store.exists():
             self.ensure_target()
-        c, message = self.labels.restore()
-        if c is not None:
-            self.events.labels.emit(tuple(e.plane for e in c.edits))
-        self._status(message)
+        c = self._written(*self.labels.restore())
         return () if c is None else c.ids
 
     def clear(self, quiet: bool = False) -> None:
         """Remove the prompts and the preview (nothing committed changes)."""
         self.cancel_propagation()
-        shown = set(self._decoded) | set(self._propagated) | set(self._kept) | self._view.painted
-        self._gen += 1
-        self._pending = None
-        self._after_decode.clear()
+        shown = self._shown()
+        self.decoder.cancel()
         self._reset_state()
         self._show(shown)
         self.events.prompts_cleared.emit()
@@ -603,58 +435,43 @@ class AnnotationSession:
         if not quiet:
             self._status("cleared.")
 
+    def _shown(self) -> set[Plane]:
+        """The planes whose preview may hold objects."""
+        d = self.decoder
+        return set(d.decoded) | set(self.propagation.planes) | set(d.kept) | self._view.painted
+
     def _reset_state(self) -> None:
-        self._prompts.clear()
-        self._decoded.clear()
-        self._propagated.clear()
-        self.propagation.ids.clear()
-        self._kept.clear()
+        self.decoder.reset()
+        self.propagation.clear()
         if self._view is not None:
             self._view.painted.clear()
         self.current_object = 1
-
-    def _open_store(self, source_path) -> None:
-        try:
-            earlier = self.labels.open_store(self.image, self.rgb, source_path)
-        except (OSError, ValueError) as err:
-            self.labels.store = None
-            self._status(f"autosave is off for this image: {err}")
-            return
-        if earlier:
-            self.events.restorable.emit(earlier)
 
     # ------------------------------------------------------------------ status, close
     def describe(self) -> str:
         """The status line: the current object and the masks of the displayed plane when it is
         prompted; on a propagated plane its objects; else the masks of the plane prompted last."""
-        here = self._decoded.get(self.plane)
-        if here is not None and any(d.pred is not None for d in here.objects.values()):
-            return describe(self, here, self.plane)
-        shown = len(ids_in(self.preview_plane())) if self._view is not None else 0  # read once
-        return describe(self, None if shown else self._decoded.get(self.active), self.active, shown)
+        return status_line(self)
 
     @property
     def focus(self) -> Plane:
         """The plane J and :attr:`predictions` act on: the displayed one when it is prompted, else
         the plane prompted last."""
-        return self.plane if self.plane in self._decoded else self.active
+        return self.plane if self.plane in self.decoder.decoded else self.active
 
     def _status(self, text: str) -> None:
         if not self._closed:
             self.events.status.emit(text)
 
-    def _cancel_jobs(self, keep_run: bool = False) -> None:
-        self._pending = None
-        self._after_decode.clear()  # a commit or propagation waiting for these decodes is off
-        self._gen += 1
-        if not keep_run:
-            self.cancel_propagation()
-            self.everything.cancel()
+    def _cancel_jobs(self) -> None:
+        self.decoder.cancel()  # a commit or propagation waiting for these decodes is off
+        self.cancel_propagation()
+        self.everything.cancel()
 
     def close(self) -> None:
         """Stop every job (an encoder stops at its next block); the session is done."""
         self._cancel_jobs()
         self.embedder.close()
-        self._after_decode.clear()
+        self.decoder.close()
         self._closed = True
 

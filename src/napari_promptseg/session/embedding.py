@@ -71,6 +71,16 @@ class PlaneEmbedder:
         self.store = open_for(store, model, image, rgb, self.plane)
         return store_note(self.store)
 
+    def attach(self, store, model, image, rgb: bool) -> tuple[bool, str | None]:
+        """:meth:`use_store` that reports a refusal instead of raising: (taken into use, what to
+        tell the user, a refusal's message included)."""
+        from ..store import StoreError
+
+        try:
+            return True, self.use_store(store, model, image, rgb)
+        except StoreError as err:
+            return False, str(err)
+
     def drop_unfit_store(self, model) -> str | None:
         """Forget :attr:`store` unless ``model`` made it; returns why it was forgotten (None: kept)."""
         from ..store import StoreError
@@ -83,6 +93,11 @@ class PlaneEmbedder:
             self.store = None
             return f"embeddings store no longer used: {err}"
         return None
+
+    def forget(self) -> None:
+        """:meth:`stop` and drop the store: the image is another one, or none."""
+        self.stop()
+        self.store = None  # a store belongs to the image it was made for
 
     def stop(self) -> None:
         """Cancel the encoder job (it stops at its next block) and forget the stack."""

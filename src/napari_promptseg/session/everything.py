@@ -14,7 +14,7 @@ from ..cancel import CancelToken
 from .jobs import Job
 from .planes import Plane
 
-__all__ = ["EverythingRun", "EverythingRunner", "PlaneStep", "link_plane", "LINK_IOU"]
+__all__ = ["EverythingRun", "EverythingRunner", "PlaneStep", "link_plane", "LINK_IOU", "scope_of"]
 
 LINK_IOU = 0.5  # an object continues on the next plane when its masks there overlap this much (IoU)
 
@@ -57,6 +57,19 @@ def link_plane(prev: np.ndarray | None, labels: np.ndarray, next_id: int,
             next_id += 1
     out[...] = mapping[labels]
     return out, next_id
+
+
+def scope_of(stack, here: Plane, scope: str, axis: int, shape: tuple[int, ...]) -> tuple[list[Plane], object]:
+    """The planes of a run over ``scope`` (``"plane"``: ``here``; ``"line"``: the line of planes
+    through ``here`` along leading ``axis``; a 2D image has only its plane) and its new int32
+    labels of the image's ``shape`` (numpy for 2D, lazy zarr for stacks)."""
+    from ..labels_io import lazy_labels
+
+    if scope not in ("plane", "line"):
+        raise ValueError(f"scope must be 'plane' or 'line', got {scope!r}")
+    lead = len(shape) > 2
+    planes = [here] if scope == "plane" or not lead else list(stack.line(here, int(axis)))
+    return planes, lazy_labels(shape, np.int32) if lead else np.zeros(shape, np.int32)
 
 
 @dataclass(eq=False)

@@ -1,6 +1,7 @@
 """Where commits go (numpy, no Qt): the target labels array, undo/redo per target, the next free
 id, and the autosave store of the image. Used by :class:`~.core.AnnotationSession`; every method
-returns what happened and the session turns it into events and a status line.
+returns what happened (commits, undo and redo with their status line) and the session turns it
+into events and a status line.
 
 Plane indices are tuples of the leading axes (``()`` for 2D); planes are ``(H, W)`` arrays.
 """
@@ -66,6 +67,12 @@ class CommitLog:
         else:
             self._max = max(self._max, int(value))
 
+    def blocked(self, plane: tuple[int, ...], overwrite: bool) -> np.ndarray | None:
+        """Pixels a propagation leaves empty on ``plane``: committed objects, unless ``overwrite``."""
+        if self.target is None or overwrite:
+            return None
+        return read_plane(self.target, plane) != 0
+
     def ensure(self, shape: tuple[int, ...], lazy: bool) -> bool:
         """Make a new int32 target of ``shape`` (a lazy zarr array when ``lazy``) if there is none;
         returns True when one was made."""
@@ -97,6 +104,30 @@ class CommitLog:
         return c, self._autosave("commit", c, {"ids": list(c.ids), **record,
                                                "objects": {str(k): v for k, v in c.mapping.items()}})
 
+    def commit_preview(self, groups: Mapping[tuple[int, ...], np.ndarray], overwrite: bool, record: dict,
+                       shape: tuple[int, ...]) -> tuple[LabelsCommit | None, str | None]:
+        """:meth:`commit` of a preview's ``groups`` into the target of an image of ``shape``:
+        (the commit, the status line), or (None, why nothing was written)."""
+        if self.shape != shape:
+            return None, (f"cannot commit: the labels' shape {self.shape} is not the image's {shape}; "
+                          "choose other labels or new ones.")
+        try:
+            c, problem = self.commit(groups, overwrite, record)
+        except (TypeError, ValueError, OverflowError) as err:
+            return None, f"cannot commit: {err}"
+        if not c.ids:
+            return None, ("nothing committed: every pixel already belongs to another object "
+                          "(check 'overwrite other objects' to replace them).")
+        return c, problem or f"committed object{'s' * (len(c.ids) > 1)} {_ids(c)}. U: undo."
+
+    def step(self, which: str) -> tuple[LabelsCommit | None, str | None]:
+        """:meth:`replay` with the status line (``"undid object 3. Shift-U: redo."``)."""
+        c, problem = self.replay(which)
+        if c is None:
+            return None, problem
+        verb, hint = ("undid", " Shift-U: redo.") if which == "undo" else ("redid", "")
+        return c, problem or f"{verb} object{'s' * (len(c.ids) > 1)} {_ids(c)}.{hint}"
+
     def replay(self, which: str) -> tuple[LabelsCommit | None, str | None]:
         """``which`` = "undo" or "redo": (the commit, None), or (None, why not)."""
         if self.target is None:
@@ -119,6 +150,15 @@ class CommitLog:
         # this process's own (the image opened again) is simply continued
         self._earlier_store = found and self.store.root not in _OURS
         return self.store.summary() if found else None
+
+    def open_store_for(self, image, rgb: bool, source_path: str | None) -> tuple[str | None, str | None]:
+        """:meth:`open_store`: (its summary when it holds an earlier session, None); (None, why
+        autosave is off) when it cannot be opened."""
+        try:
+            return self.open_store(image, rgb, source_path), None
+        except (OSError, ValueError) as err:
+            self.store = None
+            return None, f"autosave is off for this image: {err}"
 
     def _autosave(self, op: str, c: LabelsCommit, record: dict) -> str | None:
         """Save the planes ``c`` touched with ``record``: at once for up to
@@ -194,3 +234,7 @@ class CommitLog:
             self._max = max(self._max, *ids)
         self._earlier_store = False  # the store is this session's now: later commits add to it
         return c, f"restored {len(ids)} autosaved label{'s' * (len(ids) != 1)}. U: undo."
+
+
+def _ids(c: LabelsCommit) -> str:
+    return ", ".join(map(str, c.ids))

@@ -70,6 +70,15 @@ def with_prompt(prompts: dict[Plane, dict[int, ObjectPrompt]], plane: Plane, obj
     return prompts
 
 
+def image_shape(image, rgb: bool) -> tuple[int, ...]:
+    """The shape ``(..., H, W)`` of ``image`` without its channel axis (``rgb``); ValueError for
+    an image without a 2D plane."""
+    ndim = image.ndim - (1 if rgb else 0)
+    if ndim < 2:
+        raise ValueError(f"image of shape {image.shape} has no 2D plane to segment")
+    return tuple(image.shape[:ndim])
+
+
 def present(obj: ObjectPrompt) -> bool:
     """The prompts place the object on the plane (a positive point or a box)."""
     return obj.box is not None or bool((obj.labels == 1).any())

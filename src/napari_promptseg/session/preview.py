@@ -22,12 +22,13 @@ class Preview:
     """``array``: ``(..., H, W)`` object ids; ``painted``: planes the user painted since they
     were last composed; ``on_reset(array)``: called when the array is replaced (wider ids)."""
 
-    def __init__(self, shape: tuple[int, ...], n_lead: int) -> None:
+    def __init__(self, shape: tuple[int, ...], n_lead: int,
+                 on_reset: Callable[[object], None] = lambda array: None) -> None:
         self.shape, self.n_lead = tuple(shape), n_lead
         self.array = np.zeros(shape, np.uint8) if not n_lead else lazy_labels(self.shape, np.uint8)
         self.painted: set[Plane] = set()
         self.written: set[Plane] = set()  # planes ever written (what a wider copy must carry over)
-        self.on_reset: Callable[[object], None] = lambda array: None
+        self.on_reset = on_reset
 
     def plane(self, p: Plane) -> np.ndarray:
         """``(H, W)`` object ids on plane ``p``."""

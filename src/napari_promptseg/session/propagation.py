@@ -4,7 +4,7 @@ with steps, and how its planes merge into the propagated objects. The algorithm 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +14,17 @@ from ..propagate import propagate_iter
 from .jobs import Job
 from .planes import Plane, PlaneStore, masks_of
 
-__all__ = ["PropagationRun", "Propagator", "seeds_and_absent"]
+__all__ = ["PropagationRun", "Propagator", "seeds_and_absent", "method_for"]
+
+
+def method_for(model, method: str) -> str:
+    """``"memory"`` or ``"prompt"``: what a propagation asked for ``method`` (``"memory"``,
+    ``"prompt"``, ``"auto"``) uses with ``model`` (None: ``"prompt"``)."""
+    from ..propagate import resolve_method
+
+    if method == "memory" and not getattr(model, "supports_memory", False):
+        return "prompt"  # a SAM model chosen after SAM 2: its only method
+    return resolve_method(model, method) if model is not None else "prompt"
 
 
 def seeds_and_absent(previews: Mapping[int, np.ndarray]) -> tuple[dict, dict]:
@@ -74,10 +84,13 @@ class Propagator:
         self.ids: set[int] = set()  # the objects runs have propagated
         self.run: PropagationRun | None = None
 
-    def start(self, model, stack, here: Plane, axis: int, previews: Mapping[int, np.ndarray],
-              **kwargs) -> bool:
-        """Propagate from the prompted planes' ``previews`` (``{k: (H, W) ids}`` along ``axis``
-        through ``here``); kwargs go to :func:`~napari_promptseg.propagate_iter`. False: no seed."""
+    def start(self, model, stack, here: Plane, axis: int, prompted: Iterable[Plane],
+              preview: Callable[[Plane], np.ndarray], **kwargs) -> bool:
+        """Propagate from the ``prompted`` planes on the line along ``axis`` through ``here``, from
+        their ``preview(plane)`` (``(H, W)`` ids); kwargs go to
+        :func:`~napari_promptseg.propagate_iter`. False: no seed."""
+        line = set(stack.line(here, axis))
+        previews = {p[axis]: preview(p) for p in prompted if p in line}
         self.cancel()
         seeds, absent = seeds_and_absent(previews)
         if not seeds:
@@ -127,6 +140,11 @@ class Propagator:
                     f"{', '.join(map(str, sorted(seeds)))}…")
         self.schedule(Job("propagate", work, done, failed, step, "propagating", run.token))
         return True
+
+    def clear(self) -> None:
+        """Forget the propagated objects (a running propagation is not stopped)."""
+        self.planes.clear()
+        self.ids.clear()
 
     def cancel(self) -> None:
         """Stop the running propagation; the planes it finished stay."""

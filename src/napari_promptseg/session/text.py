@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .planes import PlaneDecode, fmt, offered
+from .planes import PlaneDecode, fmt, ids_in, offered
 
-__all__ = ["describe", "model_note", "store_note"]
+__all__ = ["describe", "model_note", "store_note", "status_line"]
 
 
 def model_note(model) -> str:
@@ -25,6 +25,17 @@ def store_note(session) -> str:
         return (f"; embeddings from {store.path.name}, but this plane's pixels differ from the stored "
                 "ones: embedded by the model")
     return f"; embeddings from {store.path.name}"
+
+
+def status_line(session) -> str:
+    """:meth:`~.core.AnnotationSession.describe`: the masks of the displayed plane when it is
+    prompted; on a propagated plane its objects; else the masks of the plane prompted last."""
+    decoded = session.decoder.decoded
+    here = decoded.get(session.plane)
+    if here is not None and any(d.pred is not None for d in here.objects.values()):
+        return describe(session, here, session.plane)
+    shown = len(ids_in(session.preview_plane())) if session.preview is not None else 0  # read once
+    return describe(session, None if shown else decoded.get(session.active), session.active, shown)
 
 
 def describe(session, dec: PlaneDecode | None, plane: tuple[int, ...], shown: int = 0) -> str:
