@@ -261,6 +261,17 @@ def embed_plane(store: EmbeddingStore, model, arr, flat: int, dtype: str = DEFAU
     return True
 
 
+def default_window(image, lead_axes: tuple[int, ...], rgb: bool) -> tuple[float, float] | None:
+    """The store's intensity window when none is given: the stack's
+    (:func:`~napari_promptseg.stack.stack_window`, sampled planes only), None for uint8/bool."""
+    from .stack import stack_window
+
+    if np.dtype(image.dtype) in (np.uint8, np.bool_):
+        return None
+    front = np.moveaxis(image, lead_axes, range(len(lead_axes))) if lead_axes else image
+    return stack_window(front, rgb=rgb)
+
+
 def embed_store_iter(model, image, path: str | Path, axis: int = 0, *,
                      window: tuple[float, float] | None = None, rgb: bool | None = None,
                      planes=None) -> Iterator[tuple[int, int]]:
@@ -269,12 +280,9 @@ def embed_store_iter(model, image, path: str | Path, axis: int = 0, *,
     (default: the stack's, :func:`~napari_promptseg.stack.stack_window`, as ``ps.propagate``
     uses); planes: flat plane indices to embed (default all). A bad image, axis or a store made
     for other pixels or another model raises :class:`StoreError` at the call, before any work."""
-    from .stack import stack_window
-
     lead_axes, _, rgb = plane_layout(tuple(image.shape), axis, rgb)
-    if window is None and np.dtype(image.dtype) not in (np.uint8, np.bool_):
-        front = np.moveaxis(image, lead_axes, range(len(lead_axes))) if lead_axes else image
-        window = stack_window(front, rgb=rgb)
+    if window is None:
+        window = default_window(image, lead_axes, rgb)
     store = _create(Path(path), model, image, axis, window, rgb)  # bad input raises here, at the call
     todo = list(range(store.n_planes)) if planes is None else [int(p) for p in planes]
 

@@ -56,25 +56,43 @@ def _embed(args) -> int:
     import napari_promptseg as ps
     from napari_promptseg.store import StoreError
 
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("--workers and --scheduler exclude each other: --workers N starts N local "
+                         "worker processes, --scheduler ADDRESS uses a running cluster")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {args.workers}")
+    distributed = args.scheduler is not None or (args.workers or 1) > 1  # --workers 1: in-process
     image = read_image(args.input)
     _spec(args.model)
     if args.checkpoint is None and not _local(args.model):
         print(f"promptseg: {args.model} is not downloaded yet: downloading", file=sys.stderr)
     from napari_promptseg.models.weights import WeightsError
 
+    window = tuple(args.window) if args.window else None
+    user_errors: tuple[type[Exception], ...] = (StoreError,)
     try:
-        model = ps.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+        if distributed:  # the model is loaded on each worker, not here
+            from napari_promptseg.distributed import WorkerLoadError, embed_store_distributed_iter
+
+            user_errors += (WorkerLoadError,)
+            it = embed_store_distributed_iter(
+                args.model, args.input, args.out, checkpoint=args.checkpoint, axis=args.axis,
+                window=window, device=args.device, workers=args.workers, scheduler=args.scheduler)
+        else:
+            model = ps.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    except StoreError as e:  # distributed: checked here, before any cluster starts
+        raise UsageError(str(e)) from None
     except (OSError, ValueError, WeightsError) as e:
         raise UsageError(f"cannot load {args.model}: {e}") from None
-    window = tuple(args.window) if args.window else None
     try:
-        it = ps.embed_store_iter(model, image, args.out, axis=args.axis, window=window)
+        if not distributed:
+            it = ps.embed_store_iter(model, image, args.out, axis=args.axis, window=window)
         with tqdm(desc="embedding planes", unit="plane", file=sys.stderr) as bar:
             for done, total in it:
                 bar.total = total
                 bar.n = done
                 bar.refresh()
-    except StoreError as e:
+    except user_errors as e:
         raise UsageError(str(e)) from None
     store = ps.open_embeddings(args.out)
     print(f"{args.out}: {len(store)} of {store.n_planes} planes, model {store.model}, window {store.window}")
@@ -102,11 +120,18 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(run=_download)
     e = sub.add_parser(
         "embed", help="embed every plane of an image, z-stack, video or T x Z stack into a zarr store",
-        description="Embed every plane into one self-describing zarr store (model, checkpoint, window, "
-                    "axis, shape; float16). Planes already stored are skipped: rerun an interrupted "
-                    "run to complete it. Open the store with ps.open_embeddings or "
-                    "ps.propagate(..., embeddings=STORE).",
-        epilog=f"Example: {EXAMPLES['embed']}")
+        description="Embed every plane into one self-describing zarr store (model, checkpoint, window,\n"
+                    "axis, shape; float16). Planes already stored are skipped: rerun an interrupted\n"
+                    "run to complete it. Open the store with ps.open_embeddings or\n"
+                    "ps.propagate(..., embeddings=STORE).\n\n"
+                    "With --workers N (N > 1) the planes are embedded by N local worker processes\n"
+                    "(dask.distributed), with --scheduler ADDRESS by a running dask cluster (e.g.\n"
+                    "dask-jobqueue on SLURM; the input and the store on a shared filesystem). A worker\n"
+                    "that dies loses only the planes it was embedding; they are given to another.",
+        epilog=f"Example: {EXAMPLES['embed']}\n"
+               "  promptseg embed stack.tif --model vit_b --out stack.zarr --workers 4\n"
+               "  promptseg embed stack.tif --model vit_b --out stack.zarr --scheduler tcp://node1:8786",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("input", help="tif / ome-tif, png / jpg, npy or zarr")
     e.add_argument("--model", required=True, help="registry name (see `promptseg models`)")
     e.add_argument("--checkpoint", default=None, help="a local checkpoint file: no download")
@@ -115,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="intensity window (default: the stack's robust percentiles, as ps.propagate)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     e.add_argument("--out", required=True, help="the store folder, e.g. stack.zarr")
+    e.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="embed with N local worker processes sharing the cores (default: in this "
+                        "process, as --workers 1)")
+    e.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="embed on the running dask cluster at ADDRESS (tcp://host:8786)")
     e.set_defaults(run=_embed)
     add_parsers(sub)
     return p
