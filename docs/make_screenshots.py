@@ -47,8 +47,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=None, help="default: the widget's default model")
     p.add_argument("--checkpoint", default=None)
+    p.add_argument("--only", choices=("tiles",), default=None, help="make one screenshot only")
     args = p.parse_args(argv)
     OUT.mkdir(exist_ok=True)
+    if args.only == "tiles":
+        tiles_shot(args, QApplication.instance() or QApplication([]))
+        return
 
     viewer = napari.Viewer(title="napari-promptseg")
     viewer.window._qt_window.resize(1400, 850)
@@ -77,6 +81,7 @@ def main(argv=None) -> None:
     shot(viewer, app, "committed_and_box.png")
     viewer.close()
     stack_shot(args, app)
+    tiles_shot(args, app)
 
 
 def stack_shot(args, app) -> None:
@@ -107,6 +112,40 @@ def stack_shot(args, app) -> None:
     viewer.dims.point = step
     wait(app, lambda: w.ready)
     shot(viewer, app, "stack_propagated.png")
+    viewer.close()
+
+
+def tiles_shot(args, app) -> None:
+    """A 2560 x 3072 slide: tiled by itself; clicks on nuclei cut by tile borders, then a zoom on
+    them (the status line says how many tiles were embedded)."""
+    import napari
+
+    from napari_promptseg._napari.demo import WIDGET_NAME
+    from napari_promptseg.sample import nuclei_image
+
+    field, lab = nuclei_image((512, 512), n=60, seed=5)
+    img = np.tile(field, (5, 6))  # 2560 x 3072: nuclei at the size of the sample image
+    copies = np.kron(np.arange(30).reshape(5, 6), np.ones((512, 512), np.int32)).astype(np.int32)
+    truth = np.where(np.tile(lab, (5, 6)) > 0, np.tile(lab, (5, 6)) + 1000 * copies, 0)
+    viewer = napari.Viewer(title="napari-promptseg")
+    viewer.window._qt_window.resize(1400, 850)
+    viewer.add_image(img, name="slide", colormap="gray")
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_image(viewer.layers["slide"])
+    if args.model is not None or args.checkpoint is not None:
+        w.set_model(args.model, checkpoint=args.checkpoint, device="cpu")
+    wait(app, lambda: w.ready)
+    grid = w.session.stack.cached(()).grid  # the TiledEmbedding's tiles (none embedded yet)
+    border = grid.tiles[len(grid.tiles) // 2].core[3]  # a column border between tile cores
+    ids = [int(i) for i in np.unique(truth[1100:1400, border - 2:border + 2]) if i]
+    cut = ids[:4]  # nuclei that the border between two tiles' cores cuts
+    for i in cut:
+        w.new_object()
+        w.bridge.points_layer.add(np.argwhere(truth == i).mean(0))
+        wait(app, lambda: not w.scheduler.busy and not w.session.decoding)
+    viewer.camera.center = (1250, border)
+    viewer.camera.zoom = 1.6
+    shot(viewer, app, "tiles.png")
     viewer.close()
 
 

@@ -44,7 +44,9 @@ def image_plane_shape(image_layer) -> tuple[int, ...]:
 
 
 def _size(image_layer) -> float:
-    return max(3.0, 0.02 * max(image_plane_shape(image_layer)[-2:]))
+    """Prompt markers in data pixels: 2% of the image's side, at most 16 pixels (on a slide of
+    thousands of pixels a bigger marker would hide the object it prompts)."""
+    return min(16.0, max(3.0, 0.02 * max(image_plane_shape(image_layer)[-2:])))
 
 
 def add_points_layer(viewer, image_layer):
@@ -71,6 +73,7 @@ def _add_points(viewer, image_layer, pd):
         face_color_cycle={1: POSITIVE, 0: NEGATIVE},
         border_color="white",
         size=_size(image_layer),
+        canvas_size_limits=(6, 40),  # screen pixels: visible zoomed out, never a blot zoomed in
         **transform_kwargs(image_layer),
     )
 
