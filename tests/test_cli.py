@@ -74,3 +74,16 @@ def test_bad_inputs_give_one_clear_line_and_exit_code_2(stack_tif, tmp_path, arg
     rc, out, err = _run("embed", *args, "--device", "cpu", "--out", store)
     assert rc == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_embed_takes_an_rgb_png_as_one_image(tmp_path):
+    from skimage.io import imsave
+
+    img, _ = nuclei_image((64, 80), n=3)
+    rgb = np.repeat((img // 16).astype(np.uint8)[..., None], 3, axis=2)
+    imsave(tmp_path / "photo.png", rgb, check_contrast=False)
+    rc, out, err = _run("embed", tmp_path / "photo.png", "--model", "promptseg_demo", "--device", "cpu",
+                        "--out", tmp_path / "p.zarr")
+    assert rc == 0, err
+    store = ps.open_embeddings(tmp_path / "p.zarr")
+    assert store.rgb and store.n_planes == 1 and "1 of 1 planes" in out

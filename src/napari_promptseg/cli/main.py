@@ -10,7 +10,7 @@ import sys
 
 from .commands import EXAMPLES as MORE_EXAMPLES
 from .commands import add_parsers
-from .io import UsageError, read_image
+from .io import UsageError, guess_rgb, read_image
 
 EXAMPLES = {
     "models": "promptseg models",
@@ -69,6 +69,7 @@ def _embed(args) -> int:
     from napari_promptseg.models.weights import WeightsError
 
     window = tuple(args.window) if args.window else None
+    rgb = guess_rgb(tuple(image.shape))  # a png / jpg photo is one RGB image, not 3 gray planes
     user_errors: tuple[type[Exception], ...] = (StoreError,)
     try:
         if distributed:  # the model is loaded on each worker, not here
@@ -77,7 +78,8 @@ def _embed(args) -> int:
             user_errors += (WorkerLoadError,)
             it = embed_store_distributed_iter(
                 args.model, args.input, args.out, checkpoint=args.checkpoint, axis=args.axis,
-                window=window, device=args.device, workers=args.workers, scheduler=args.scheduler)
+                window=window, rgb=rgb, device=args.device, workers=args.workers,
+                scheduler=args.scheduler)
         else:
             model = ps.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     except StoreError as e:  # distributed: checked here, before any cluster starts
@@ -86,7 +88,7 @@ def _embed(args) -> int:
         raise UsageError(f"cannot load {args.model}: {e}") from None
     try:
         if not distributed:
-            it = ps.embed_store_iter(model, image, args.out, axis=args.axis, window=window)
+            it = ps.embed_store_iter(model, image, args.out, axis=args.axis, window=window, rgb=rgb)
         with tqdm(desc="embedding planes", unit="plane", file=sys.stderr) as bar:
             for done, total in it:
                 bar.total = total
