@@ -5,26 +5,12 @@ another store, and one made for other pixels is refused with its message. The st
 itself is tested without a viewer in tests/test_session_store.py."""
 
 import numpy as np
-import pytest
 
 import napari_promptseg as ps
 from napari_promptseg._napari.demo import WIDGET_NAME
 from tests._napari.test_widget import click, settle
 from tests.test_session_stack import iou
 from tests.test_session_store import centre, nuclei_stack
-
-
-@pytest.fixture
-def calls(demo_model, monkeypatch):
-    seen = []
-    orig = demo_model._embed_rgb
-
-    def spy(rgb, *args):
-        seen.append(rgb.shape[:2])
-        return orig(rgb, *args)
-
-    monkeypatch.setattr(demo_model, "_embed_rgb", spy)
-    return seen
 
 
 def test_a_store_beside_the_file_is_used_and_one_for_other_pixels_refused(
