@@ -10,22 +10,35 @@ import numpy as np
 
 from .io import SUFFIXES, UsageError, check_labels_path, guess_rgb, read_image, write_labels
 
-__all__ = ["load_model", "run_segment", "run_propagate", "run_everything", "everything_params"]
+__all__ = ["spec_of", "say_download", "load_model", "run_segment", "run_propagate", "run_everything",
+           "everything_params"]
+
+
+def spec_of(name: str):
+    """The registry's ModelSpec for ``name``; an unknown name is a UsageError."""
+    from napari_promptseg.models.registry import get_spec
+
+    try:
+        return get_spec(name)
+    except (KeyError, ValueError) as e:
+        raise UsageError(str(e).strip("'\"")) from None
+
+
+def say_download(args) -> None:
+    """Say on stderr that ``args.model`` is about to be downloaded (no ``--checkpoint``, not cached)."""
+    from napari_promptseg.models.weights import available_locally
+
+    if args.checkpoint is None and not available_locally(spec_of(args.model)):
+        print(f"promptseg: {args.model} is not downloaded yet: downloading", file=sys.stderr)
 
 
 def load_model(args):
     """The model named by ``args.model`` (``args.checkpoint``, ``args.device``); a missing
     checkpoint is downloaded (said on stderr), an unknown name or a bad file is a UsageError."""
     import napari_promptseg as ps
-    from napari_promptseg.models.registry import get_spec
-    from napari_promptseg.models.weights import WeightsError, available_locally
+    from napari_promptseg.models.weights import WeightsError
 
-    try:
-        spec = get_spec(args.model)
-    except (KeyError, ValueError) as e:
-        raise UsageError(str(e).strip("'\"")) from None
-    if args.checkpoint is None and not available_locally(spec):
-        print(f"promptseg: {args.model} is not downloaded yet: downloading", file=sys.stderr)
+    say_download(args)
     try:
         return ps.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     except (OSError, ValueError, WeightsError) as e:

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from .commands import EXAMPLES as MORE_EXAMPLES
-from .commands import add_parsers
+from .commands import _common, add_parsers, load_model, say_download, spec_of
 from .io import UsageError, guess_rgb, read_image
 
 EXAMPLES = {
@@ -29,20 +29,11 @@ def _models(args) -> int:
     return 0
 
 
-def _spec(name: str):
-    from napari_promptseg.models.registry import get_spec
-
-    try:
-        return get_spec(name)
-    except (KeyError, ValueError) as e:
-        raise UsageError(str(e).strip("'\"")) from None
-
-
 def _download(args) -> int:
     from napari_promptseg.models.weights import WeightsError, fetch_weights
 
     try:
-        path = fetch_weights(_spec(args.name), progress=True)
+        path = fetch_weights(spec_of(args.name), progress=True)
     except WeightsError as e:
         print(f"promptseg download: {e}", file=sys.stderr)
         return 1
@@ -63,29 +54,26 @@ def _embed(args) -> int:
         raise UsageError(f"--workers must be at least 1, not {args.workers}")
     distributed = args.scheduler is not None or (args.workers or 1) > 1  # --workers 1: in-process
     image = read_image(args.input)
-    _spec(args.model)
-    if args.checkpoint is None and not _local(args.model):
-        print(f"promptseg: {args.model} is not downloaded yet: downloading", file=sys.stderr)
-    from napari_promptseg.models.weights import WeightsError
-
     window = tuple(args.window) if args.window else None
     rgb = guess_rgb(tuple(image.shape))  # a png / jpg photo is one RGB image, not 3 gray planes
     user_errors: tuple[type[Exception], ...] = (StoreError,)
-    try:
-        if distributed:  # the model is loaded on each worker, not here
-            from napari_promptseg.distributed import WorkerLoadError, embed_store_distributed_iter
+    if distributed:  # the client fetches the weights once; each worker loads the model
+        from napari_promptseg.distributed import WorkerLoadError, embed_store_distributed_iter
+        from napari_promptseg.models.weights import WeightsError
 
-            user_errors += (WorkerLoadError,)
+        user_errors += (WorkerLoadError,)
+        say_download(args)
+        try:
             it = embed_store_distributed_iter(
                 args.model, args.input, args.out, checkpoint=args.checkpoint, axis=args.axis,
                 window=window, rgb=rgb, device=args.device, workers=args.workers,
                 scheduler=args.scheduler)
-        else:
-            model = ps.load_model(args.model, checkpoint=args.checkpoint, device=args.device)
-    except StoreError as e:  # distributed: checked here, before any cluster starts
-        raise UsageError(str(e)) from None
-    except (OSError, ValueError, WeightsError) as e:
-        raise UsageError(f"cannot load {args.model}: {e}") from None
+        except StoreError as e:  # checked here, before any cluster starts
+            raise UsageError(str(e)) from None
+        except (OSError, ValueError, WeightsError) as e:
+            raise UsageError(f"cannot load {args.model}: {e}") from None
+    else:
+        model = load_model(args)
     try:
         if not distributed:
             it = ps.embed_store_iter(model, image, args.out, axis=args.axis, window=window, rgb=rgb)
@@ -99,12 +87,6 @@ def _embed(args) -> int:
     store = ps.open_embeddings(args.out)
     print(f"{args.out}: {len(store)} of {store.n_planes} planes, model {store.model}, window {store.window}")
     return 0
-
-
-def _local(name: str) -> bool:
-    from napari_promptseg.models.weights import available_locally
-
-    return available_locally(_spec(name))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,12 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                "  promptseg embed stack.tif --model vit_b --out stack.zarr --scheduler tcp://node1:8786",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("input", help="tif / ome-tif, png / jpg, npy or zarr")
-    e.add_argument("--model", required=True, help="registry name (see `promptseg models`)")
-    e.add_argument("--checkpoint", default=None, help="a local checkpoint file: no download")
-    e.add_argument("--axis", type=int, default=0, help="the axis the planes lie across (default 0)")
-    e.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=None,
-                   help="intensity window (default: the stack's robust percentiles, as ps.propagate)")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    _common(e, store=False)
     e.add_argument("--out", required=True, help="the store folder, e.g. stack.zarr")
     e.add_argument("--workers", type=int, default=None, metavar="N",
                    help="embed with N local worker processes sharing the cores (default: in this "
