@@ -5,16 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_promptseg.models.upscale import resize_operator, upscale_masks
+from napari_promptseg.models.upscale import resize_operator, upscale_levels, upscale_masks
 
 from .conftest import mask_iou
 
 
-def _official(low, input_size, original_size, padded):
+def _official(low, input_size, original_size, padded, level=0.0):
     x = F.interpolate(low[None], (padded, padded), mode="bilinear", align_corners=False)
     x = x[..., : input_size[0], : input_size[1]]
     x = F.interpolate(x, original_size, mode="bilinear", align_corners=False)
-    return (x[0] > 0).numpy()
+    return (x[0] > level).numpy()
 
 
 def _input_size(h, w, padded):
@@ -46,6 +46,23 @@ def test_matches_official_on_a_local_object_and_skips_the_rest(use_numpy):
     ours = upscale_masks(low, size, original, 1024, use_numpy=use_numpy)
     np.testing.assert_array_equal(ours, _official(low, size, original, 1024))
     assert ours[0].any() and ours[1].any()
+
+
+@pytest.mark.parametrize("use_numpy", [True, False])
+def test_levels_equal_official_thresholds_in_one_resize(use_numpy):
+    """The stability score's three thresholds (mask, +offset, -offset) from one resize; the
+    rows skipped for the lowest level are the ones none of its logits reach."""
+    low = torch.full((3, 64, 64), -3.0)
+    low[0, 10:30, 5:25] = 2.5  # above all levels
+    low[1, 40:50, 40:60] = 0.5  # above 0 and -1 only
+    low[2, 5:8, 30:40] = -0.5  # above -1 only
+    original, levels = (700, 500), (0.0, 1.0, -1.0)
+    size = _input_size(*original, 256)
+    outs = upscale_levels(low, size, original, 256, levels, use_numpy=use_numpy)
+    for out, level in zip(outs, levels):
+        np.testing.assert_array_equal(out, _official(low, size, original, 256, level))
+    assert [[bool(m.any()) for m in out] for out in outs] == [[True, True, False], [True, False, False],
+                                                               [True, True, True]]
 
 
 def test_all_negative_logits_give_empty_masks():

@@ -12,11 +12,11 @@ upscaling (:mod:`napari_promptseg.automatic_sam2`). What is faster:
 - prompts are decoded in batches on the cached image side of the decoder
   (:meth:`~napari_promptseg.PromptableModel.decode_points`) and the output upscaling runs only
   for prompts with a mask above ``pred_iou_thresh`` (the IoU head needs only the transformer);
-- logits are never upsampled to the 1024² input: the stability score's two thresholds
-  (``> +offset``, ``> -offset``) and the mask (``> 0``) are evaluated by
-  :func:`~napari_promptseg.models.upscale.upscale_masks`, skipping rows and columns that
-  cannot pass, for the masks that survived the IoU filter only (a bilinear resize is a convex
-  combination, so ``resize(L) > t`` is ``resize(L - t) > 0``);
+- logits are never upsampled to the 1024² input: the mask (``> 0``) and the stability score's
+  two thresholds (``> +offset``, ``> -offset``) come from one resize
+  (:func:`~napari_promptseg.models.upscale.upscale_levels`) that skips rows and columns that
+  cannot pass (a bilinear resize is a convex combination), for the masks that survived the IoU
+  filter only;
 - candidates keep only their bounding-box piece of the mask until NMS has chosen.
 
 Coordinates are ours: ``(row, col)`` image pixels; ``point_grids`` hold ``(row, col)`` fractions.
@@ -190,7 +190,7 @@ _FIELDS = ("score", "stability", "box", "point", "piece", "crop")
 def _batch(model, emb, pts_rc, crop, ci, shape, p, edge: _Candidates | None = None) -> _Candidates:
     """Meta's ``_process_batch`` for points ``(B, 2)`` (row, col) in the crop; masks near the
     crop's edge (not the image's) are dropped, or go to ``edge`` when given (tiles)."""
-    from .models.upscale import upscale_masks
+    from .models.upscale import upscale_levels
 
     if _is_sam2(model):
         from .automatic_sam2 import decode_sam2
@@ -210,34 +210,39 @@ def _batch(model, emb, pts_rc, crop, ci, shape, p, edge: _Candidates | None = No
     st_thr = float(p["stability_score_thresh"])
     r0, c0, r1, c1 = crop
     H, W = shape
-    for s in range(0, len(keep), 16):  # bounded memory: 16 full-crop masks at a time
-        lo = low[s:s + 16]
-        inter = upscale_masks(lo - (mt + off), *geo).sum(axis=(1, 2), dtype=np.int64)
-        union = upscale_masks(lo - (mt - off), *geo).sum(axis=(1, 2), dtype=np.int64)
+    crop_edge = np.array([r0, c0, r1, c1])
+    img_edge = np.array([0, 0, H, W])
+    hc, wc = geo[1]
+    chunk = int(np.clip((48 << 20) // (3 * hc * wc), 1, 16))  # bounded memory: 3 bool masks each
+    for s in range(0, len(keep), chunk):
+        lo = low[s:s + chunk]
+        # one resize, three thresholds: the mask (> mt), and the stability score's (> mt +- offset)
+        masks, hi, wide = upscale_levels(lo, *geo, levels=(mt, mt + off, mt - off))
+        inter = np.array([np.count_nonzero(m) for m in hi], np.int64)
+        union = np.array([np.count_nonzero(m) for m in wide], np.int64)
         with np.errstate(invalid="ignore", divide="ignore"):
             stab = inter / union
         ok = np.flatnonzero(stab >= st_thr) if st_thr > 0 else np.arange(len(lo))
         if ok.size == 0:
             continue
-        masks = upscale_masks(lo[ok] - mt if mt else lo[ok], *geo)
-        boxes = _boxes(masks)
+        boxes = _boxes(masks[ok])
+        g = boxes + [r0, c0, r0, c0]
+        # Meta's is_box_near_crop_edge: near the crop's edge but not the image's (atol 20)
+        near = np.any(np.isclose(g, crop_edge, atol=20, rtol=0) & ~np.isclose(g, img_edge, atol=20, rtol=0),
+                      axis=1)
         for j, i in enumerate(ok):
             b = boxes[j]
-            # Meta's is_box_near_crop_edge: near the crop's edge but not the image's (atol 20)
-            g = b + [r0, c0, r0, c0]
-            near_crop = np.isclose(g, [r0, c0, r1, c1], atol=20, rtol=0)
-            near_img = np.isclose(g, [0, 0, H, W], atol=20, rtol=0)
             dest = out
-            if np.any(near_crop & ~near_img):
+            if near[j]:
                 if edge is None:
                     continue
                 dest = edge
             dest.score.append(float(iou[s + i]))
             dest.stability.append(float(stab[i]))
-            dest.box.append(g)
+            dest.box.append(g[j])
             k = int(keep[s + i, 0])
             dest.point.append((float(pts_rc[k, 0]) + r0, float(pts_rc[k, 1]) + c0))
-            dest.piece.append(masks[j, b[0]:b[2] + 1, b[1]:b[3] + 1].copy())
+            dest.piece.append(masks[i, b[0]:b[2] + 1, b[1]:b[3] + 1].copy())
             dest.crop.append(ci)
     return out
 

@@ -244,11 +244,12 @@ class SamModel(PromptableModel):
 
     @torch.inference_mode()
     def decode_points(self, embedding: Embedding, points, multimask: bool = True,
-                      min_score: float | None = None, batch: int = 32, mask_input=None):
+                      min_score: float | None = None, batch: int | None = None, mask_input=None):
         """Batched :meth:`~.base.PromptableModel.decode_points`: the transformer for ``batch``
-        prompts at once, the output upscaling only for prompts with a mask above ``min_score``
-        (with ``mask_input``: prompt by prompt)."""
-        from .sam_batch import heads_batch, transformer_batch, upscale_batch
+        prompts at once (default :func:`~.sam_batch.cache_batch`: the per-prompt image-side
+        tensors of a batch stay in the CPU's cache), the output upscaling only for prompts with a
+        mask above ``min_score`` (with ``mask_input``: prompt by prompt)."""
+        from .sam_batch import cache_batch, head_tokens, heads_batch, transformer_batch, upscale_batch
 
         if mask_input is not None:
             return super().decode_points(embedding, points, multimask, min_score, mask_input)
@@ -261,13 +262,15 @@ class SamModel(PromptableModel):
             cache = embedding.derived["sam_decoder"] = self.decoder.prepare(feats)
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         xy = self._to_input(pts[:, ::-1], embedding)
+        batch = int(batch) if batch else cache_batch(self.decoder)
+        final = head_tokens(self.decoder, multimask)
         scores, keeps, lows = [], [], []
         for s in range(0, len(xy), batch):
             coords = torch.as_tensor(xy[s:s + batch], dtype=torch.float, device=self.device)[:, None]
             labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
             sparse, _ = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
             out = self.decoder.output_tokens[None].expand(len(coords), -1, -1)
-            queries, keys = transformer_batch(self.decoder, cache, torch.cat([out, sparse], dim=1))
+            queries, keys = transformer_batch(self.decoder, cache, torch.cat([out, sparse], dim=1), final)
             iou, hyper = heads_batch(self.decoder, queries, multimask)
             ok = iou > min_score if min_score is not None else torch.ones_like(iou, dtype=torch.bool)
             rows = ok.any(dim=1).nonzero()[:, 0]

@@ -218,18 +218,22 @@ class Sam2Model(PromptableModel):
 
     @torch.inference_mode()
     def decode_points(self, embedding: Embedding, points, multimask: bool = True,
-                      min_score: float | None = None, batch: int = 32, mask_input=None):
+                      min_score: float | None = None, batch: int | None = None, mask_input=None):
         """Batched :meth:`~.base.PromptableModel.decode_points` (as ``SAM2ImagePredictor._predict``
         with a batch of one-point prompts): :meth:`~.sam2_decoder.Sam2FastDecoder.decode_batch`
         on the cached image side. ``mask_input`` ``(B, h, w)``: a mask prompt per point (Meta's
         ``use_m2m`` refinement), decoded by the official decoder ``batch`` prompts at a time.
-        The logits returned are not clamped (the masks are made from them)."""
+        ``batch``: prompts at a time (default :func:`~.sam_batch.cache_batch`). The logits
+        returned are not clamped (the masks are made from them)."""
+        from .sam_batch import cache_batch
+
         self._check_embedding(embedding)
         image = self._image_side(embedding)
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         h, w = embedding.original_size
         xy = pts[:, ::-1] * np.array([self.image_size / w, self.image_size / h])
         net = self.net
+        batch = int(batch) if batch else cache_batch(self.decoder)
         scores, keeps, lows = [], [], []
         for s in range(0, len(xy), batch):
             coords = torch.as_tensor(xy[s:s + batch], dtype=torch.float32, device=self.device)[:, None]

@@ -82,12 +82,14 @@ class Sam2FastDecoder(FastMaskDecoder):
         dec = self.sam.mask_decoder
         B = sparse.shape[0]
         tokens = torch.cat([self.output_tokens[None].expand(B, -1, -1), sparse], dim=1)
-        queries, keys = transformer_batch(self, cache, tokens)
         s, n = self.s, dec.num_mask_tokens
         dynamic = not multimask and dec.dynamic_multimask_via_stability
         idx = range(1, n) if multimask else range(n) if dynamic else range(1)
-        hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, s + 1 + i]) for i in idx], dim=2)
-        iou = dec.iou_prediction_head(queries[:, s])  # (B, n)
+        # the heads read the IoU token and the masks' tokens: the last attention runs for these only
+        queries, keys = transformer_batch(self, cache, tokens, [s, *(s + 1 + i for i in idx)])
+        hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, 1 + j]) for j, i in enumerate(idx)],
+                            dim=2)
+        iou = dec.iou_prediction_head(queries[:, 0])  # (B, n)
         if dynamic:
             low, iou = dec._dynamic_multimask_via_stability(
                 self._upscale_high_res_batch(keys, hyper, high_res), iou)

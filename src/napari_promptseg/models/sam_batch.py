@@ -5,7 +5,8 @@ token/image attention, blocked output upscaling) with a leading batch axis: ``B`
 tokens each share the image side. Split in two steps so that a caller can drop prompts by their
 predicted IoU before paying for the output upscaling (most of the cost per mask):
 
->>> queries, keys = transformer_batch(dec, cache, tokens)      # (B, T, C), (B, hw, C)
+>>> final = head_tokens(dec, multimask=True)                   # the tokens the heads read
+>>> queries, keys = transformer_batch(dec, cache, tokens, final)  # (B, len(final), C), (B, hw, C)
 >>> iou, hyper = heads_batch(dec, queries, multimask=True)     # (B, K), (B, c2, K)
 >>> low = upscale_batch(dec, keys[sel], hyper[sel])            # (b, K, 4h, 4w) logits
 """
@@ -20,7 +21,20 @@ from torch import Tensor
 
 from .sam_decoder import FastMaskDecoder
 
-__all__ = ["transformer_batch", "heads_batch", "upscale_batch"]
+__all__ = ["transformer_batch", "heads_batch", "head_tokens", "upscale_batch", "cache_batch"]
+
+#: bytes of one ``(B, hw, C)`` float tensor that a batch aims at: the transformer makes about ten
+#: of them per layer, and they run 1.7x faster on a 2-core CPU when a tensor stays under ~6 MB
+#: (docs/benchmarks.md, "Segment everything"); 32 prompts of the shipped model are 16 MB
+CACHE_BYTES = 4 << 20
+
+
+def cache_batch(dec: FastMaskDecoder) -> int:
+    """Prompts per batch: as many as keep one ``(B, hw, C)`` tensor within :data:`CACHE_BYTES`,
+    at least 2 (the shipped model: 8; ViT-B, 4096 x 256 per prompt: 2)."""
+    h, w = dec.embed_hw
+    per_prompt = h * w * dec.pe.shape[1] * dec.pe.element_size()
+    return max(2, CACHE_BYTES // per_prompt)
 
 
 def _bheads(x: Tensor, n: int) -> Tensor:
@@ -78,10 +92,13 @@ def _img_to_tok_cached(attn, q_heads: Tensor, q_tok: Tensor, v_tok: Tensor) -> T
 
 
 @torch.inference_mode()
-def transformer_batch(dec: FastMaskDecoder, cache: dict[str, Tensor],
-                      tokens: Tensor) -> tuple[Tensor, Tensor]:
+def transformer_batch(dec: FastMaskDecoder, cache: dict[str, Tensor], tokens: Tensor,
+                      final: list[int] | None = None) -> tuple[Tensor, Tensor]:
     """The two-way transformer for ``B`` prompts: tokens (B, T, C) and the cached image side of
-    :meth:`FastMaskDecoder.prepare`; returns queries (B, T, C) and keys (B, hw, C)."""
+    :meth:`FastMaskDecoder.prepare`; returns queries (B, T, C) and keys (B, hw, C).
+
+    final: the tokens whose queries are wanted (:func:`head_tokens`); the last attention is a
+    per-token map, so it runs for these only and queries are ``(B, len(final), C)``."""
     tr = dec.sam.mask_decoder.transformer
     pe = dec.pe
     B, T, C = tokens.shape
@@ -102,18 +119,28 @@ def transformer_batch(dec: FastMaskDecoder, cache: dict[str, Tensor],
         queries = layer.norm3(queries + layer.mlp(queries))
         keys = layer.norm4(keys + _img_to_tok(layer.cross_attn_image_to_token, kin, queries + tokens,
                                               queries))
+    if final is not None:
+        queries, tokens = queries[:, final], tokens[:, final]
     queries = tr.norm_final_attn(queries + _tok_to_img(tr.final_attn_token_to_image, queries + tokens,
                                                        keys + pe, keys))
     return queries, keys
 
 
+def head_tokens(dec: FastMaskDecoder, multimask: bool) -> list[int]:
+    """The output tokens :func:`heads_batch` reads: the IoU token, then the returned masks' ones."""
+    n = dec.sam.mask_decoder.num_mask_tokens
+    return [0, *(1 + i for i in (range(1, n) if multimask else range(1)))]
+
+
 @torch.inference_mode()
 def heads_batch(dec: FastMaskDecoder, queries: Tensor, multimask: bool) -> tuple[Tensor, Tensor]:
-    """Predicted IoU (B, K) and hypernetwork outputs (B, c2, K) from the queries (B, T, C)."""
+    """Predicted IoU (B, K) and hypernetwork outputs (B, c2, K) from the queries of the
+    :func:`head_tokens` (B, 1 + K, C)."""
     md = dec.sam.mask_decoder
     sel = slice(1, md.num_mask_tokens) if multimask else slice(0, 1)
     idx = range(md.num_mask_tokens)[sel]
-    hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + i]) for i in idx], dim=2)
+    hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 1 + j]) for j, i in enumerate(idx)],
+                        dim=2)
     iou = md.iou_prediction_head(queries[:, 0])[:, sel]
     return iou, hyper
 

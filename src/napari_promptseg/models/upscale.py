@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resize_operator", "upscale_masks"]
+__all__ = ["resize_operator", "upscale_masks", "upscale_levels"]
 
 _BLOCK_FLOATS = 1 << 16  # CPU: ~256 KB of float32 per band, stays in L2
 _DEVICE_BLOCK_FLOATS = 1 << 24  # GPU: 64 MB per band, few kernel launches
@@ -84,38 +84,105 @@ def _columns(low, C, first, last, x0: int, x1: int, width: int = 512) -> torch.T
 
 def _row_bands(r_first, r_last, pos_rows, H: int, block: int):
     """Yield ``(y0, y1, a, b, live)``: output rows ``y0:y1`` read low-res rows ``a:b``; ``live``
-    is False when none of those rows holds a positive logit (the band is all False)."""
+    is False when none of those rows holds a logit above the lowest level (the band is all False)."""
     for y0 in range(0, H, block):
         y1 = min(H, y0 + block)
         a, b = int(r_first[y0:y1].min()), int(r_last[y0:y1].max()) + 1
         yield y0, y1, a, b, pos_rows[b] != pos_rows[a]
 
 
-def _rows_numpy(R, M, bands, view, x0, x1, block) -> None:
+def _rows_numpy(R, M, bands, views, levels, x0, x1, block) -> None:
     """CPU: bands of output rows with numpy, whose per-call overhead is ~10x lower than torch's
-    for these small products; the band's floats stay in L2 before thresholding."""
+    for these small products; the band's floats stay in L2 while each level thresholds them."""
     R, M = R.numpy(), M.numpy()
-    k = view.shape[1]
+    k = views[0].shape[1]
     buf = np.empty((block, M.shape[1]), dtype=np.float32)
     for y0, y1, a, b, live in bands:
-        target = view[y0:y1, :, x0:x1]
         if not live:
-            target[...] = False
+            for view in views:
+                view[y0:y1, :, x0:x1] = False
             continue
         vals = buf[: y1 - y0]
         np.matmul(R[y0:y1, a:b], M[a:b], out=vals)
-        np.greater(vals.reshape(y1 - y0, k, -1), 0, out=target)
+        vals = vals.reshape(y1 - y0, k, -1)
+        for view, level in zip(views, levels):
+            np.greater(vals, level, out=view[y0:y1, :, x0:x1])
 
 
-def _rows_torch(R, M, bands, view, x0, x1, block) -> None:
+def _rows_torch(R, M, bands, views, levels, x0, x1, block) -> None:
     """Same as :func:`_rows_numpy` with torch ops (cuda, mps): few large bands, since each
     band costs kernel launches; results are assigned, not written through ``out=`` views."""
-    k = view.shape[1]
+    k = views[0].shape[1]
     for y0, y1, a, b, live in bands:
         if not live:
-            view[y0:y1, :, x0:x1] = False
-        else:
-            view[y0:y1, :, x0:x1] = (torch.mm(R[y0:y1, a:b], M[a:b]) > 0).reshape(y1 - y0, k, -1)
+            for view in views:
+                view[y0:y1, :, x0:x1] = False
+            continue
+        vals = torch.mm(R[y0:y1, a:b], M[a:b]).reshape(y1 - y0, k, -1)
+        for view, level in zip(views, levels):
+            view[y0:y1, :, x0:x1] = vals > level
+
+
+def upscale_levels(
+    low: torch.Tensor,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    padded_size: int,
+    levels: tuple[float, ...] = (0.0,),
+    use_numpy: bool | None = None,
+) -> list[np.ndarray]:
+    """Threshold SAM's upsampled logits at each of ``levels`` without materialising them.
+
+    low: ``(K, h, w)`` float logits; input_size: ``(h_in, w_in)`` of the resized image inside
+    the ``padded_size`` square model input; original_size: ``(H, W)``. Returns one ``(K, H, W)``
+    bool array per level, equal to ``postprocess_masks(low) > level`` up to float rounding; the
+    resize runs once for all levels (SAM's stability score needs three).
+    ``use_numpy``: evaluate the row bands with numpy (default: on CPU) or torch (other devices).
+    """
+    k, h, w = low.shape
+    H, W = original_size
+    dev = low.device
+    # bilinear weights are non-negative and sum to 1: a pixel is > ``lowest`` only where one of
+    # its low-resolution logits is
+    pos = low > min(levels)
+    rows_any = pos.any(dim=2).any(dim=0).cpu().numpy()
+    cols_any = pos.any(dim=1).any(dim=0).cpu().numpy()
+    if not rows_any.any():
+        return [np.zeros((k, H, W), dtype=bool) for _ in levels]
+    R = resize_operator(h, padded_size, input_size[0], H, dev)
+    C = resize_operator(w, padded_size, input_size[1], W, dev)
+    r_first, r_last = _bands(h, padded_size, input_size[0], H)
+    c_first, c_last = _bands(w, padded_size, input_size[1], W)
+    # Output columns that can be positive: those touching a low-res column with a positive logit.
+    cpos = np.flatnonzero(cols_any)
+    x_ok = np.flatnonzero((c_last >= cpos[0]) & (c_first <= cpos[-1]))
+    if x_ok.size == 0:  # positive logits only in the padding, which is cropped away
+        return [np.zeros((k, H, W), dtype=bool) for _ in levels]
+    x0, x1 = int(x_ok[0]), int(x_ok[-1]) + 1
+    M = _columns(low.float(), C, c_first, c_last, x0, x1)  # (h, K * W'): L @ C.T, useful columns
+    # Prefix sums of positive rows: a band of low-res rows is skipped when it has none.
+    pos_rows = np.concatenate([[0], np.cumsum(rows_any)])
+    if use_numpy is None:
+        use_numpy = dev.type == "cpu"
+    block = max(1, (_BLOCK_FLOATS if use_numpy else _DEVICE_BLOCK_FLOATS) // M.shape[1])
+    if use_numpy:  # keep each band product under OpenBLAS's threading threshold (see _MNK_ONE_THREAD)
+        while block > 1 and block * (block * h // H + 3) * M.shape[1] > _MNK_ONE_THREAD:
+            block -= 1
+    bands = _row_bands(r_first, r_last, pos_rows, H, block)
+    if use_numpy:
+        outs = [np.empty((k, H, W), dtype=bool) for _ in levels]  # huge pages: cheap first touch
+        views = [o.transpose(1, 0, 2) for o in outs]  # (H, K, W)
+    else:
+        outs = [torch.empty((k, H, W), dtype=torch.bool, device=dev) for _ in levels]
+        views = [o.permute(1, 0, 2) for o in outs]
+    for view in views:
+        view[:, :, :x0] = False
+        view[:, :, x1:] = False
+    if use_numpy:
+        _rows_numpy(R.cpu(), M.cpu(), bands, views, [float(v) for v in levels], x0, x1, block)
+        return outs
+    _rows_torch(R, M, bands, views, [float(v) for v in levels], x0, x1, block)
+    return [o.cpu().numpy() for o in outs]
 
 
 def upscale_masks(
@@ -132,44 +199,4 @@ def upscale_masks(
     Returns ``(K, H, W)`` bool, equal to ``postprocess_masks(low) > 0`` up to float rounding.
     ``use_numpy``: evaluate the row bands with numpy (default: on CPU) or torch (other devices).
     """
-    k, h, w = low.shape
-    H, W = original_size
-    dev = low.device
-    pos = low > 0
-    rows_any = pos.any(dim=2).any(dim=0).cpu().numpy()
-    cols_any = pos.any(dim=1).any(dim=0).cpu().numpy()
-    if not rows_any.any():
-        return np.zeros((k, H, W), dtype=bool)
-    R = resize_operator(h, padded_size, input_size[0], H, dev)
-    C = resize_operator(w, padded_size, input_size[1], W, dev)
-    r_first, r_last = _bands(h, padded_size, input_size[0], H)
-    c_first, c_last = _bands(w, padded_size, input_size[1], W)
-    # Output columns that can be positive: those touching a low-res column with a positive logit.
-    cpos = np.flatnonzero(cols_any)
-    x_ok = np.flatnonzero((c_last >= cpos[0]) & (c_first <= cpos[-1]))
-    if x_ok.size == 0:  # positive logits only in the padding, which is cropped away
-        return np.zeros((k, H, W), dtype=bool)
-    x0, x1 = int(x_ok[0]), int(x_ok[-1]) + 1
-    M = _columns(low.float(), C, c_first, c_last, x0, x1)  # (h, K * W'): L @ C.T, useful columns
-    # Prefix sums of positive rows: a band of low-res rows is skipped when it has none.
-    pos_rows = np.concatenate([[0], np.cumsum(rows_any)])
-    if use_numpy is None:
-        use_numpy = dev.type == "cpu"
-    block = max(1, (_BLOCK_FLOATS if use_numpy else _DEVICE_BLOCK_FLOATS) // M.shape[1])
-    if use_numpy:  # keep each band product under OpenBLAS's threading threshold (see _MNK_ONE_THREAD)
-        while block > 1 and block * (block * h // H + 3) * M.shape[1] > _MNK_ONE_THREAD:
-            block -= 1
-    bands = _row_bands(r_first, r_last, pos_rows, H, block)
-    if use_numpy:
-        out = np.empty((k, H, W), dtype=bool)  # numpy asks for huge pages: cheap first touch
-        view = out.transpose(1, 0, 2)  # (H, K, W)
-    else:
-        out = torch.empty((k, H, W), dtype=torch.bool, device=dev)
-        view = out.permute(1, 0, 2)
-    view[:, :, :x0] = False
-    view[:, :, x1:] = False
-    if use_numpy:
-        _rows_numpy(R.cpu(), M.cpu(), bands, view, x0, x1, block)
-        return out
-    _rows_torch(R, M, bands, view, x0, x1, block)
-    return out.cpu().numpy()
+    return upscale_levels(low, input_size, original_size, padded_size, (0.0,), use_numpy)[0]
