@@ -266,12 +266,102 @@ def test_the_session_tiles_a_huge_2d_image_and_says_which_tile_it_embeds(demo, m
     assert np.array_equal(np.asarray(s.target), before)
 
 
-def test_a_stack_is_never_tiled(demo):
+def test_huge_planes_of_a_stack_are_tiled_but_small_ones_and_stores_not(demo):
     from napari_promptseg.stack import StackEmbeddings
 
-    assert not StackEmbeddings(demo, np.zeros((2, 1100, 300), np.uint8), tiles=True).tiled
+    assert StackEmbeddings(demo, np.zeros((2, 1100, 300), np.uint8), tiles=True).tiled
+    assert not StackEmbeddings(demo, np.zeros((2, 1000, 300), np.uint8), tiles=True).tiled  # < 4 tiles
     assert StackEmbeddings(demo, np.zeros((1100, 300), np.uint8), tiles=True).tiled
     assert not StackEmbeddings(demo, np.zeros((1100, 300), np.uint8)).tiled  # the API default
+
+
+class _PlaneReads(np.ndarray):
+    """A stack that records the shape of every read."""
+
+    reads: list = []
+
+    def __getitem__(self, item):
+        out = np.asarray(self).__getitem__(item)
+        type(self).reads.append(out.shape)
+        return out
+
+
+def test_a_stack_of_huge_planes_is_tiled_and_propagated_window_by_window(demo, monkeypatch):
+    """A z-stack of 1400 x 1100 planes: a click embeds one tile of its plane (reading that window
+    only), propagation embeds tiles of the other planes, never a squeezed whole plane, and follows
+    the nucleus through the stack."""
+    from napari_promptseg.session import AnnotationSession
+
+    img, lab = synthetic_image(8, (1400, 1100), style="sparse")
+    shifts = [0, 2, 4, 6]  # the nuclei drift 2 px per plane
+    stack = np.stack([np.roll(img, s, axis=1) for s in shifts]).view(_PlaneReads)
+    truth = np.stack([np.roll(lab, s, axis=1) for s in shifts])
+    areas = np.bincount(lab.ravel())
+    areas[0] = 0
+    oid = int(areas.argmax())
+    enc = _CountingEncoder(demo, monkeypatch)
+    s = AnnotationSession(demo, stack, autosave=False)
+    assert s.stack.tiled and enc.shapes == []
+    _PlaneReads.reads = []
+    s.set_plane((1,))
+    s.add_point(interior_point(truth[1] == oid))
+    assert enc.shapes == [(256, 256)]  # one tile of plane 1
+    assert _PlaneReads.reads and max(r[0] * r[1] for r in _PlaneReads.reads) < 1400 * 1100 / 4
+    assert _iou(s.preview_plane() > 0, truth[1] == oid) > 0.5
+    assert s.propagate(0)
+    assert all(max(shape) < 1100 for shape in enc.shapes)  # windows, never a whole plane
+    preview = np.asarray(s.preview[...])
+    for z in range(len(shifts)):
+        assert _iou(preview[z] > 0, truth[z] == oid) > 0.5, z
+    ids = s.commit()
+    assert len(ids) == 1 and (np.asarray(s.target[...]) == ids[0]).any(axis=(1, 2)).all()
+
+
+def test_segment_everything_on_every_huge_plane_runs_tile_by_tile_with_3d_ids(demo, monkeypatch):
+    from napari_promptseg.session import AnnotationSession
+
+    img, lab = synthetic_image(4, (1100, 300), style="sparse")
+    stack = np.stack([img, np.roll(img, 2, axis=0)])
+    enc = _CountingEncoder(demo, monkeypatch)
+    s = AnnotationSession(demo, stack, autosave=False)
+    assert s.stack.tiled
+    out = np.asarray(s.segment_everything("line", **EVERYTHING)[...])
+    assert enc.shapes and all(shape == (256, 256) for shape in enc.shapes)  # tiles, at the model's scale
+    assert len(enc.shapes) == 2 * len(s.stack.get((0,)).grid)  # every tile of both planes, once
+    ids0, ids1 = set(np.unique(out[0])) - {0}, set(np.unique(out[1])) - {0}
+    assert len(ids0) > 5 and len(ids0 & ids1) >= 0.8 * len(ids0)  # the same nuclei keep their ids
+
+
+def test_auto_propagation_keeps_the_tiles_scale_with_a_memory_model():
+    from types import SimpleNamespace
+
+    from napari_promptseg.session.propagation import method_for
+
+    sam2_like = SimpleNamespace(name="sam2-like", supports_memory=True)
+    assert method_for(sam2_like, "auto") == "memory"
+    assert method_for(sam2_like, "auto", tiled=True) == "prompt"  # memory would squeeze whole frames
+    assert method_for(sam2_like, "memory", tiled=True) == "memory"  # the user's explicit choice
+
+
+def test_logits_of_one_plane_refine_the_next_plane_in_the_same_window(demo):
+    """Propagation hands a plane's logits to the next plane as mask_input: the planes of a stack
+    share the window memory, so they are decoded in the window they belong to."""
+    from napari_promptseg.stack import StackEmbeddings
+
+    img, lab = synthetic_image(5, (1100, 1100), style="sparse")
+    st = StackEmbeddings(demo, np.stack([img, img]), tiles=True)
+    a, b = st.get((0,)), st.get((1,))
+    areas = np.bincount(lab.ravel())
+    areas[0] = 0
+    gt = lab == areas.argmax()
+    r, c = np.argwhere(gt).T
+    mid = ((r.min() + r.max()) // 2, (c.min() + c.max()) // 2)
+    # a box larger than a tile: decoded in a window around it, not in a tile
+    p = demo.predict(a, box=[mid[0] - 150, mid[1] - 150, mid[0] + 150, mid[1] + 150])
+    assert p.region not in {t.box for t in a.grid.tiles}
+    # the next plane: a click (whose own tile differs) with the previous plane's logits
+    q = demo.predict(b, points=[interior_point(gt)], mask_input=p.logits[p.best], multimask=False)
+    assert q.region == p.region and q.region != b.region_for([interior_point(gt)], [1])
 
 
 def test_grow_zero_decodes_in_the_prompts_tile_only(demo, monkeypatch):

@@ -12,6 +12,7 @@ Plane indices are tuples of the leading (non-plane) data axes: ``(z,)`` for ``(Z
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,9 +57,10 @@ class StackEmbeddings:
     disk: an on-disk cache passed to :func:`embed_cached` (optional). ``max_items`` embeddings
     are kept in memory by plane index (least recently used dropped): after changing the stack's
     pixels in place, make a new StackEmbeddings (the napari widget does on a data event).
-    tiles: a 2D image more than :data:`~napari_promptseg.tiles.TILE_FACTOR` tiles long gets a
-    :class:`~napari_promptseg.tiles.TiledEmbedding` (its tiles embedded as prompts need them)
-    instead of one squeezed embedding; :attr:`tiled` says whether it did.
+    tiles: planes more than :data:`~napari_promptseg.tiles.TILE_FACTOR` tiles long get a
+    :class:`~napari_promptseg.tiles.TiledEmbedding` each (their tiles embedded as prompts need
+    them, read from the plane lazily; one tile cache and one window memory for all planes)
+    instead of one squeezed embedding; :attr:`tiled` says whether they do.
     store: an :class:`~napari_promptseg.store.EmbeddingStore` made for this stack and model
     (checked by the caller; its planes across the last two axes): a plane it holds is read from
     it (its pixel key checked) instead of encoded, and its window replaces ``window``; a plane
@@ -79,6 +81,7 @@ class StackEmbeddings:
         self.window = window
         self.cache, self.disk, self.max_items = cache, disk, max_items
         self.lead_shape = tuple(stack.shape[: stack.ndim - (3 if rgb else 2)])
+        self.plane_shape = tuple(int(v) for v in stack.shape[len(self.lead_shape):][:2])  # (H, W)
         self._mem = EmbeddingCache(max_items)  # by plane index
         self._inflight: dict[tuple, threading.Event] = {}
         self._lock = threading.Lock()
@@ -88,8 +91,9 @@ class StackEmbeddings:
         self._store_axes = store_lead_axes(store) if store is not None else ()
         from .tiles import wants_tiles
 
-        self.tiled = (bool(tiles) and store is None and not self.lead_shape
-                      and wants_tiles(model, stack.shape))
+        self.tiled = bool(tiles) and store is None and wants_tiles(model, self.plane_shape)
+        self._tile_cache = cache if cache is not None else EmbeddingCache(max(16, max_items))
+        self._tile_regions: OrderedDict = OrderedDict()  # logits -> window, across planes
 
     def index(self, index) -> tuple[int, ...]:
         """``index`` as a tuple of ints, checked against the leading shape."""
@@ -128,7 +132,9 @@ class StackEmbeddings:
                 if self.tiled:
                     from .tiles import TiledEmbedding
 
-                    emb = TiledEmbedding(self.model, self.stack, self.window, disk=self.disk)
+                    plane = _PlaneView(self.stack, idx) if idx else self.stack
+                    emb = TiledEmbedding(self.model, plane, self.window, cache=self._tile_cache,
+                                         disk=self.disk, regions=self._tile_regions)
                 else:
                     emb = self._stored(idx) or embed_cached(self.model, self.plane(idx), self.window,
                                                             self.cache, disk=self.disk)
@@ -191,6 +197,21 @@ class StackEmbeddings:
         """All plane indices that share ``index``'s other leading coordinates, along ``axis``."""
         idx = list(self.index(index))
         return [tuple(idx[:axis] + [k] + idx[axis + 1:]) for k in range(self.lead_shape[axis])]
+
+
+class _PlaneView:
+    """Plane ``idx`` of ``stack`` without reading it: ``view[r0:r1, c0:c1]`` reads that window
+    only (zarr, dask, numpy), as :class:`~napari_promptseg.tiles.TiledEmbedding` asks."""
+
+    def __init__(self, stack, idx: tuple[int, ...]) -> None:
+        self.stack, self.idx = stack, idx
+        self.shape = tuple(stack.shape[len(idx):])
+        self.dtype = stack.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self.stack[self.idx + key])
 
 
 def store_lead_axes(store) -> tuple[int, ...]:

@@ -114,13 +114,17 @@ class TiledEmbedding:
     tile). cache / disk: embedding caches (one key per window). on_embed(text): called before
     a window not in the memory cache is embedded (e.g. ``"embedding tile 3 of 40"``). grow: how
     many times a mask reaching an inner window edge is decoded again in a larger window (0: never).
+    regions: the memory of which window each prediction's logits belong to, shared by the planes
+    of a stack (one grid): logits of plane k given as ``mask_input`` on plane k + 1 are decoded
+    in the same window (propagation).
     ``model.predict(tiled, ...)`` and ``ps.segment_everything(model, tiled)`` take it like an
     :class:`~napari_promptseg.results.Embedding`; predictions are at the whole image's size.
     """
 
     def __init__(self, model, image, contrast_limits=None, *, tile: int | None = None,
                  halo: int | None = None, cache: EmbeddingCache | None = None, disk=None,
-                 on_embed: Callable[[str], None] | None = None, grow: int = 2) -> None:
+                 on_embed: Callable[[str], None] | None = None, grow: int = 2,
+                 regions: OrderedDict | None = None) -> None:
         if not hasattr(image, "shape") or len(image.shape) not in (2, 3):
             raise ValueError(f"a tiled image must be 2D (H, W) or (H, W, 3|4), got shape "
                              f"{getattr(image, 'shape', None)}")
@@ -137,7 +141,7 @@ class TiledEmbedding:
         self.on_embed = on_embed
         self.grow = max(0, int(grow))
         # logits digest -> the window they belong to (the latest _MAX_REGIONS predictions)
-        self._regions: OrderedDict[bytes, Region] = OrderedDict()
+        self._regions: OrderedDict[bytes, Region] = OrderedDict() if regions is None else regions
         self._keys: dict[Region, str] = {}  # cache key of each region embedded so far
 
     @property

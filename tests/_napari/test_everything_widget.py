@@ -115,3 +115,43 @@ def test_a_huge_2d_image_is_tiled_transparently(make_napari_viewer, qtbot, demo)
     shown = np.asarray(w.bridge.preview_layer.data) > 0
     assert shown.shape == img.shape and (shown & gt).sum() / (shown | gt).sum() > 0.5
     assert len(w.session.stack.cached(()).cache) <= 2  # a tile (and a window around the object) of 42
+
+
+def test_a_stack_of_huge_planes_is_tiled_and_propagates_with_the_key(make_napari_viewer, qtbot, demo):
+    """A z-stack of 1400 x 1100 planes: the click on plane 1 embeds a tile of plane 1 (the status
+    says so), P propagates window by window, and the preview follows the nucleus."""
+    from qtpy.QtCore import Qt
+
+    from napari_promptseg.tiles import TiledEmbedding
+    from napari_promptseg.training.sampling import interior_point
+    from napari_promptseg.training.synthetic import synthetic_image
+
+    from .test_keys_and_lifecycle import press
+    from .test_stack_widget import goto, preview, wait_propagation
+    from .test_widget import click
+
+    img, lab = synthetic_image(8, (1400, 1100), style="sparse")
+    stack = np.stack([np.roll(img, 2 * z, axis=1) for z in range(3)]).astype(np.uint16) * 10
+    truth = np.stack([np.roll(lab, 2 * z, axis=1) for z in range(3)])
+    viewer = make_napari_viewer()
+    # the window a person sets to see the nuclei (the full uint16 range leaves them dim)
+    viewer.add_image(stack, name="stack", scale=(3, 0.5, 0.5), contrast_limits=(1450, 14800))
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_model(demo)
+    qtbot.waitUntil(lambda: w.ready, timeout=20000)
+    goto(viewer, w, qtbot, 3)  # plane 1
+    assert w.session.stack.tiled
+    statuses = []
+    w.session.events.status.connect(statuses.append)
+    oid = np.bincount(lab.ravel())[1:].argmax() + 1
+    y, x = interior_point(truth[1] == oid)
+    click(w.bridge.points_layer, (3, y * 0.5, x * 0.5))  # world = data x scale
+    settle(qtbot, w, 20000)
+    assert isinstance(w.session.stack.cached((1,)), TiledEmbedding)
+    assert any(t.startswith("embedding tile ") for t in statuses)
+    press(qtbot, viewer, Qt.Key_P)
+    wait_propagation(qtbot, w, 60000)
+    got = preview(w)
+    for z in range(3):
+        inter = ((got[z] > 0) & (truth[z] == oid)).sum()
+        assert inter / ((got[z] > 0) | (truth[z] == oid)).sum() > 0.5, z

@@ -316,7 +316,7 @@ class AnnotationSession:
     @property
     def propagation_method(self) -> str:
         """``"memory"`` or ``"prompt"``: what :meth:`propagate` will use with this model."""
-        return method_for(self.model, self.method)
+        return method_for(self.model, self.method, self.stack is not None and self.stack.tiled)
 
     def cancel_propagation(self) -> None:
         """Stop a running propagation; the planes it finished stay in the preview."""

@@ -233,11 +233,11 @@ class Decoder:
         self.schedule(self.pending)
 
     def _tile_status(self, stack, todo) -> None:
-        """A huge 2D image: say which tile the decode is about to embed (if one)."""
-        tiled = stack.cached(())
-        if tiled is None:
-            return
-        for objs in todo.values():
+        """Huge planes: say which tile the decode is about to embed (if one)."""
+        for plane, objs in todo.items():
+            tiled = stack.cached(plane)
+            if tiled is None:
+                continue
             for o, _ in objs.values():
                 what = tiled.pending(o.points, o.labels, o.box) if present(o) else None
                 if what:

@@ -138,9 +138,10 @@ class PlaneEmbedder:
         if stack.tiled:
             from ..tiles import tile_side
 
-            h, w = stack.stack.shape[:2]
+            h, w = stack.plane_shape
             side = tile_side(stack.model)
-            self.on_status(f"image of {h} x {w} pixels: {stack.model.name} embeds its {side}-pixel tiles "
+            what = "planes of" if plane else "image of"
+            self.on_status(f"{what} {h} x {w} pixels: {stack.model.name} embeds {side}-pixel tiles "
                            "as prompts need them…")
         elif stack.in_store(plane):
             self.on_status(f"reading{where} from the embeddings store {stack.store.path.name}…")

@@ -17,13 +17,17 @@ from .planes import Plane, PlaneStore, masks_of
 __all__ = ["PropagationRun", "Propagator", "seeds_and_absent", "method_for"]
 
 
-def method_for(model, method: str) -> str:
+def method_for(model, method: str, tiled: bool = False) -> str:
     """``"memory"`` or ``"prompt"``: what a propagation asked for ``method`` (``"memory"``,
-    ``"prompt"``, ``"auto"``) uses with ``model`` (None: ``"prompt"``)."""
+    ``"prompt"``, ``"auto"``) uses with ``model`` (None: ``"prompt"``). tiled: the planes are
+    embedded in tiles; SAM 2's memory tracks whole frames squeezed into its input, so ``"auto"``
+    keeps the tiles' scale with ``"prompt"``."""
     from ..propagate import resolve_method
 
     if method == "memory" and not getattr(model, "supports_memory", False):
         return "prompt"  # a SAM model chosen after SAM 2: its only method
+    if method == "auto" and tiled:
+        return "prompt"
     return resolve_method(model, method) if model is not None else "prompt"
 
 
