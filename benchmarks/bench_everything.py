@@ -98,44 +98,66 @@ def main(argv=None) -> None:
     p.add_argument("--vit-b-repeats", type=int, default=1,
                    help="repeats for vit_b, whose Meta side takes minutes per call")
     p.add_argument("--no-write", action="store_true", help="print only")
-    p.add_argument("--only", choices=("sam", "sam2"), help="one family's section")
+    p.add_argument("--only", choices=("sam", "sam2", "m2m"), help="one section")
     p.add_argument("--sam2-arch", default="sam2.1_hiera_t_256",
                    help="SAM 2 architecture (models.sam2.SAM2_ARCHS), random weights")
     args = p.parse_args(argv)
-    if args.only != "sam2":
+    if args.only in (None, "sam"):
         bench_sam(args)
-    if args.only != "sam":
+    if args.only in (None, "sam2"):
         bench_sam2(args)
+    if args.only in (None, "m2m"):
+        bench_m2m(args)
+
+
+_SAM_MODELS = {"vit_b": "vit_b (random weights)", "promptseg_demo": "promptseg_demo (shipped)"}
+_SAM_SETTINGS = {
+    "Meta's defaults": {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95},
+    "pred_iou 0.7, stability 0.85": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.85},
+    "every mask kept (thresholds 0)": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+}
+
+
+def _sam_model_cases(arch: str, size: int, repeats: int) -> list[tuple[str, dict]]:
+    """Every setting for one SAM model (in this process): ``[(setting, result)]``."""
+    from importlib.resources import files
+
+    if arch == "vit_b":
+        torch.manual_seed(0)
+        ckpt = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
+        torch.save(build_sam("vit_b").state_dict(), ckpt)
+        model = ps.load_model("vit_b", checkpoint=ckpt, device="cpu")
+    else:
+        ckpt = files("napari_promptseg") / "models" / "data" / "promptseg_demo.pt"
+        model = ps.load_model("promptseg_demo", device="cpu")
+    sam = build_sam(arch).eval()
+    sam.load_state_dict(torch.load(str(ckpt), weights_only=True))
+    image = to_rgb_uint8(nuclei_image((size, size), n=60, seed=1)[0])
+    out = []
+    for sname, kw in _SAM_SETTINGS.items():
+        r = run_case(model, sam, image, repeats, points_per_side=32, **kw)
+        out.append((sname, r))
+        print(_SAM_MODELS[arch], sname, r, file=sys.stderr, flush=True)
+    return out
 
 
 def bench_sam(args) -> None:
+    """Each model in a process of its own: Meta's generator allocates hundreds of MB per batch for
+    its upsampled logits, and how fast that goes depends on what the process did before (after
+    vit_b's generator, the demo model's runs in 6.3-6.7 s instead of 9.6-10.8 s)."""
+    import json
+    import subprocess
 
-    torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
-    torch.save(build_sam("vit_b").state_dict(), tmp)
-    from importlib.resources import files
-
-    demo_pt = files("napari_promptseg") / "models" / "data" / "promptseg_demo.pt"
-    models = {
-        "vit_b (random weights)": (ps.load_model("vit_b", checkpoint=tmp, device="cpu"), "vit_b", str(tmp)),
-        "promptseg_demo (shipped)": (ps.load_model("promptseg_demo", device="cpu"), "promptseg_demo",
-                                     str(demo_pt)),
-    }
-    image = to_rgb_uint8(nuclei_image((args.size, args.size), n=60, seed=1)[0])
-    settings = {
-        "Meta's defaults": {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95},
-        "pred_iou 0.7, stability 0.85": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.85},
-        "every mask kept (thresholds 0)": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
-    }
     rows = []
-    for mname, (model, arch, ckpt) in models.items():
-        sam = build_sam(arch).eval()
-        sam.load_state_dict(torch.load(ckpt, weights_only=True))
-        for sname, kw in settings.items():
-            r = run_case(model, sam, image, args.vit_b_repeats if arch == "vit_b" else args.repeats,
-                         points_per_side=32, **kw)
+    for arch, mname in _SAM_MODELS.items():
+        repeats = args.vit_b_repeats if arch == "vit_b" else args.repeats
+        code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                f"import bench_everything as b; "
+                f"print(json.dumps(b._sam_model_cases({arch!r}, {args.size}, {repeats})))")
+        done = subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True)
+        for sname, r in json.loads(done.stdout.strip().splitlines()[-1]):
             rows.append((mname, sname, r))
-            print(mname, sname, r, flush=True)
+    models = list(_SAM_MODELS.values())
 
     lines = [
         "## Segment everything (bench_everything.py)",
@@ -143,7 +165,7 @@ def bench_sam(args) -> None:
         f"`python benchmarks/bench_everything.py` — {machine()}. Generated nuclei, {args.size}² RGB, "
         f"32 x 32 points, points_per_batch 64, after the embedding (Meta's predictor keeps the features "
         f"computed beforehand); medians of {args.repeats} ({args.vit_b_repeats} for vit_b), calls "
-        "alternating.",
+        "alternating; each model in a fresh process of its own.",
         "",
         "| model | parameters | ours (s) | Meta's generator (s) | ratio | masks ours / Meta | min IoU |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -188,6 +210,8 @@ def bench_sam2(args) -> None:
         "pred_iou 0.5, stability 0.5, offset 0.05": {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.5,
                                                      "stability_score_offset": 0.05},
         "every mask kept (thresholds 0)": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+        "use_m2m, thresholds 0 (every mask refined)": {"use_m2m": True, "pred_iou_thresh": 0.0,
+                                                       "stability_score_thresh": 0.0},
     }
     rows = []
     for sname, kw in settings.items():
@@ -214,6 +238,71 @@ def bench_sam2(args) -> None:
     print(text)
     if not args.no_write:
         write_section("bench_everything_sam2", text)
+
+
+
+def bench_m2m(args, arch: str = "sam2.1_hiera_t", n: int = 64) -> None:
+    """The ``use_m2m`` refinement decode at SAM 2's real 1024² input: ``n`` one-point prompts,
+    each with its own low-resolution mask prompt, through our batched decoder versus Meta's
+    ``sam_mask_decoder`` (``repeat_image``, batches of 16), same random weights; the logits compared."""
+    import dataclasses
+
+    from napari_promptseg.models.registry import get_spec
+    from napari_promptseg.models.sam2 import build_sam2_network
+
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp()) / "sam2_random.pt"
+    torch.save({"model": build_sam2_network(arch).state_dict()}, tmp)
+    model = ps.load_model(dataclasses.replace(get_spec("sam2.1_hiera_tiny"), arch=arch), checkpoint=tmp,
+                          device="cpu")
+    image = to_rgb_uint8(nuclei_image((args.size, args.size), n=60, seed=1)[0])
+    emb = model.embed(image)
+    pts = np.random.default_rng(0).uniform(0, args.size, (n, 2))
+    _, _, low = model.decode_points(emb, pts, multimask=False)
+    prior = torch.clamp(low, -32.0, 32.0)
+    net, side = model.net, model._image_side(emb)
+    f0, f1, _ = model.features_on_device(emb)
+    xy = pts[:, ::-1] * (model.image_size / args.size)
+
+    @torch.inference_mode()
+    def meta():
+        out = []
+        for s in range(0, n, 16):
+            coords = torch.as_tensor(xy[s:s + 16], dtype=torch.float32)[:, None]
+            ones = torch.ones(coords.shape[:2], dtype=torch.int32)
+            sparse, dense = net.sam_prompt_encoder(points=(coords, ones), boxes=None,
+                                                   masks=prior[s:s + 16, None])
+            lo, _, _, _ = net.sam_mask_decoder(
+                image_embeddings=side["embed"], image_pe=net.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+                repeat_image=True, high_res_features=[f0, f1])
+            out.append(lo[:, 0])
+        return torch.cat(out)
+
+    ours_t, meta_t = [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        _, keep, ours = model.decode_points(emb, pts, multimask=False, mask_input=prior)
+        ours_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ref = meta()
+        meta_t.append(time.perf_counter() - t)
+    diff = float((ours - ref[keep[:, 0]]).abs().max())
+    o, m = statistics.median(ours_t), statistics.median(meta_t)
+    text = "\n".join([
+        "### SAM 2 use_m2m refinement at 1024² (bench_everything.py --only m2m)",
+        "",
+        f"`python benchmarks/bench_everything.py --only m2m` — {machine()}. `{arch}` (input "
+        f"{model.image_size}²) with random weights; {n} one-point prompts each with its own mask prompt "
+        f"(the second pass of `use_m2m`); medians of {args.repeats}.",
+        "",
+        "| prompts | ours (s) | Meta's `sam_mask_decoder` (s) | ratio | max logit difference |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {n} | {o:.2f} | {m:.2f} | {o / m:.2f}x | {diff:.1e} |",
+    ])
+    print(text)
+    if not args.no_write:
+        write_section("bench_everything_m2m", text)
 
 
 if __name__ == "__main__":

@@ -47,11 +47,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=None, help="default: the widget's default model")
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--only", choices=("tiles",), default=None, help="make one screenshot only")
+    p.add_argument("--only", choices=("tiles", "tiled_stack"), default=None, help="make one screenshot only")
     args = p.parse_args(argv)
     OUT.mkdir(exist_ok=True)
     if args.only == "tiles":
         tiles_shot(args, QApplication.instance() or QApplication([]))
+        return
+    if args.only == "tiled_stack":
+        tiled_stack_shot(args, QApplication.instance() or QApplication([]))
         return
 
     viewer = napari.Viewer(title="napari-promptseg")
@@ -82,6 +85,7 @@ def main(argv=None) -> None:
     viewer.close()
     stack_shot(args, app)
     tiles_shot(args, app)
+    tiled_stack_shot(args, app)
 
 
 def stack_shot(args, app) -> None:
@@ -146,6 +150,48 @@ def tiles_shot(args, app) -> None:
     viewer.camera.center = (1250, border)
     viewer.camera.zoom = 1.6
     shot(viewer, app, "tiles.png")
+    viewer.close()
+
+
+
+def tiled_stack_shot(args, app) -> None:
+    """A z-stack of five 1536 x 2048 planes (tiled plane by plane): clicks on three nuclei of the
+    middle plane, P (propagation window by window), then the top plane, zoomed."""
+    import napari
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_promptseg._napari.demo import WIDGET_NAME
+    from napari_promptseg.sample import nuclei_image
+
+    field, lab = nuclei_image((512, 512), n=60, seed=5)
+    plane, plane_lab = np.tile(field, (3, 4)), np.tile(lab, (3, 4))  # 1536 x 2048
+    stack = np.stack([np.roll(plane, 3 * z, axis=1) for z in range(5)])  # drifting 3 px per plane
+    truth = np.stack([np.roll(plane_lab, 3 * z, axis=1) for z in range(5)])
+    viewer = napari.Viewer(title="napari-promptseg")
+    viewer.window._qt_window.resize(1400, 850)
+    viewer.add_image(stack, name="tiled stack", colormap="gray", scale=(4, 1, 1))
+    _, w = viewer.window.add_plugin_dock_widget("napari-promptseg", WIDGET_NAME)
+    w.set_image(viewer.layers["tiled stack"])
+    if args.model is not None or args.checkpoint is not None:
+        w.set_model(args.model, checkpoint=args.checkpoint, device="cpu")
+    step = list(viewer.dims.point)
+    step[0] = 2 * 4  # the middle plane
+    viewer.dims.point = step
+    wait(app, lambda: w.ready)
+    ids, areas = np.unique(truth[2][600:900, 900:1300], return_counts=True)
+    for i in [int(i) for i in ids[np.argsort(-areas)] if i][:3]:
+        w.new_object()
+        w.bridge.points_layer.add([2, *np.argwhere(truth[2] == i).mean(0)])
+        wait(app, lambda: not w.scheduler.busy and not w.session.decoding)
+    QTest.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_P)  # the key, as a person presses it
+    wait(app, lambda: not w.session.propagating and not w.scheduler.busy)
+    step[0] = 4 * 4  # the top plane, two planes from the clicks
+    viewer.dims.point = step
+    wait(app, lambda: not w.scheduler.busy)
+    viewer.camera.center = (750, 1100)
+    viewer.camera.zoom = 1.5
+    shot(viewer, app, "tiled_stack.png")
     viewer.close()
 
 

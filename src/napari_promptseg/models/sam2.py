@@ -222,7 +222,7 @@ class Sam2Model(PromptableModel):
         """Batched :meth:`~.base.PromptableModel.decode_points` (as ``SAM2ImagePredictor._predict``
         with a batch of one-point prompts): :meth:`~.sam2_decoder.Sam2FastDecoder.decode_batch`
         on the cached image side. ``mask_input`` ``(B, h, w)``: a mask prompt per point (Meta's
-        ``use_m2m`` refinement), decoded by the official decoder ``batch`` prompts at a time.
+        ``use_m2m`` refinement), its dense embedding added to each prompt's image side.
         ``batch``: prompts at a time (default :func:`~.sam_batch.cache_batch`). The logits
         returned are not clamped (the masks are made from them)."""
         from .sam_batch import cache_batch
@@ -243,18 +243,11 @@ class Sam2Model(PromptableModel):
                 masks = torch.as_tensor(mask_input[s:s + batch], dtype=torch.float32,
                                         device=self.device)[:, None]
             sparse, dense = net.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=masks)
-            if masks is None:
-                iou, keep, low = self.decoder.decode_batch(image["first"], image["high_res"], sparse,
-                                                           multimask, min_score)
-            else:
-                f0, f1, _ = self.features_on_device(embedding)
-                low, iou, _, _ = net.sam_mask_decoder(
-                    image_embeddings=image["embed"], image_pe=net.sam_prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                    multimask_output=multimask, repeat_image=len(coords) > 1, high_res_features=[f0, f1])
-                ok = iou > min_score if min_score is not None else torch.ones_like(iou, dtype=torch.bool)
-                keep = ok.nonzero()
-                low = low[keep[:, 0], keep[:, 1]]
+            src = None
+            if masks is not None:  # each prompt's own image side: the image plus its mask's embedding
+                src = (image["embed"] + dense).flatten(2).transpose(1, 2)  # (B, hw, C)
+            iou, keep, low = self.decoder.decode_batch(image["first"], image["high_res"], sparse,
+                                                       multimask, min_score, src)
             scores.append(iou)
             keeps.append(keep + torch.tensor([s, 0], device=keep.device))
             lows.append(low)

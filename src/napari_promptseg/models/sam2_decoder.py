@@ -72,11 +72,14 @@ class Sam2FastDecoder(FastMaskDecoder):
 
     @torch.inference_mode()
     def decode_batch(self, cache: dict[str, Tensor], high_res: dict[str, Tensor], sparse: Tensor,
-                     multimask: bool, min_score: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                     multimask: bool, min_score: float | None = None,
+                     src: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`decode` for ``B`` prompts: sparse ``(B, N, C)``. Returns the predicted IoUs
         ``(B, K)``, ``keep`` ``(M, 2)`` (prompt, mask) pairs scored > ``min_score`` (all: None) and
         their logits ``(M, 4h, 4w)``; the output upscaling runs only for prompts in ``keep``
-        (all of them for the dynamic single mask, whose choice needs the logits)."""
+        (all of them for the dynamic single mask, whose choice needs the logits). src: ``(B, hw,
+        C)`` image plus each prompt's dense mask embedding, for mask prompts (then ``cache`` is
+        not read)."""
         from .sam_batch import transformer_batch
 
         dec = self.sam.mask_decoder
@@ -86,7 +89,7 @@ class Sam2FastDecoder(FastMaskDecoder):
         dynamic = not multimask and dec.dynamic_multimask_via_stability
         idx = range(1, n) if multimask else range(n) if dynamic else range(1)
         # the heads read the IoU token and the masks' tokens: the last attention runs for these only
-        queries, keys = transformer_batch(self, cache, tokens, [s, *(s + 1 + i for i in idx)])
+        queries, keys = transformer_batch(self, cache, tokens, [s, *(s + 1 + i for i in idx)], src)
         hyper = torch.stack([dec.output_hypernetworks_mlps[i](queries[:, 1 + j]) for j, i in enumerate(idx)],
                             dim=2)
         iou = dec.iou_prediction_head(queries[:, 0])  # (B, n)

@@ -92,24 +92,33 @@ def _img_to_tok_cached(attn, q_heads: Tensor, q_tok: Tensor, v_tok: Tensor) -> T
 
 
 @torch.inference_mode()
-def transformer_batch(dec: FastMaskDecoder, cache: dict[str, Tensor], tokens: Tensor,
-                      final: list[int] | None = None) -> tuple[Tensor, Tensor]:
+def transformer_batch(dec: FastMaskDecoder, cache: dict[str, Tensor] | None, tokens: Tensor,
+                      final: list[int] | None = None, src: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The two-way transformer for ``B`` prompts: tokens (B, T, C) and the cached image side of
     :meth:`FastMaskDecoder.prepare`; returns queries (B, T, C) and keys (B, hw, C).
 
     final: the tokens whose queries are wanted (:func:`head_tokens`); the last attention is a
-    per-token map, so it runs for these only and queries are ``(B, len(final), C)``."""
+    per-token map, so it runs for these only and queries are ``(B, len(final), C)``.
+    src: ``(B, hw, C)`` image side of each prompt (the image plus its mask prompt's dense
+    embedding) instead of the cache (mask prompts: no projection is shared)."""
     tr = dec.sam.mask_decoder.transformer
     pe = dec.pe
     B, T, C = tokens.shape
     l0 = tr.layers[0]
     queries = l0.norm1(l0.self_attn(q=tokens, k=tokens, v=tokens))
-    flat = dec._tok_to_img_cached(l0.cross_attn_token_to_image, (queries + tokens).reshape(B * T, C),
-                                  cache["k"], cache["v"])
-    queries = l0.norm2(queries + flat.reshape(B, T, C))
+    if src is None:
+        flat = dec._tok_to_img_cached(l0.cross_attn_token_to_image, (queries + tokens).reshape(B * T, C),
+                                      cache["k"], cache["v"])
+        queries = l0.norm2(queries + flat.reshape(B, T, C))
+    else:
+        kin = src + pe
+        queries = l0.norm2(queries + _tok_to_img(l0.cross_attn_token_to_image, queries + tokens, kin, src))
     queries = l0.norm3(queries + l0.mlp(queries))
-    attn = _img_to_tok_cached(l0.cross_attn_image_to_token, cache["q"], queries + tokens, queries)
-    keys = l0.norm4(attn.add_(cache["src"]))
+    if src is None:
+        attn = _img_to_tok_cached(l0.cross_attn_image_to_token, cache["q"], queries + tokens, queries)
+        keys = l0.norm4(attn.add_(cache["src"]))
+    else:
+        keys = l0.norm4(src + _img_to_tok(l0.cross_attn_image_to_token, kin, queries + tokens, queries))
     for layer in tr.layers[1:]:
         q = queries + tokens
         queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
