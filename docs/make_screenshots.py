@@ -155,7 +155,7 @@ def tiles_shot(args, app) -> None:
 
 
 def tiled_stack_shot(args, app) -> None:
-    """A z-stack of five 1536 x 2048 planes (tiled plane by plane): clicks on three nuclei of the
+    """A z-stack of five 1536 x 2048 planes (tiled plane by plane): clicks on four nuclei of the
     middle plane, P (propagation window by window), then the top plane, zoomed."""
     import napari
     from qtpy.QtCore import Qt
@@ -165,7 +165,9 @@ def tiled_stack_shot(args, app) -> None:
     from napari_promptseg.sample import nuclei_image
 
     field, lab = nuclei_image((512, 512), n=60, seed=5)
-    plane, plane_lab = np.tile(field, (3, 4)), np.tile(lab, (3, 4))  # 1536 x 2048
+    plane = np.tile(field, (3, 4))  # 1536 x 2048
+    copies = np.kron(np.arange(12).reshape(3, 4), np.ones((512, 512), np.int32)).astype(np.int32)
+    plane_lab = np.where(np.tile(lab, (3, 4)) > 0, np.tile(lab, (3, 4)) + 1000 * copies, 0)
     stack = np.stack([np.roll(plane, 3 * z, axis=1) for z in range(5)])  # drifting 3 px per plane
     truth = np.stack([np.roll(plane_lab, 3 * z, axis=1) for z in range(5)])
     viewer = napari.Viewer(title="napari-promptseg")
@@ -179,8 +181,8 @@ def tiled_stack_shot(args, app) -> None:
     step[0] = 2 * 4  # the middle plane
     viewer.dims.point = step
     wait(app, lambda: w.ready)
-    ids, areas = np.unique(truth[2][600:900, 900:1300], return_counts=True)
-    for i in [int(i) for i in ids[np.argsort(-areas)] if i][:3]:
+    ids = [int(i) for i in np.unique(truth[2][650:850, 950:1250]) if i]
+    for i in ids[:4]:  # the nuclei around the view's centre
         w.new_object()
         w.bridge.points_layer.add([2, *np.argwhere(truth[2] == i).mean(0)])
         wait(app, lambda: not w.scheduler.busy and not w.session.decoding)
@@ -189,8 +191,8 @@ def tiled_stack_shot(args, app) -> None:
     step[0] = 4 * 4  # the top plane, two planes from the clicks
     viewer.dims.point = step
     wait(app, lambda: not w.scheduler.busy)
-    viewer.camera.center = (750, 1100)
-    viewer.camera.zoom = 1.5
+    viewer.camera.center = (740, 950)
+    viewer.camera.zoom = 2.2
     shot(viewer, app, "tiled_stack.png")
     viewer.close()
 

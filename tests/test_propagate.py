@@ -506,3 +506,17 @@ def test_absent_slices_stop_an_object_and_let_the_others_pass():
     assert has1[5:11].all() and not has1[11:].any() and not has1[:5].any()
     assert iou(out == 2, truth == 2) >= 0.99  # object 2 is not stopped
     assert not any(1 in r.masks for r in results if r.index in (4, 11))  # never even decoded there
+
+
+def test_a_stray_pixel_of_a_seed_does_not_stretch_the_propagation_box():
+    """A one-pixel speck far from the object (a window cutting a neighbour) is left out of the
+    box prompt; two real pieces of one object both stay in it."""
+    from napari_promptseg.propagate import _bbox, _body
+
+    m = np.zeros((200, 200), bool)
+    m[100:130, 100:140] = True
+    m[20, 190] = True  # the speck
+    np.testing.assert_array_equal(_bbox(_body(m)), [100, 100, 129, 139])
+    m[135:160, 100:140] = True  # a second piece of the object, as large
+    np.testing.assert_array_equal(_bbox(_body(m)), [100, 100, 159, 139])
+    assert not _body(np.zeros((5, 5), bool)).any()

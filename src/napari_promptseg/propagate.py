@@ -156,6 +156,31 @@ def _bbox(mask: np.ndarray, margin: float = 0.0) -> np.ndarray:
     return box
 
 
+#: a piece of a mask smaller than this fraction of its largest piece does not widen its box
+SPECK_FRACTION = 0.05
+
+
+def _body(mask: np.ndarray) -> np.ndarray:
+    """``mask`` without its specks: 8-connected pieces under :data:`SPECK_FRACTION` of the largest
+    (a stray pixel of a mask, e.g. where a window cuts a neighbour, would stretch the box prompt
+    made from it far beyond the object, and the next slice's decode fails)."""
+    from scipy import ndimage
+
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not rows.size:
+        return mask
+    r0, c0 = rows[0], cols[0]
+    crop = mask[r0:rows[-1] + 1, c0:cols[-1] + 1]
+    lab, n = ndimage.label(crop, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())[1:]
+    keep = np.concatenate([[False], sizes >= SPECK_FRACTION * sizes.max()])
+    out = np.zeros_like(mask, dtype=bool)
+    out[r0:rows[-1] + 1, c0:cols[-1] + 1] = keep[lab]
+    return out
+
+
 def interior_point(mask: np.ndarray) -> np.ndarray:
     """``(row, col)`` of the mask pixel farthest from the background (distance transform max)."""
     from scipy import ndimage as ndi
@@ -283,7 +308,7 @@ class _Propagator:
         kw: dict = {}
         p = self.prompt
         if "box" in p:
-            kw["box"] = _bbox(f.mask, self.box_margin)
+            kw["box"] = _bbox(_body(f.mask), self.box_margin)
         if "point" in p:
             kw["points"] = interior_point(f.mask)[None]
             kw["labels"] = [1]
