@@ -347,8 +347,10 @@ def _extent(points, labels, box):
     return (int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
 
 
-def _sample(image, target: int = 1 << 20) -> np.ndarray:
-    """A strided subsample of about ``target`` pixels (reads little of a lazy array)."""
+def _sample(image, target: int = 1 << 18) -> np.ndarray:
+    """A strided subsample of about ``target`` pixels (reads little of a lazy array; 262k pixels
+    put ~500 in each 0.2% tail of the window's percentiles, and their sort costs ~2 ms where 1M
+    cost ~10 ms, a third of a demo-model tile's embedding)."""
     h, w = int(image.shape[0]), int(image.shape[1])
     step = max(1, int(math.sqrt(h * w / target)))
     return np.asarray(image[::step, ::step])
