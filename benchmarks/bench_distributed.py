@@ -109,13 +109,11 @@ def main(argv=None) -> None:
 
     import napari_promptseg as ps
     from _report import machine, write_section
+    from _weights import random_vit_b
     from bench_stack import synthetic_stack
-    from napari_promptseg.models.sam import build_sam
 
     # speed: vit_b in this process vs a LocalCluster
-    torch.manual_seed(0)
-    ckpt = tmp / "sam_vit_b_random.pth"
-    torch.save(build_sam("vit_b").state_dict(), ckpt)
+    ckpt = random_vit_b()
     np.save(tmp / "speed.npy", synthetic_stack(args.planes, args.size))
     image = np.load(tmp / "speed.npy", mmap_mode="r")
     t = time.perf_counter()

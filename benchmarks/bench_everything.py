@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
+from _weights import load_random_sam2, random_sam2, random_vit_b  # noqa: E402
 from napari_promptseg.image import to_rgb_uint8  # noqa: E402
 from napari_promptseg.models.sam import build_sam  # noqa: E402
 from napari_promptseg.sample import nuclei_image  # noqa: E402
@@ -123,9 +123,7 @@ def _sam_model_cases(arch: str, size: int, repeats: int) -> list[tuple[str, dict
     from importlib.resources import files
 
     if arch == "vit_b":
-        torch.manual_seed(0)
-        ckpt = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
-        torch.save(build_sam("vit_b").state_dict(), ckpt)
+        ckpt = random_vit_b()
         model = ps.load_model("vit_b", checkpoint=ckpt, device="cpu")
     else:
         ckpt = files("napari_promptseg") / "models" / "data" / "promptseg_demo.pt"
@@ -191,17 +189,10 @@ def bench_sam(args) -> None:
 def bench_sam2(args) -> None:
     """SAM 2.1 Hiera-T with random weights (its registry spec, the chosen input size) against
     Meta's SAM2AutomaticMaskGenerator on the same network weights."""
-    import dataclasses
-
-    from napari_promptseg.models.registry import get_spec
     from napari_promptseg.models.sam2 import build_sam2_network
 
-    torch.manual_seed(0)
-    net = build_sam2_network(args.sam2_arch)
-    tmp = Path(tempfile.mkdtemp()) / "sam2_random.pt"
-    torch.save({"model": net.state_dict()}, tmp)
-    spec = dataclasses.replace(get_spec("sam2.1_hiera_tiny"), arch=args.sam2_arch)
-    model = ps.load_model(spec, checkpoint=tmp, device="cpu")
+    tmp = random_sam2(args.sam2_arch)
+    model = load_random_sam2(args.sam2_arch, tmp)
     ref_net = build_sam2_network(args.sam2_arch)
     ref_net.load_state_dict(torch.load(tmp, weights_only=True)["model"])
     image = to_rgb_uint8(nuclei_image((args.size, args.size), n=60, seed=1)[0])
@@ -245,16 +236,7 @@ def bench_m2m(args, arch: str = "sam2.1_hiera_t", n: int = 64) -> None:
     """The ``use_m2m`` refinement decode at SAM 2's real 1024² input: ``n`` one-point prompts,
     each with its own low-resolution mask prompt, through our batched decoder versus Meta's
     ``sam_mask_decoder`` (``repeat_image``, batches of 16), same random weights; the logits compared."""
-    import dataclasses
-
-    from napari_promptseg.models.registry import get_spec
-    from napari_promptseg.models.sam2 import build_sam2_network
-
-    torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp()) / "sam2_random.pt"
-    torch.save({"model": build_sam2_network(arch).state_dict()}, tmp)
-    model = ps.load_model(dataclasses.replace(get_spec("sam2.1_hiera_tiny"), arch=arch), checkpoint=tmp,
-                          device="cpu")
+    model = load_random_sam2(arch, random_sam2(arch))
     image = to_rgb_uint8(nuclei_image((args.size, args.size), n=60, seed=1)[0])
     emb = model.embed(image)
     pts = np.random.default_rng(0).uniform(0, args.size, (n, 2))

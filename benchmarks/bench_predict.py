@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
-from napari_promptseg.models.sam import build_sam  # noqa: E402
+from _weights import random_vit_b  # noqa: E402
 
 
 def synthetic_rgb(size: int, seed: int = 0) -> np.ndarray:
@@ -96,9 +95,7 @@ def main(argv=None) -> None:
 
     from segment_anything import SamPredictor, sam_model_registry
 
-    torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
-    torch.save(build_sam("vit_b").state_dict(), tmp)
+    tmp = random_vit_b()
     ours = ps.load_model("vit_b", checkpoint=tmp, device="cpu")
     official = SamPredictor(sam_model_registry["vit_b"](checkpoint=str(tmp)).eval())
 

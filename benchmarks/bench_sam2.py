@@ -21,7 +21,6 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
-from napari_promptseg.models.sam2 import SAM2_ARCHS, build_sam2_network  # noqa: E402
+from _weights import random_sam2  # noqa: E402
+from napari_promptseg.models.sam2 import SAM2_ARCHS  # noqa: E402
 
 
 def frame(size: int, k: int = 0, seed: int = 0) -> np.ndarray:
@@ -187,9 +187,7 @@ def main(argv=None) -> None:
     if args.mem_child:
         return mem_child(args)
 
-    torch.manual_seed(0)
-    ckpt = Path(tempfile.mkdtemp()) / f"{args.arch}_random.pt"
-    torch.save({"model": build_sam2_network(args.arch).state_dict()}, ckpt)
+    ckpt = random_sam2(args.arch)
     ours, off = load_ours(args.arch, ckpt), official_image(args.arch, ckpt)
     print(f"{args.arch}, input {ours.image_size}², {torch.get_num_threads()} threads", flush=True)
 

@@ -33,14 +33,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
+from _weights import random_vit_b  # noqa: E402
 from napari_promptseg.embeddings import DiskCache, embedding_key  # noqa: E402
 from napari_promptseg.image import to_rgb_uint8  # noqa: E402
-from napari_promptseg.models.sam import build_sam  # noqa: E402
 from napari_promptseg.stack import StackEmbeddings  # noqa: E402
 
 R = 0.03  # the object's largest radius, as a fraction of the plane (nucleus-sized at 1024²)
@@ -165,9 +164,7 @@ def main(argv=None) -> None:
     from napari_promptseg.propagate import propagate_iter
 
     tmp = Path(tempfile.mkdtemp())
-    torch.manual_seed(0)
-    ckpt = tmp / "sam_vit_b_random.pth"
-    torch.save(build_sam("vit_b").state_dict(), ckpt)
+    ckpt = random_vit_b()
     model = ps.load_model("vit_b", checkpoint=ckpt, device="cpu")
     predictor = SamPredictor(sam_model_registry["vit_b"](checkpoint=str(ckpt)).eval())
     stack = synthetic_stack(args.depth, args.size)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
+from _weights import random_vit_b  # noqa: E402
 from napari_promptseg.image import to_rgb_uint8  # noqa: E402
 from napari_promptseg.models.sam import build_sam  # noqa: E402
 from napari_promptseg.sample import nuclei_image  # noqa: E402
@@ -96,9 +96,7 @@ def main(argv=None) -> None:
     reps = -(-args.size // 1024)
     image = np.tile(field, (reps, reps))[:args.size, :args.size]
     labels = np.tile(field_labels, (reps, reps))[:args.size, :args.size]
-    torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
-    torch.save(build_sam("vit_b").state_dict(), tmp)
+    tmp = random_vit_b()
     models = {
         "vit_b (random weights)": ps.load_model("vit_b", checkpoint=tmp, device="cpu"),
         "promptseg_demo (shipped)": ps.load_model("promptseg_demo", device="cpu"),
