@@ -159,7 +159,7 @@ def true_box_labels(model, img: np.ndarray, truth: np.ndarray, cache, margin: fl
     its slices (one mask)."""
     from napari_promptseg.embeddings import embed_cached
     from napari_promptseg.image import intensity_window
-    from napari_promptseg.propagate import _bbox
+    from napari_promptseg.slice_propagator import _bbox
 
     window, out = intensity_window(img), np.zeros_like(truth)
     for k in range(len(img)):

@@ -85,7 +85,7 @@ def synthetic_truth(depth: int, size: int) -> np.ndarray:
 def our_decode_loop(model, embedding_of, seed_mask, n: int) -> float:
     """What propagate_iter decodes per plane (box of the previous mask + its logits, one mask),
     without its stop rules: random weights give meaningless scores, so every plane is decoded."""
-    from napari_promptseg.propagate import _bbox
+    from napari_promptseg.slice_propagator import _bbox
 
     t = time.perf_counter()
     mask, logits = seed_mask, None
@@ -103,7 +103,7 @@ def our_decode_loop(model, embedding_of, seed_mask, n: int) -> float:
 def official_propagation(predictor, model, embs, seed_mask, n: int) -> float:
     """The same strategy as ours (box of the previous mask + its logits, the seed's logits from
     ``mask_prompt``), decoded by SamPredictor.predict."""
-    from napari_promptseg.propagate import _bbox
+    from napari_promptseg.slice_propagator import _bbox
 
     t = time.perf_counter()
     mask, logits = seed_mask, model.mask_prompt(embs[0], seed_mask)

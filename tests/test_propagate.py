@@ -18,9 +18,9 @@ from napari_promptseg.propagate import (
     DEFAULT_PROMPT,
     PROMPT_STRATEGIES,
     SliceResult,
-    _bbox,
     propagate_iter,
 )
+from napari_promptseg.slice_propagator import _bbox
 
 from .component_model import ComponentModel
 
@@ -511,7 +511,7 @@ def test_absent_slices_stop_an_object_and_let_the_others_pass():
 def test_a_stray_pixel_of_a_seed_does_not_stretch_the_propagation_box():
     """A one-pixel speck far from the object (a window cutting a neighbour) is left out of the
     box prompt; two real pieces of one object both stay in it."""
-    from napari_promptseg.propagate import _bbox, _body
+    from napari_promptseg.slice_propagator import _bbox, _body
 
     m = np.zeros((200, 200), bool)
     m[100:130, 100:140] = True
