@@ -11,7 +11,7 @@ import torch
 
 def random_vit_b() -> Path:
     """A SAM ViT-B ``state_dict`` checkpoint of random weights (seed 0)."""
-    from napari_promptseg.models.sam import build_sam
+    from napari_promptseg.models.sam.model import build_sam
 
     torch.manual_seed(0)
     path = Path(tempfile.mkdtemp()) / "sam_vit_b_random.pth"
@@ -21,8 +21,8 @@ def random_vit_b() -> Path:
 
 def random_sam2(arch: str) -> Path:
     """A SAM 2 checkpoint (``{"model": state_dict}``, as Meta's) of random weights (seed 0) for
-    ``arch`` (:data:`napari_promptseg.models.sam2.SAM2_ARCHS`)."""
-    from napari_promptseg.models.sam2 import build_sam2_network
+    ``arch`` (:data:`napari_promptseg.models.sam2.model.SAM2_ARCHS`)."""
+    from napari_promptseg.models.sam2.model import build_sam2_network
 
     torch.manual_seed(0)
     path = Path(tempfile.mkdtemp()) / f"{arch}_random.pt"

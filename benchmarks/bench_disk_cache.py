@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
-from napari_promptseg.results import Embedding  # noqa: E402
+from napari_promptseg.core.results import Embedding  # noqa: E402
 from napari_promptseg.sample import nuclei_image  # noqa: E402
 from napari_promptseg.training.sampling import interior_point, tight_box  # noqa: E402
 
@@ -42,7 +42,7 @@ def tiny_random_sam(folder: Path):
     import hashlib
 
     from napari_promptseg.models.registry import ModelSpec
-    from napari_promptseg.models.sam import build_sam
+    from napari_promptseg.models.sam.model import build_sam
 
     torch.manual_seed(0)
     path = folder / "sam_tiny.pth"

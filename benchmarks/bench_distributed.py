@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_promptseg.distributed import _cores, embed_store_distributed_iter, local_cluster
+from napari_promptseg.embed.distributed import _cores, embed_store_distributed_iter, local_cluster
 
 sys.path.insert(0, str(Path(__file__).parent))
 # torch, the models and _report are imported in main(): memory_run's client process imports this

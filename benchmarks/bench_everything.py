@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
 from _weights import load_random_sam2, random_sam2, random_vit_b  # noqa: E402
-from napari_promptseg.image import to_rgb_uint8  # noqa: E402
-from napari_promptseg.models.sam import build_sam  # noqa: E402
+from napari_promptseg.core.image import to_rgb_uint8  # noqa: E402
+from napari_promptseg.models.sam.model import build_sam  # noqa: E402
 from napari_promptseg.sample import nuclei_image  # noqa: E402
 
 
@@ -189,7 +189,7 @@ def bench_sam(args) -> None:
 def bench_sam2(args) -> None:
     """SAM 2.1 Hiera-T with random weights (its registry spec, the chosen input size) against
     Meta's SAM2AutomaticMaskGenerator on the same network weights."""
-    from napari_promptseg.models.sam2 import build_sam2_network
+    from napari_promptseg.models.sam2.model import build_sam2_network
 
     tmp = random_sam2(args.sam2_arch)
     model = load_random_sam2(args.sam2_arch, tmp)

@@ -96,8 +96,8 @@ def main(argv=None) -> None:
 
     import napari_promptseg as ps
     from napari_promptseg._napari.demo import WIDGET_NAME
-    from napari_promptseg.image import to_rgb_uint8
-    from napari_promptseg.models.sam import build_sam
+    from napari_promptseg.core.image import to_rgb_uint8
+    from napari_promptseg.models.sam.model import build_sam
 
     p = argparse.ArgumentParser()
     p.add_argument("--edits", type=int, default=30)

@@ -36,8 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
-from napari_promptseg.embeddings import EmbeddingCache  # noqa: E402
-from napari_promptseg.propagate import PROMPT_STRATEGIES  # noqa: E402
+from napari_promptseg.embed.cache import EmbeddingCache  # noqa: E402
+from napari_promptseg.propagation.options import PROMPT_STRATEGIES  # noqa: E402
 
 KINDS = ("drifting", "touching", "dim")
 REFERENCE = "(reference: true box on every slice)"
@@ -157,9 +157,9 @@ def score(result: np.ndarray, truth: np.ndarray, seeds: dict[int, int] | None = 
 def true_box_labels(model, img: np.ndarray, truth: np.ndarray, cache, margin: float = 0.0) -> np.ndarray:
     """No propagation: each object's true box (grown by ``margin`` as in propagation) on each of
     its slices (one mask)."""
-    from napari_promptseg.embeddings import embed_cached
-    from napari_promptseg.image import intensity_window
-    from napari_promptseg.slice_propagator import _bbox
+    from napari_promptseg.core.geometry import prompt_box
+    from napari_promptseg.core.image import intensity_window
+    from napari_promptseg.embed.cache import embed_cached
 
     window, out = intensity_window(img), np.zeros_like(truth)
     for k in range(len(img)):
@@ -167,7 +167,7 @@ def true_box_labels(model, img: np.ndarray, truth: np.ndarray, cache, margin: fl
         if ids:
             emb = embed_cached(model, img[k], window, cache)
             for i in ids:
-                m = model.predict(emb, box=_bbox(truth[k] == i, margin), multimask=False).masks[0]
+                m = model.predict(emb, box=prompt_box(truth[k] == i, margin), multimask=False).masks[0]
                 out[k][m & (out[k] == 0)] = i
     return out
 
@@ -228,7 +228,7 @@ def main() -> None:
     res: dict[tuple, list[dict]] = {}
     given = (("min_score", a.min_score), ("min_overlap", a.min_overlap))
     thresholds = {k: v for k, v in given if v is not None}
-    defaults = {**ps.propagate.__kwdefaults__, **thresholds}
+    defaults = {**vars(ps.PromptPropagation()), **thresholds}
     t0 = time.perf_counter()
     for kind in KINDS:
         for v in range(a.volumes):
@@ -238,7 +238,8 @@ def main() -> None:
                 prompts, where = seeds_of(truth, at, a.early), seed_slices(truth, at, a.early)
                 for s, m in keys:
                     kw = {} if m is None else {"box_margin": m}
-                    out = ps.propagate(model, img, prompts, cache=cache, prompt=s, **kw, **thresholds)
+                    opts = ps.PromptPropagation(strategy=s, **kw, **thresholds)
+                    out = ps.propagate(model, img, prompts, opts, cache=cache)
                     res.setdefault((at, s, m, kind), []).extend(score(out, truth, where))
             for ref in refs:
                 lab = true_box_labels(model, img, truth, cache, ref[1])

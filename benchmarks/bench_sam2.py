@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
 from _weights import random_sam2  # noqa: E402
-from napari_promptseg.models.sam2 import SAM2_ARCHS  # noqa: E402
+from napari_promptseg.models.sam2.model import SAM2_ARCHS  # noqa: E402
 
 
 def frame(size: int, k: int = 0, seed: int = 0) -> np.ndarray:
@@ -126,19 +126,20 @@ def track_official(net, frames: np.ndarray, n: int, start: int = 0):
 
 def track_ours(model, frames: np.ndarray, n: int, embedding_of=None, start: int = 0):
     """Cold (embedding_of None: each frame encoded on demand) or with ``embedding_of`` given."""
-    from napari_promptseg.embeddings import EmbeddingCache, embed_cached
-    from napari_promptseg.tracking import MemoryTracker, seed_tracker
+    from napari_promptseg.embed.cache import EmbeddingCache, embed_cached
+    from napari_promptseg.propagation.memory import MemoryTracker
+    from napari_promptseg.propagation.seeds import parse_prompts, seed_tracker
 
     t = time.perf_counter()
     if embedding_of is None:
-        cache = EmbeddingCache(2)  # as ps.propagate(method="memory")
+        cache = EmbeddingCache(2)  # as ps.propagate with ps.MemoryTracking()
 
         def embedding_of(k):
             return embed_cached(model, frames[k], None, cache)
 
     hw = frames.shape[1:3]
     tr = MemoryTracker(model, embedding_of, len(frames), hw)
-    seed_tracker(tr, {start: {1: {"points": [point(hw[0], start)]}}})
+    seed_tracker(tr, parse_prompts({start: {1: {"points": [point(hw[0], start)]}}}, len(frames), hw))
     masks = {}
     for r in tr.propagate_iter(max_frames=n - 1):
         masks.setdefault(r.index, r.masks.get(1, np.zeros(hw, bool)))

@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
 from _weights import random_vit_b  # noqa: E402
-from napari_promptseg.embeddings import DiskCache, embedding_key  # noqa: E402
-from napari_promptseg.image import to_rgb_uint8  # noqa: E402
-from napari_promptseg.stack import StackEmbeddings  # noqa: E402
+from napari_promptseg.core.image import to_rgb_uint8  # noqa: E402
+from napari_promptseg.embed.cache import DiskCache, embedding_key  # noqa: E402
+from napari_promptseg.embed.stack import StackEmbeddings  # noqa: E402
 
 R = 0.03  # the object's largest radius, as a fraction of the plane (nucleus-sized at 1024²)
 
@@ -85,7 +85,7 @@ def synthetic_truth(depth: int, size: int) -> np.ndarray:
 def our_decode_loop(model, embedding_of, seed_mask, n: int) -> float:
     """What propagate_iter decodes per plane (box of the previous mask + its logits, one mask),
     without its stop rules: random weights give meaningless scores, so every plane is decoded."""
-    from napari_promptseg.slice_propagator import _bbox
+    from napari_promptseg.core.geometry import prompt_box
 
     t = time.perf_counter()
     mask, logits = seed_mask, None
@@ -93,7 +93,7 @@ def our_decode_loop(model, embedding_of, seed_mask, n: int) -> float:
         emb = embedding_of(k)
         if logits is None:
             logits = model.mask_prompt(emb, mask)
-        pred = model.predict(emb, box=_bbox(mask), mask_input=logits, multimask=False)
+        pred = model.predict(emb, box=prompt_box(mask), mask_input=logits, multimask=False)
         m = pred.mask(0)
         if m.any():
             mask, logits = m, pred.logits[0]
@@ -103,7 +103,7 @@ def our_decode_loop(model, embedding_of, seed_mask, n: int) -> float:
 def official_propagation(predictor, model, embs, seed_mask, n: int) -> float:
     """The same strategy as ours (box of the previous mask + its logits, the seed's logits from
     ``mask_prompt``), decoded by SamPredictor.predict."""
-    from napari_promptseg.slice_propagator import _bbox
+    from napari_promptseg.core.geometry import prompt_box
 
     t = time.perf_counter()
     mask, logits = seed_mask, model.mask_prompt(embs[0], seed_mask)
@@ -112,7 +112,7 @@ def official_propagation(predictor, model, embs, seed_mask, n: int) -> float:
         predictor.features = e.features["image_embed"]
         predictor.original_size, predictor.input_size = tuple(e.original_size), tuple(e.input_size)
         predictor.is_image_set = True
-        r0, c0, r1, c1 = _bbox(mask)
+        r0, c0, r1, c1 = prompt_box(mask)
         masks, scores, low = predictor.predict(
             box=np.array([c0, r0, c1, r1]), mask_input=logits[None],
             multimask_output=False)
@@ -131,13 +131,13 @@ def peak_rss(which: str, depth: int, size: int, cache: Path) -> float:
         f"stack = synthetic_stack({depth}, {size})\n"
         "model = ps.load_model('promptseg_demo', device='cpu')\n"
         f"if {which!r} == 'ours':\n"
-        "    from napari_promptseg.embeddings import DiskCache\n"
-        "    from napari_promptseg.stack import embed_stack_iter\n"
+        "    from napari_promptseg.embed.cache import DiskCache\n"
+        "    from napari_promptseg.embed.stack import embed_stack_iter\n"
         f"    for _ in embed_stack_iter(model, stack, disk=DiskCache({str(cache)!r})):\n"
         "        pass\n"
         "else:\n"
         "    from segment_anything import SamPredictor\n"
-        "    from napari_promptseg.image import intensity_window, to_rgb_uint8\n"
+        "    from napari_promptseg.core.image import intensity_window, to_rgb_uint8\n"
         "    pred = SamPredictor(model.sam)\n"
         "    lo_hi = intensity_window(stack)\n"
         "    feats = []\n"
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
 
     from segment_anything import SamPredictor, sam_model_registry
 
-    from napari_promptseg.propagate import propagate_iter
+    from napari_promptseg.propagation.api import propagate_iter
 
     tmp = Path(tempfile.mkdtemp())
     ckpt = random_vit_b()

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import napari_promptseg as ps  # noqa: E402
 from _report import machine, write_section  # noqa: E402
 from _weights import random_vit_b  # noqa: E402
-from napari_promptseg.image import to_rgb_uint8  # noqa: E402
-from napari_promptseg.models.sam import build_sam  # noqa: E402
+from napari_promptseg.core.image import to_rgb_uint8  # noqa: E402
+from napari_promptseg.embed.tiles import tile_side  # noqa: E402
+from napari_promptseg.models.sam.model import build_sam  # noqa: E402
 from napari_promptseg.sample import nuclei_image  # noqa: E402
-from napari_promptseg.tiles import tile_side  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:

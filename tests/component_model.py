@@ -20,10 +20,10 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from napari_promptseg.cancel import check_cancelled
+from napari_promptseg.core.cancel import check_cancelled
+from napari_promptseg.core.results import Embedding, Prediction
 from napari_promptseg.models.base import PromptableModel
 from napari_promptseg.models.registry import ModelSpec
-from napari_promptseg.results import Embedding, Prediction
 
 SPEC = ModelSpec("components", "test", "components", "", "", 0, "0", "test backend", "none")
 

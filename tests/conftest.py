@@ -25,7 +25,7 @@ def random_sam_checkpoint(arch: str, path, seed: int = 0):
     """Save a randomly initialised SAM state dict (the official ``torch.save(state_dict)`` form)."""
     import torch
 
-    from napari_promptseg.models.sam import build_sam
+    from napari_promptseg.models.sam.model import build_sam
 
     torch.manual_seed(seed)
     sam = build_sam(arch).eval()
@@ -66,7 +66,7 @@ def tiny_official(tiny_ckpt):
     guard_triton()  # napari tests may have loaded Mesa's LLVM already
     from segment_anything import SamPredictor
 
-    from napari_promptseg.models.sam import build_sam
+    from napari_promptseg.models.sam.model import build_sam
 
     sam = build_sam("vit_tiny").eval()
     sam.load_state_dict(torch.load(tiny_ckpt, weights_only=True))
@@ -125,7 +125,7 @@ def sam2_ckpt(tmp_path_factory):
     """Meta's checkpoint form ``{"model": state_dict}`` of a randomly initialised SAM 2.1 tiny."""
     import torch
 
-    from napari_promptseg.models.sam2 import build_sam2_network
+    from napari_promptseg.models.sam2.model import build_sam2_network
 
     torch.manual_seed(0)
     net = build_sam2_network(SAM2_TEST_ARCH)

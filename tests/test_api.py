@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import napari_promptseg as ps
-from napari_promptseg.devices import resolve_device
+from napari_promptseg.core.devices import resolve_device
 from napari_promptseg.models.weights import WeightsError
 
 from .conftest import blobs_image, random_sam_checkpoint

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import napari_promptseg as ps
-from napari_promptseg.automatic import segment_everything, segment_everything_iter
-from napari_promptseg.image import to_rgb_uint8
+from napari_promptseg.core.image import to_rgb_uint8
 from napari_promptseg.models.base import PromptableModel
-from napari_promptseg.models.sam import build_sam
+from napari_promptseg.models.sam.model import build_sam
 from napari_promptseg.sample import nuclei_image
+from napari_promptseg.segmentation.everything import segment_everything, segment_everything_iter
 
 from .conftest import blobs_image, mask_iou
 

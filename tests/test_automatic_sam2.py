@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import napari_promptseg as ps
-from napari_promptseg.automatic import segment_everything
 from napari_promptseg.models.base import PromptableModel
+from napari_promptseg.segmentation.everything import segment_everything
 
 from .conftest import SAM2_CONFIG, SAM2_TEST_OVERRIDES, blobs_image, mask_iou
 from .test_automatic import _assert_labels

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_promptseg.autosave import AnnotationStore, AutosaveWarning, image_key
+from napari_promptseg.labels.autosave import AnnotationStore, AutosaveWarning, image_key
 
 
 class CountingArray:
@@ -212,7 +212,7 @@ CHILD = textwrap.dedent("""
 
     if __name__ == "__main__":
         import sys
-        from napari_promptseg.autosave import AnnotationStore
+        from napari_promptseg.labels.autosave import AnnotationStore
 
         store = AnnotationStore(sys.argv[1])
         k = 0

@@ -6,14 +6,14 @@ import time
 import numpy as np
 import pytest
 
-from napari_promptseg.cancel import (
+from napari_promptseg.core.cancel import (
     Cancelled,
     CancelToken,
     cancel_scope,
     check_cancelled,
     install_cancel_hooks,
 )
-from napari_promptseg.stack import StackEmbeddings
+from napari_promptseg.embed.stack import StackEmbeddings
 from tests.component_model import ComponentModel
 
 

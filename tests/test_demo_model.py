@@ -190,9 +190,9 @@ def test_demo_model_equals_the_official_predictor(demo):
     import torch
     from segment_anything import SamPredictor
 
-    from napari_promptseg.image import to_rgb_uint8
+    from napari_promptseg.core.image import to_rgb_uint8
     from napari_promptseg.models.checkpoint import read_state_dict
-    from napari_promptseg.models.sam import build_sam
+    from napari_promptseg.models.sam.model import build_sam
 
     sam = build_sam("promptseg_demo").eval()
     sam.load_state_dict(read_state_dict(packaged_path(get_spec(DEMO_MODEL))))

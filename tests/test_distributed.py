@@ -11,9 +11,9 @@ import pytest
 import tifffile
 
 import napari_promptseg as ps
-from napari_promptseg.distributed import embed_store_distributed_iter, local_cluster
+from napari_promptseg.embed.distributed import embed_store_distributed_iter, local_cluster
+from napari_promptseg.embed.store import StoreError
 from napari_promptseg.sample import nuclei_image
-from napari_promptseg.store import StoreError
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_promptseg.image import intensity_window, to_rgb_uint8
+from napari_promptseg.core.image import intensity_window, to_rgb_uint8
 
 
 def test_uint8_rgb_passes_unchanged():

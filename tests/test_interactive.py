@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from napari_promptseg.embeddings import EmbeddingCache, embed_cached, embedding_key
-from napari_promptseg.interactive import ObjectPrompt, bounding_box
+from napari_promptseg.core.geometry import bounding_box
+from napari_promptseg.core.prompts import ObjectPrompt
+from napari_promptseg.embed.cache import EmbeddingCache, embed_cached, embedding_key
 from napari_promptseg.session.planes import (
     ObjectDecode,
     PlaneDecode,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_promptseg.labels_io import (
+from napari_promptseg.labels.write import (
     LabelsHistory,
     lazy_labels,
     level0,

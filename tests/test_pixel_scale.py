@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import napari_promptseg as ps
-from napari_promptseg.embeddings import EmbeddingCache, embed_cached
+from napari_promptseg.embed.cache import EmbeddingCache, embed_cached
 from napari_promptseg.training.sampling import interior_point
 from napari_promptseg.training.synthetic import synthetic_image
 

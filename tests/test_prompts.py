@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_promptseg.prompts import make_prompt
+from napari_promptseg.core.prompts import make_prompt
 
 SHAPE, LOW = (100, 200), (256, 256)
 

@@ -1,4 +1,4 @@
-"""Propagation through z-slices and video frames (napari_promptseg.propagate), Qt-free.
+"""Propagation through z-slices and video frames (napari_promptseg.propagation.api), Qt-free.
 
 Most tests use the deterministic ComponentModel (a point selects the bright connected component
 under it, a box the bright pixels inside it), so the expected masks are known exactly: IoU
@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 
 import napari_promptseg as ps
-from napari_promptseg.embeddings import EmbeddingCache, embed_cached
-from napari_promptseg.propagate import (
-    BOX_MARGIN,
-    BOX_MARGIN_PX,
-    DEFAULT_PROMPT,
-    PROMPT_STRATEGIES,
-    SliceResult,
-    propagate_iter,
-)
-from napari_promptseg.slice_propagator import _bbox
+from napari_promptseg import PromptPropagation, SliceResult, propagate_iter
+from napari_promptseg.core.geometry import BOX_MARGIN_PX, without_specks
+from napari_promptseg.core.geometry import prompt_box as _bbox
+from napari_promptseg.embed.cache import EmbeddingCache, embed_cached
+from napari_promptseg.propagation.options import PROMPT_STRATEGIES
 
 from .component_model import ComponentModel
 
@@ -71,9 +66,10 @@ def run(model, truth, seeds, prompt="box+point", **kw):
     ComponentModel the point selects the whole component (exact masks) and the box still
     exercises box & bright pixels; ComponentModel's mask_input is 2.5-px cells, which erodes
     edges, so the library default (box + logits) is tested separately with an IoU threshold."""
-    kw["prompt"] = prompt
+    absent = kw.pop("absent", None)
     rec = Recorder(model, image_of(truth))
-    results = list(propagate_iter(model, rec, len(truth), seeds, **kw))
+    results = list(propagate_iter(model, rec, len(truth), seeds, PromptPropagation(strategy=prompt, **kw),
+                                  absent=absent))
     return results, rec
 
 
@@ -171,11 +167,12 @@ def test_seed_on_a_small_early_slice_grows_with_the_box_margin():
 
 
 def test_box_margin_reaches_the_model_and_is_checked():
-    assert DEFAULT_PROMPT == "box+logits" and BOX_MARGIN == 0.0  # measured: docs/benchmarks.md
+    default = PromptPropagation()
+    assert default.strategy == "box+logits" and default.box_margin == 0.0  # measured: docs/benchmarks.md
     truth = np.zeros((4, 40, 40), np.int32)
     truth[:, 10:30, 12:28] = 1  # rows 10..29, cols 12..27
     model = ComponentModel()
-    ps.propagate(model, image_of(truth), {1: truth[1]}, box_margin=0.25)
+    ps.propagate(model, image_of(truth), {1: truth[1]}, options=PromptPropagation(box_margin=0.25))
     np.testing.assert_allclose(model.calls[0]["box"], [10 - 5 - BOX_MARGIN_PX, 12 - 4 - BOX_MARGIN_PX,
                                                        29 + 5 + BOX_MARGIN_PX, 27 + 4 + BOX_MARGIN_PX])
     model = ComponentModel()
@@ -183,7 +180,7 @@ def test_box_margin_reaches_the_model_and_is_checked():
     np.testing.assert_array_equal(model.calls[0]["box"], [10, 12, 29, 27])  # the default: tight
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="box_margin"):
-            propagate_iter(model, None, 3, {0: {1: np.ones((8, 8), bool)}}, box_margin=bad)
+            PromptPropagation(box_margin=bad)
 
 
 # ---- objects that touch -------------------------------------------------------------------------
@@ -332,7 +329,7 @@ def test_closing_the_generator_stops_all_work():
     truth[:, 10:30, 10:30] = 1
     model = ComponentModel()
     rec = Recorder(model, image_of(truth))
-    gen = propagate_iter(model, rec, 12, seeds_from(truth, [5]), prompt=P)
+    gen = propagate_iter(model, rec, 12, seeds_from(truth, [5]), PromptPropagation(strategy=P))
     got = [next(gen), next(gen)]
     gen.close()
     assert [r.index for r in got] == [6, 7] and rec.calls == [6, 7] and len(model.calls) == 2
@@ -366,10 +363,12 @@ def test_bad_input_is_refused_before_any_work(n, seeds, match):
 def test_bad_options_and_mismatching_shapes():
     m = ComponentModel()
     seeds = {0: {1: np.ones((8, 8), bool)}}
-    with pytest.raises(ValueError, match="prompt must be one of"):
-        propagate_iter(m, None, 3, seeds, prompt="boxes")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        PromptPropagation(strategy="boxes")
     with pytest.raises(ValueError, match="min_score"):
-        propagate_iter(m, None, 3, seeds, min_score=2)
+        PromptPropagation(min_score=2)
+    with pytest.raises(TypeError, match="options must be"):
+        propagate_iter(m, None, 3, seeds, {"min_score": 0.5})
     img = np.full((10, 12), DARK, np.uint16)
     gen = propagate_iter(m, lambda k: m.embed(img, (DARK, BRIGHT)), 3, seeds)
     with pytest.raises(ValueError, match=r"seed masks have shape \(8, 8\) but slice 1 is \(10, 12\)"):
@@ -401,13 +400,13 @@ def test_propagate_with_labels_prompt_dicts_and_progress():
     truth = ellipsoids(12, (64, 64), [(5, 20, 20, 5.5, 9, 9, 0.5, 0.5), (6, 44, 44, 5.5, 10, 8, 0, -1)])
     stack = image_of(truth).astype(np.float32) * 0.01 - 3  # float, any offset: one window for all
     seeds = {5: np.where(truth[5] == 1, 1, 0), 6: np.where(truth[6] == 2, 2, 0)}
-    expected = ps.propagate(ComponentModel(), stack, seeds, min_area=1, prompt=P)
+    expected = ps.propagate(ComponentModel(), stack, seeds, options=PromptPropagation(min_area=1, strategy=P))
     assert expected.dtype == np.int32 and expected.shape == truth.shape
     assert iou(expected == 1, truth == 1) >= 0.99 and iou(expected == 2, truth == 2) >= 0.99
     calls = []
     as_dict = ps.propagate(
         ComponentModel(), stack, {5: [{"points": [[20, 20]]}], 6: {2: {"points": [[44, 43]], "labels": [1]}}},
-        min_area=1, progress=lambda d, t: calls.append((d, t)), prompt=P,
+        options=PromptPropagation(min_area=1, strategy=P), progress=lambda d, t: calls.append((d, t)),
     )
     np.testing.assert_array_equal(as_dict, expected)
     assert [d for d, _ in calls] == list(range(1, len(calls) + 1)) and all(d <= t for d, t in calls)
@@ -420,7 +419,7 @@ def test_prompt_list_positions_are_object_ids():
     stack = image_of(truth)
     prompts = {1: [{"points": [[20, 15]]}, {"box": [8, 35, 31, 54]}],
                4: [{"points": [[20, 15]]}, {"points": [[20, 45]]}]}
-    out = ps.propagate(ComponentModel(), stack, prompts, prompt=P)
+    out = ps.propagate(ComponentModel(), stack, prompts, options=PromptPropagation(strategy=P))
     np.testing.assert_array_equal(out, truth)
     with pytest.raises(ValueError, match="slice 1, object 1"):
         ps.propagate(ComponentModel(), stack, {1: [{}]})
@@ -433,7 +432,8 @@ def test_video_rgb_uint8_along_time():
     video[truth == 0] = (10, 20, 30)
     cache = EmbeddingCache(20)
     model = ComponentModel()
-    out = ps.propagate(model, video, {4: [{"points": [[24, 20]]}]}, axis=0, cache=cache, prompt=P)
+    out = ps.propagate(model, video, {4: [{"points": [[24, 20]]}]}, axis=0, cache=cache,
+                       options=PromptPropagation(strategy=P))
     assert out.shape == (10, 48, 64) and out.dtype == np.int32
     np.testing.assert_array_equal(out, truth)
     assert model.embed_calls == 10  # each frame once (the seed frame's embedding came from the cache)
@@ -441,12 +441,13 @@ def test_video_rgb_uint8_along_time():
 
 def test_axis_two_on_a_rows_cols_slices_stack():
     truth = ellipsoids(12, (40, 50), [(6, 20, 25, 5.5, 9, 12, 1, 0)])
-    ref = ps.propagate(ComponentModel(), image_of(truth), {6: truth[6]}, min_area=1, prompt=P)
+    opts = PromptPropagation(min_area=1, strategy=P)
+    ref = ps.propagate(ComponentModel(), image_of(truth), {6: truth[6]}, options=opts)
     hwn = np.moveaxis(image_of(truth), 0, 2)  # (H, W, N)
-    out = ps.propagate(ComponentModel(), hwn, {6: truth[6]}, axis=2, min_area=1, prompt=P)
+    out = ps.propagate(ComponentModel(), hwn, {6: truth[6]}, axis=2, options=opts)
     assert out.shape == (40, 50, 12)
     np.testing.assert_array_equal(np.moveaxis(out, 2, 0), ref)
-    out_neg = ps.propagate(ComponentModel(), hwn, {6: truth[6]}, axis=-1, min_area=1, prompt=P)
+    out_neg = ps.propagate(ComponentModel(), hwn, {6: truth[6]}, axis=-1, options=opts)
     np.testing.assert_array_equal(out_neg, out)
     assert iou(ref == 1, truth == 1) >= 0.99
 
@@ -511,12 +512,40 @@ def test_absent_slices_stop_an_object_and_let_the_others_pass():
 def test_a_stray_pixel_of_a_seed_does_not_stretch_the_propagation_box():
     """A one-pixel speck far from the object (a window cutting a neighbour) is left out of the
     box prompt; two real pieces of one object both stay in it."""
-    from napari_promptseg.slice_propagator import _bbox, _body
-
     m = np.zeros((200, 200), bool)
     m[100:130, 100:140] = True
     m[20, 190] = True  # the speck
-    np.testing.assert_array_equal(_bbox(_body(m)), [100, 100, 129, 139])
+    np.testing.assert_array_equal(_bbox(without_specks(m)), [100, 100, 129, 139])
     m[135:160, 100:140] = True  # a second piece of the object, as large
-    np.testing.assert_array_equal(_bbox(_body(m)), [100, 100, 159, 139])
-    assert not _body(np.zeros((5, 5), bool)).any()
+    np.testing.assert_array_equal(_bbox(without_specks(m)), [100, 100, 159, 139])
+    assert not without_specks(np.zeros((5, 5), bool)).any()
+
+
+def test_old_keywords_still_work_with_a_warning_and_refuse_what_the_method_ignores():
+    """Release 0.1's keywords (min_score=, prompt=, method=, ...) map to the options objects for
+    one release; a keyword the chosen method would ignore is an error, not silently dropped."""
+    truth = ellipsoids(8, (40, 40), [(4, 20, 20, 3.5, 9, 9, 0, 0)])
+    new = ps.propagate(ComponentModel(), image_of(truth), {4: truth[4]},
+                       options=PromptPropagation(min_area=1, strategy=P))
+    with pytest.warns(DeprecationWarning, match="PromptPropagation"):
+        old = ps.propagate(ComponentModel(), image_of(truth), {4: truth[4]}, min_area=1, prompt=P,
+                           method="prompt")
+    np.testing.assert_array_equal(old, new)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="stop_after applies to memory"):
+        ps.propagate(ComponentModel(), image_of(truth), {4: truth[4]}, stop_after=2)
+    with pytest.raises(TypeError, match="not both"):
+        ps.propagate(ComponentModel(), image_of(truth), {4: truth[4]}, options=PromptPropagation(),
+                     min_score=0.5)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ps.propagate(ComponentModel(), image_of(truth), {4: truth[4]}, min_scor=0.5)
+
+
+def test_options_are_checked_when_made():
+    for bad in (dict(min_overlap=-0.1), dict(min_area=-1), dict(min_area=1.5), dict(max_slices=-1),
+                dict(strategy="box+points"), dict(box_margin=float("nan")), dict(min_score=True)):
+        with pytest.raises(ValueError):
+            PromptPropagation(**bad)
+    for bad in (dict(stop_after=0), dict(max_slices=2.0)):
+        with pytest.raises(ValueError):
+            ps.MemoryTracking(**bad)
+    assert PromptPropagation(min_score=1).min_score == 1.0  # stored as floats

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import napari_promptseg as ps
-from napari_promptseg.embeddings import EmbeddingCache, embed_cached
-from napari_promptseg.tracking import MemoryTracker, seed_tracker
+from napari_promptseg.embed.cache import EmbeddingCache, embed_cached
+from napari_promptseg.propagation.memory import MemoryTracker
+from napari_promptseg.propagation.seeds import parse_prompts, seed_tracker
 
 from .conftest import SAM2_CONFIG, SAM2_TEST_OVERRIDES, blobs_image, mask_iou, moving_blobs
 
@@ -137,7 +138,7 @@ def _tracker(model, counter=None):
         return embed_cached(model, FRAMES[k], None, cache)
 
     tr = MemoryTracker(model, embedding_of, T, (H, W))
-    seed_tracker(tr, {PROMPT_FRAME: {1: {"points": P1}, 2: {"box": BOX2}}})
+    seed_tracker(tr, parse_prompts({PROMPT_FRAME: {1: {"points": P1}, 2: {"box": BOX2}}}, T, (H, W)))
     return tr
 
 
@@ -222,7 +223,8 @@ def test_propagate_memory_api(sam2_model):
     gray = np.moveaxis(FRAMES[..., 0], 0, 2)  # (H, W, T)
     seed = (labels[PROMPT_FRAME] > 0).astype(np.uint8)
     if seed.any():
-        out = ps.propagate(sam2_model, gray, {PROMPT_FRAME: seed}, axis=2, max_slices=1)
+        out = ps.propagate(sam2_model, gray, {PROMPT_FRAME: seed}, axis=2,
+                           options=ps.MemoryTracking(max_slices=1))
         assert out.shape == gray.shape
         np.testing.assert_array_equal(out[:, :, PROMPT_FRAME] == 1, seed == 1)
         assert not out[:, :, 0].any() and not out[:, :, 5].any()  # max_slices=1: frames 2..4 only
@@ -291,9 +293,9 @@ def test_absent_slices_are_told_to_the_tracker(sam2_model):
     labels = ps.propagate(sam2_model, FRAMES, {PROMPT_FRAME: [{"points": P1}]}, absent={1: [5]})
     assert not (labels[5] == 1).any()
     with pytest.raises(ValueError, match="stop_after must be an integer"):
-        ps.propagate(sam2_model, FRAMES, {PROMPT_FRAME: [{"points": P1}]}, stop_after=0)
+        ps.MemoryTracking(stop_after=0)
     with pytest.raises(ValueError, match="max_slices must be an integer"):
-        ps.propagate(sam2_model, FRAMES, {PROMPT_FRAME: [{"points": P1}]}, max_slices=-1)
+        ps.MemoryTracking(max_slices=-1)
     tr = _tracker(sam2_model)
     with pytest.raises(ValueError, match="start frame -1 is out of range"):
         tr.propagate_iter(start=-1)
@@ -301,8 +303,10 @@ def test_absent_slices_are_told_to_the_tracker(sam2_model):
 
 def test_memory_method_needs_a_sam2_model(tiny_model):
     with pytest.raises(ValueError, match="needs a SAM 2 model"):
+        ps.propagate(tiny_model, FRAMES, {0: [{"points": P1}]}, options=ps.MemoryTracking())
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="needs a SAM 2 model"):
         ps.propagate(tiny_model, FRAMES, {0: [{"points": P1}]}, method="memory")
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="method must be one of"):
         ps.propagate(tiny_model, FRAMES, {0: [{"points": P1}]}, method="tracking")
 
 
@@ -315,7 +319,7 @@ def test_bad_tracker_prompts(sam2_model):
     with pytest.raises(ValueError, match="does not match the frames"):
         tr.add_mask(0, 1, np.ones((5, 5), bool))
     with pytest.raises(ValueError, match="unknown prompt keys"):
-        seed_tracker(tr, {0: [{"point": P1}]})
+        seed_tracker(tr, parse_prompts({0: [{"point": P1}]}, T, (H, W)))
 
 
 def test_sam1_checkpoint_in_a_sam2_model_is_refused(sam2_spec, tiny_ckpt):
@@ -355,12 +359,12 @@ def test_session_tracks_one_line_of_a_t_x_z_stack_with_memory(sam2_model):
     assert prev.shape == tz.shape
     assert not prev[:, 0].any()  # the other z is untouched
     assert all(prev[k, 1].any() for k in range(T))  # every t of z = 1, both directions
-    s.method = "prompt"
+    s.configure(method="prompt")
     assert s.propagation_method == "prompt"
 
 
 def test_sam2_embedding_and_tracking_stop_in_a_cancelled_scope(sam2_model):
-    from napari_promptseg.cancel import Cancelled, cancel_scope
+    from napari_promptseg.core.cancel import Cancelled, cancel_scope
 
     with cancel_scope(lambda: True):
         with pytest.raises(Cancelled):

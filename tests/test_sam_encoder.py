@@ -6,7 +6,7 @@ import pytest
 import torch
 from segment_anything.modeling.image_encoder import Attention
 
-from napari_promptseg.models.sam_encoder import LeanAttention, use_lean_attention
+from napari_promptseg.models.sam.encoder import LeanAttention, use_lean_attention
 
 
 @pytest.mark.parametrize("max_bytes", [1, 10_000, 2**30])  # one head per chunk .. all at once
@@ -26,7 +26,7 @@ def test_bit_identical_to_official(max_bytes, rel_pos):
 
 
 def test_switch_keeps_the_state_dict(tiny_ckpt):
-    from napari_promptseg.models.sam import build_sam
+    from napari_promptseg.models.sam.model import build_sam
 
     sam = build_sam("vit_tiny")
     keys = list(sam.state_dict())

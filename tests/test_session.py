@@ -123,7 +123,7 @@ def test_commit_ids_preserve_others_undo_redo_overwrite():
     assert "nothing to undo" in statuses[-1]
     # overwrite on request
     s.redo()
-    s.overwrite = True
+    s.configure(overwrite=True)
     s.add_box((0, 0, 119, 159))
     assert s.commit() == (2,)
     np.testing.assert_array_equal(target, np.where(truth > 0, 2, 0))

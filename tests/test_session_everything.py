@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import napari_promptseg as ps
-from napari_promptseg.automatic import segment_everything
 from napari_promptseg.sample import nuclei_image
+from napari_promptseg.segmentation.everything import segment_everything
 from napari_promptseg.session import AnnotationSession
 from napari_promptseg.session.everything import link_plane
 from napari_promptseg.session.jobs import run_now

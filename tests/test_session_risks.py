@@ -310,7 +310,7 @@ def test_an_autosave_that_was_not_restored_is_set_aside_not_mixed():
     root = s2.store.root
     earlier = [p for p in root.parent.iterdir() if p.name.startswith(root.name + ".earlier-")]
     assert len(earlier) == 1  # the earlier session's autosave is kept aside, not lost
-    from napari_promptseg.autosave import AnnotationStore
+    from napari_promptseg.labels.autosave import AnnotationStore
 
     assert sorted(AnnotationStore(earlier[0]).load()[2]) == [(0,)]
     s3 = session(stack)

@@ -92,7 +92,7 @@ def test_propagation_fills_the_stack_commits_and_undoes(overwrite):
     assert target.nchunks_initialized == 0
     target[15, 50:70, 70:90] = 9  # a committed object inside the ball's plane 15
     before = arr(target)
-    s.overwrite = overwrite
+    s.configure(overwrite=overwrite)
     s.set_plane((10,))
     s.add_point((60, 80))
     assert s.propagate(0)

@@ -5,8 +5,9 @@ import threading
 import numpy as np
 import pytest
 
-from napari_promptseg.embeddings import DiskCache, EmbeddingCache
-from napari_promptseg.stack import StackEmbeddings, embed_stack_iter, stack_window
+from napari_promptseg.core.image import stack_window
+from napari_promptseg.embed.cache import DiskCache, EmbeddingCache
+from napari_promptseg.embed.stack import StackEmbeddings, embed_stack_iter
 from tests.component_model import ComponentModel
 
 
@@ -98,7 +99,8 @@ def test_propagate_finds_a_stack_precomputed_on_disk(tmp_path):
     disk = DiskCache(tmp_path / "emb")
     list(embed_stack_iter(ComponentModel(), img, disk=disk))  # e.g. on a cluster node
     fresh = ComponentModel()
-    labels = ps.propagate(fresh, img, {3: [{"points": [[10, 15]]}]}, disk=disk, prompt="box+point")
+    labels = ps.propagate(fresh, img, {3: [{"points": [[10, 15]]}]}, disk=disk,
+                          options=ps.PromptPropagation(strategy="box+point"))
     assert fresh.embed_calls == 0  # every plane came from the disk cache (same default window)
     assert (labels[3] > 0).sum() == 100 and (labels > 0).any(axis=(1, 2)).sum() >= 5
 

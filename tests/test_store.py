@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import napari_promptseg as ps
+from napari_promptseg.embed.store import StoreError
 from napari_promptseg.sample import nuclei_image
-from napari_promptseg.store import StoreError
 
 
 def _stack(seed=0, n=4):
@@ -23,7 +23,7 @@ def test_store_holds_every_plane_with_its_metadata(demo_model, tmp_path, calls):
     store = ps.open_embeddings(tmp_path / "s.zarr")
     assert len(store) == 4 and store.complete and sorted(store) == [0, 1, 2, 3]
     assert store.model == "promptseg_demo" and store.shape == (4, 96, 112) and store.axis == 0
-    assert store.window == ps.stack.stack_window(stack)
+    assert store.window == ps.core.image.stack_window(stack)
     direct = demo_model.embed(stack[2], contrast_limits=store.window)
     for name, value in direct.features.items():
         np.testing.assert_allclose(store[2].features[name].numpy(), value.numpy(), rtol=0.01, atol=0.01)

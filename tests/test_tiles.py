@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import napari_promptseg as ps
-from napari_promptseg.tiles import TiledEmbedding, TileGrid, tile_side, wants_tiles
+from napari_promptseg.embed.tiles import TiledEmbedding, TileGrid, tile_side, wants_tiles
 from napari_promptseg.training.sampling import interior_point
 from napari_promptseg.training.synthetic import synthetic_image
 
@@ -180,7 +180,7 @@ def test_tiled_embedding_belongs_to_its_model(demo, tiny_model):
 
 
 def test_tiles_go_through_the_disk_cache(demo, tmp_path, monkeypatch):
-    from napari_promptseg.disk_cache import DiskCache
+    from napari_promptseg.embed.disk_cache import DiskCache
 
     img, lab = synthetic_image(2, (600, 600), style="sparse")
     gt = lab == np.bincount(lab.ravel())[1:].argmax() + 1
@@ -267,7 +267,7 @@ def test_the_session_tiles_a_huge_2d_image_and_says_which_tile_it_embeds(demo, m
 
 
 def test_huge_planes_of_a_stack_are_tiled_but_small_ones_and_stores_not(demo):
-    from napari_promptseg.stack import StackEmbeddings
+    from napari_promptseg.embed.stack import StackEmbeddings
 
     assert StackEmbeddings(demo, np.zeros((2, 1100, 300), np.uint8), tiles=True).tiled
     assert not StackEmbeddings(demo, np.zeros((2, 1000, 300), np.uint8), tiles=True).tiled  # < 4 tiles
@@ -335,18 +335,20 @@ def test_segment_everything_on_every_huge_plane_runs_tile_by_tile_with_3d_ids(de
 def test_auto_propagation_keeps_the_tiles_scale_with_a_memory_model():
     from types import SimpleNamespace
 
-    from napari_promptseg.session.propagation import method_for
+    from napari_promptseg.session.settings import PropagationSettings
 
     sam2_like = SimpleNamespace(name="sam2-like", supports_memory=True)
-    assert method_for(sam2_like, "auto") == "memory"
-    assert method_for(sam2_like, "auto", tiled=True) == "prompt"  # memory would squeeze whole frames
-    assert method_for(sam2_like, "memory", tiled=True) == "memory"  # the user's explicit choice
+    auto, memory = PropagationSettings(), PropagationSettings(method="memory")
+    assert auto.method_for(sam2_like) == "memory"
+    assert auto.method_for(sam2_like, tiled=True) == "prompt"  # memory would squeeze whole frames
+    assert memory.method_for(sam2_like, tiled=True) == "memory"  # the user's explicit choice
+    assert isinstance(auto.options_for(sam2_like, tiled=True), ps.PromptPropagation)
 
 
 def test_logits_of_one_plane_refine_the_next_plane_in_the_same_window(demo):
     """Propagation hands a plane's logits to the next plane as mask_input: the planes of a stack
     share the window memory, so they are decoded in the window they belong to."""
-    from napari_promptseg.stack import StackEmbeddings
+    from napari_promptseg.embed.stack import StackEmbeddings
 
     img, lab = synthetic_image(5, (1100, 1100), style="sparse")
     st = StackEmbeddings(demo, np.stack([img, img]), tiles=True)

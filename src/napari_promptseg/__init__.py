@@ -7,12 +7,16 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> emb = model.embed(image)                        # (H, W) or (H, W, 3|4), any real dtype
 >>> pred = model.predict(emb, points=[[120, 340]])  # (row, col)
 >>> mask = pred.masks[pred.best]                    # (H, W) bool
->>> ps.load_model("promptseg_demo")                 # small model shipped in the package: offline
+>>> labels = ps.segment(model, image, [{"points": [[120, 340]]}])   # prompts -> labels, tiles too
 >>> labels = ps.propagate(model, stack, {12: seed_labels})  # through a z-stack or video
 >>> found = ps.segment_everything(model, image)      # .labels (H, W) int32, .objects
 >>> tiled = ps.embed_tiles(model, huge_image)        # tiles at the model's scale, on demand
 >>> for done, total in ps.embed_store_iter(model, stack, "stack.zarr"): ...   # resumable
 >>> labels = ps.propagate(model, stack, seeds, embeddings=ps.open_embeddings("stack.zarr"))
+
+The data flow, one package per step, each importing only those before it: ``core`` (values and
+rules) -> ``models`` -> ``embed`` -> ``segmentation`` -> ``propagation`` / ``labels`` ->
+``session`` -> ``cli`` / ``_napari``.
 """
 
 from __future__ import annotations
@@ -20,34 +24,54 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .automatic import (
-    EVERYTHING_DEFAULTS,
-    SAM2_EVERYTHING_DEFAULTS,
-    Everything,
-    MaskRecord,
-    segment_everything,
-    segment_everything_iter,
-)
-from .disk_cache import CacheWarning, DiskCache
-from .models import ModelSpec, PromptableModel, list_models, load_model
-from .models.weights import default_model_name
-from .prompts import Prompt
-from .propagate import SliceResult, propagate, propagate_iter  # light: numpy only at import
-from .results import Embedding, Prediction
-from .store import EmbeddingStore, StoreError, embed_store_iter, open_embeddings
-from .tiles import TiledEmbedding, embed_tiles
+from napari_promptseg import _compat
+from napari_promptseg.core.results import Embedding, Prediction, SliceResult
+from napari_promptseg.embed.disk_cache import DiskCache
+from napari_promptseg.embed.store import StoreError, embed_store_iter, open_embeddings
+from napari_promptseg.embed.tiles import embed_tiles
+from napari_promptseg.models import ModelSpec, PromptableModel, list_models, load_model
+from napari_promptseg.propagation.api import propagate, propagate_iter  # light: numpy only at import
+from napari_promptseg.propagation.options import MemoryTracking, PromptPropagation
+from napari_promptseg.segmentation.everything import Everything, segment_everything, segment_everything_iter
+from napari_promptseg.segmentation.prompted import segment
 
 if TYPE_CHECKING:
-    from .training.finetune import FinetuneResult
+    from napari_promptseg.propagation.memory import MemoryTracker
+    from napari_promptseg.session import AnnotationSession
+    from napari_promptseg.training.finetune import FinetuneResult
 
 __version__ = "0.1.0"
 __all__ = [
-    "ModelSpec", "PromptableModel", "list_models", "load_model", "Embedding", "Prediction", "Prompt",
-    "default_model_name", "finetune", "DiskCache", "CacheWarning", "propagate", "propagate_iter",
-    "SliceResult", "segment_everything", "segment_everything_iter", "Everything", "MaskRecord",
-    "EVERYTHING_DEFAULTS", "SAM2_EVERYTHING_DEFAULTS", "TiledEmbedding", "embed_tiles", "EmbeddingStore",
-    "StoreError", "embed_store_iter", "open_embeddings",
+    # models
+    "list_models", "load_model", "ModelSpec", "PromptableModel",
+    # what they return
+    "Embedding", "Prediction", "SliceResult", "Everything",
+    # segmentation
+    "segment", "segment_everything", "segment_everything_iter",
+    # embeddings: huge images, caches, stores
+    "embed_tiles", "DiskCache", "embed_store_iter", "open_embeddings", "StoreError",
+    # z-stacks and videos
+    "propagate", "propagate_iter", "PromptPropagation", "MemoryTracking", "MemoryTracker",
+    # interactive annotation without napari, finetuning
+    "AnnotationSession", "finetune",
 ]
+
+_LAZY = {  # heavy or higher-layer names, imported when first used
+    "MemoryTracker": "napari_promptseg.propagation.memory",
+    "AnnotationSession": "napari_promptseg.session",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    return _compat.deprecated_name(name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def finetune(
@@ -60,6 +84,6 @@ def finetune(
     ``ps.load_model(name, checkpoint=out)``) and returns held-out IoUs before and after. Options:
     :func:`napari_promptseg.training.finetune.finetune`.
     """
-    from .training.finetune import finetune as _finetune
+    from napari_promptseg.training.finetune import finetune as _finetune
 
     return _finetune(model, images, labels, steps, out, **kwargs)

@@ -93,7 +93,7 @@ def test_cancel_stops_the_run(make_napari_viewer, qtbot, demo):
 
 
 def test_a_huge_2d_image_is_tiled_transparently(make_napari_viewer, qtbot, demo):
-    from napari_promptseg.tiles import TiledEmbedding
+    from napari_promptseg.embed.tiles import TiledEmbedding
     from napari_promptseg.training.sampling import interior_point
     from napari_promptseg.training.synthetic import synthetic_image
 
@@ -122,7 +122,7 @@ def test_a_stack_of_huge_planes_is_tiled_and_propagates_with_the_key(make_napari
     says so), P propagates window by window, and the preview follows the nucleus."""
     from qtpy.QtCore import Qt
 
-    from napari_promptseg.tiles import TiledEmbedding
+    from napari_promptseg.embed.tiles import TiledEmbedding
     from napari_promptseg.training.sampling import interior_point
     from napari_promptseg.training.synthetic import synthetic_image
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_promptseg.labels_io import lazy_labels, write_objects
+from napari_promptseg.labels.write import lazy_labels, write_objects
 from tests._napari.test_widget import click
 
 

@@ -6,8 +6,8 @@ import numpy as np
 from qtpy.QtCore import Qt
 
 from napari_promptseg._napari.demo import WIDGET_NAME
+from napari_promptseg.propagation.memory import MemoryTracker
 from napari_promptseg.session.planes import masks_of
-from napari_promptseg.tracking import MemoryTracker
 from tests._napari.test_keys_and_lifecycle import press
 from tests._napari.test_stack_widget import preview, wait_propagation
 from tests._napari.test_widget import click, settle
@@ -38,9 +38,9 @@ def test_click_then_p_tracks_a_video_with_memory_and_a_correction_retracks(
     assert not w.min_score_spin.isEnabled()  # the prompt method's limits do not apply
     assert w.stop_after_spin.isEnabled() and w.stop_after_spin.text() == "never"
     w.stop_after_spin.setValue(4)
-    assert w.session.stop_after == 4
+    assert w.session.propagation_settings.stop_after == 4
     w.stop_after_spin.setValue(0)
-    assert w.session.stop_after is None
+    assert w.session.propagation_settings.stop_after is None
     viewer.dims.set_point(0, 3)
     qtbot.waitUntil(lambda: w.ready, timeout=20000)
     assert w.bridge.displayed_plane() == (3,)

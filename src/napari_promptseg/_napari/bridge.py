@@ -12,10 +12,10 @@ import itertools
 
 import numpy as np
 
-from ..labels_io import level0
-from ..prompts import inside_image
-from ..session.planes import merge_prompts
-from . import layers as L
+from napari_promptseg._napari import layers as L
+from napari_promptseg.core.prompts import inside_image
+from napari_promptseg.labels.write import level0
+from napari_promptseg.session.planes import merge_prompts
 
 __all__ = ["LayerBridge", "disconnect"]
 
@@ -71,7 +71,7 @@ class LayerBridge:
     def store_beside(self, model, shape=None, rgb=None):
         """The embeddings store beside the image layer's file (a sibling ``*.zarr`` folder) made
         by ``model`` for an image of ``shape`` (default: the session's image), or None."""
-        from ..session.stores import find_store
+        from napari_promptseg.session.stores import find_store
 
         s, layer = self.session, self.image_layer
         if shape is None:

@@ -7,7 +7,7 @@ __all__ = ["nuclei_sample", "nuclei_stack_sample", "nuclei_timelapse_sample"]
 
 def nuclei_sample():
     """A 512 x 640 uint16 image of nuclei-like blobs (layer data tuples for napari)."""
-    from ..sample import nuclei_image
+    from napari_promptseg.sample import nuclei_image
 
     image, _ = nuclei_image()
     return [(image, {"name": "nuclei", "colormap": "gray"}, "image")]
@@ -15,7 +15,7 @@ def nuclei_sample():
 
 def nuclei_stack_sample():
     """A 32 x 256 x 320 uint16 z-stack of nuclei, planes 2 pixels apart (scale (2, 1, 1))."""
-    from ..sample import STACK_SCALE, nuclei_stack
+    from napari_promptseg.sample import STACK_SCALE, nuclei_stack
 
     image, _ = nuclei_stack()
     return [(image, {"name": "nuclei stack", "colormap": "gray", "scale": STACK_SCALE}, "image")]
@@ -23,7 +23,7 @@ def nuclei_stack_sample():
 
 def nuclei_timelapse_sample():
     """A 24 x 256 x 320 uint16 time-lapse of drifting nuclei (axis 0 is time)."""
-    from ..sample import nuclei_timelapse
+    from napari_promptseg.sample import nuclei_timelapse
 
     image, _ = nuclei_timelapse()
     return [(image, {"name": "nuclei timelapse", "colormap": "gray"}, "image")]

@@ -32,13 +32,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..propagate import MIN_OVERLAP, MIN_SCORE
-from ..session import AnnotationSession, Job
-from ..session.text import model_note
-from . import layers as L
-from .bridge import LayerBridge, disconnect
-from .keys import KEYS, KeyBinder
-from .workers import WorkerScheduler
+from napari_promptseg._napari import layers as L
+from napari_promptseg._napari.bridge import LayerBridge, disconnect
+from napari_promptseg._napari.keys import KEYS, KeyBinder
+from napari_promptseg._napari.workers import WorkerScheduler
+from napari_promptseg.session import AnnotationSession, Job
+from napari_promptseg.session.settings import PropagationSettings
+from napari_promptseg.session.text import model_note
 
 __all__ = ["PromptSegWidget", "KEYS"]
 
@@ -109,7 +109,7 @@ class PromptSegWidget(QWidget):
 
     # ---------------------------------------------------------------- UI
     def _build_ui(self) -> None:
-        from ..models.registry import REGISTRY
+        from napari_promptseg.models.registry import REGISTRY
 
         self.image_combo, self.model_combo, self.device_combo = QComboBox(), QComboBox(), QComboBox()
         self.model_combo.addItems([*REGISTRY, LOCAL_CHECKPOINT])
@@ -136,8 +136,10 @@ class PromptSegWidget(QWidget):
         self.stop_after_spin.setSpecialValueText("never")
         self.stop_after_spin.setToolTip("memory tracking: stop an object after this many frames in a row "
                                         "without it (SAM 2's occlusion score); never: track to the end")
-        self.min_score_spin = _spin(MIN_SCORE, "stop an object when its predicted IoU falls below this")
-        self.min_overlap_spin = _spin(MIN_OVERLAP, "stop an object when its mask overlaps its mask on "
+        self.min_score_spin = _spin(PropagationSettings.min_score,
+                                    "stop an object when its predicted IoU falls below this")
+        self.min_overlap_spin = _spin(PropagationSettings.min_overlap,
+                                      "stop an object when its mask overlaps its mask on "
                                       "the previous plane less than this (IoU)")
         self.status = QLabel("Choose a model, then an image.")
         self.status.setWordWrap(True)
@@ -196,14 +198,13 @@ class PromptSegWidget(QWidget):
         self.negative_check.toggled.connect(self.bridge.set_negative)
         self.object_spin.valueChanged.connect(lambda v: v != self.session.current_object
                                               and self.session.select_object(v))
-        self.overwrite_check.toggled.connect(lambda v: setattr(self.session, "overwrite", bool(v)))
-        self.min_score_spin.valueChanged.connect(lambda v: setattr(self.session, "min_score", float(v)))
-        self.min_overlap_spin.valueChanged.connect(lambda v: setattr(self.session, "min_overlap", float(v)))
+        self.overwrite_check.toggled.connect(lambda v: self.session.configure(overwrite=bool(v)))
+        self.min_score_spin.valueChanged.connect(lambda v: self.session.configure(min_score=float(v)))
+        self.min_overlap_spin.valueChanged.connect(lambda v: self.session.configure(min_overlap=float(v)))
         self.restore_button.clicked.connect(self.restore_autosave)
         self.everything_button.clicked.connect(self.segment_everything)
         self.method_combo.activated.connect(self._on_method_chosen)
-        self.stop_after_spin.valueChanged.connect(
-            lambda v: setattr(self.session, "stop_after", int(v) or None))
+        self.stop_after_spin.valueChanged.connect(lambda v: self.session.configure(stop_after=int(v) or None))
         self._sync_method()
 
     def _everything_section(self) -> QWidget:
@@ -227,21 +228,20 @@ class PromptSegWidget(QWidget):
                 for name, spin in self.everything_spins.items()}
 
     def _on_method_chosen(self, *args) -> None:
-        self.session.method = METHODS[self.method_combo.currentText()]
+        self.session.configure(method=METHODS[self.method_combo.currentText()])
         self._sync_method()
 
     def _sync_method(self) -> None:
         """The method box follows the model: memory only for SAM 2 (chosen by default), prompt for
         SAM; the score and overlap limits belong to the prompt method."""
-        memory = bool(getattr(self.session.model, "supports_memory", False))
-        self.method_combo.setEnabled(memory)
-        if not memory:
-            self.session.method = "auto"
-        used = self.session.propagation_method
+        s = self.session
+        if not s.setting_applies("method"):
+            s.configure(method="auto")
+        used = s.propagation_method
         _set_items(self.method_combo, list(METHODS), next(k for k, v in METHODS.items() if v == used))
-        for spin in (self.min_score_spin, self.min_overlap_spin):
-            spin.setEnabled(used == "prompt")
-        self.stop_after_spin.setEnabled(used == "memory")
+        for name, w in (("method", self.method_combo), ("min_score", self.min_score_spin),
+                        ("min_overlap", self.min_overlap_spin), ("stop_after", self.stop_after_spin)):
+            w.setEnabled(s.setting_applies(name))
 
     def _set_status(self, text: str) -> None:
         if not self.closed:
@@ -518,8 +518,8 @@ class PromptSegWidget(QWidget):
     def _load_default_model(self) -> None:
         """Load the default model when it needs no download: a registry model already in the
         cache, else the demo model shipped in the package (offline)."""
-        from ..models.registry import get_spec
-        from ..models.weights import available_locally, default_model_name
+        from napari_promptseg.models.registry import get_spec
+        from napari_promptseg.models.weights import available_locally, default_model_name
 
         name = default_model_name()
         _set_items(self.model_combo, _items(self.model_combo), name)
@@ -528,8 +528,8 @@ class PromptSegWidget(QWidget):
 
     def _on_model_chosen(self, *args) -> None:
         """A local model loads at once; a download waits for 'Load model' (it can be gigabytes)."""
-        from ..models.registry import get_spec
-        from ..models.weights import available_locally
+        from napari_promptseg.models.registry import get_spec
+        from napari_promptseg.models.weights import available_locally
 
         name = self.model_combo.currentText()
         if name == LOCAL_CHECKPOINT:
@@ -551,8 +551,7 @@ class PromptSegWidget(QWidget):
 
     def _load_model(self, name: str | None, checkpoint, device: str) -> None:
         import napari_promptseg as ps
-
-        from ..cancel import check_cancelled
+        from napari_promptseg.core.cancel import check_cancelled
 
         label = name or str(checkpoint)
         dl = self._download
@@ -639,7 +638,7 @@ def _disk_cache():
     """The shared on-disk embedding cache (``PROMPTSEG_EMBED_CACHE_GB=0`` turns it off)."""
     import os
 
-    from ..embeddings import DiskCache
+    from napari_promptseg.embed.cache import DiskCache
 
     if os.environ.get("PROMPTSEG_EMBED_CACHE_GB", "").strip() in ("0", "0.0"):
         return None
@@ -648,10 +647,10 @@ def _disk_cache():
 
 def _guess_registry_name(path: str) -> str:
     """The registry architecture that fits a local checkpoint (by its encoder width)."""
-    from ..models.checkpoint import read_state_dict
-    from ..models.registry import REGISTRY
-    from ..models.sam import arch_of
-    from ..models.sam2 import sam2_arch_of
+    from napari_promptseg.models.checkpoint import read_state_dict
+    from napari_promptseg.models.registry import REGISTRY
+    from napari_promptseg.models.sam.model import arch_of
+    from napari_promptseg.models.sam2.model import sam2_arch_of
 
     state = read_state_dict(path)
     arch = sam2_arch_of(state) or arch_of(state)

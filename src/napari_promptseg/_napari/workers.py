@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from napari.qt.threading import create_worker
 
-from ..cancel import Cancelled, cancel_scope
-from ..session.jobs import Job
+from napari_promptseg.core.cancel import Cancelled, cancel_scope
+from napari_promptseg.session.jobs import Job
 
 __all__ = ["WorkerScheduler"]
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import SUFFIXES, UsageError, check_labels_path, guess_rgb, read_image, write_labels
+from napari_promptseg.cli.errors import UsageError
+from napari_promptseg.core.image import stack_window
+from napari_promptseg.io import SUFFIXES, check_labels_path, guess_rgb, read_image, write_labels
 
 __all__ = ["spec_of", "say_download", "load_model", "run_segment", "run_propagate", "run_everything",
            "everything_params"]
@@ -68,9 +70,7 @@ def _window(args, image, rgb: bool, spatial: int, axis: int):
     if args.window:
         return tuple(args.window)
     if spatial == 3 and np.dtype(image.dtype) not in (np.uint8, np.bool_):
-        from napari_promptseg.stack import stack_window
-
-        return stack_window(np.moveaxis(image, axis, 0), rgb=rgb)  # as ps.propagate and stores
+        return stack_window(image, rgb, (axis,))  # as ps.propagate and stores
     return None
 
 
@@ -92,11 +92,8 @@ def _store(args, model, image, axis: int):
 
 def run_segment(args) -> int:
     """One mask per prompted object on its plane; the labels have the image's non-channel shape."""
-    from napari_promptseg.propagate import _decode_prompt
-    from napari_promptseg.store import StoreError
-    from napari_promptseg.tiles import wants_tiles
-
-    from .prompt_files import read_prompts
+    import napari_promptseg as ps
+    from napari_promptseg.cli.prompt_files import read_prompts
 
     image = read_image(args.input)
     rgb, spatial, axis = _layout(image, args.axis)
@@ -104,40 +101,27 @@ def run_segment(args) -> int:
     out_path = check_labels_path(args.out)
     model = load_model(args)
     store = _store(args, model, image, axis)
-    window = store.window if store is not None else _window(args, image, rgb, spatial, axis)
-    shape = tuple(image.shape[:spatial])
-    labels = np.zeros(shape, np.int32)
-    n = shape[axis] if spatial == 3 else 1
+    window = None if store is not None else _window(args, image, rgb, spatial, axis)
+    n = image.shape[axis] if spatial == 3 else 1
+    for k in prompts:
+        if not 0 <= k < n:
+            raise UsageError(f"{args.prompts}: plane {k} is outside the image's {n} planes (axis {axis})")
+    try:
+        labels = ps.segment(model, image, prompts if spatial == 3 else prompts[0], axis=axis,
+                            contrast_limits=window, embeddings=store, skip_empty=True)
+    except ps.StoreError as e:
+        raise UsageError(str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{args.prompts}: {e}") from None
     view = np.moveaxis(labels, axis, 0) if spatial == 3 else labels[None]
     empty = 0
     for k in sorted(prompts):
-        if not 0 <= k < n:
-            raise UsageError(f"{args.prompts}: plane {k} is outside the image's {n} planes (axis {axis})")
-        pixels = _plane(image, axis, k) if spatial == 3 else np.asarray(image)
-        try:
-            emb = store.embedding_for(k if spatial == 3 else (), model, pixels) if store else None
-        except StoreError as e:
-            raise UsageError(str(e)) from None
-        if emb is None:
-            if spatial == 2 and wants_tiles(model, shape):
-                from napari_promptseg.tiles import embed_tiles
-
-                emb = embed_tiles(model, pixels, window)  # only the tiles the prompts need
-            else:
-                emb = model.embed(pixels, contrast_limits=window)
-        taken = np.zeros(shape[-2:] if spatial == 2 else pixels.shape[:2], bool)
+        found = set(np.unique(view[k]).tolist())
         for oid in sorted(prompts[k]):
-            where = f"plane {k}, object {oid}" if spatial == 3 else f"object {oid}"
-            try:
-                m = _decode_prompt(model, emb, prompts[k][oid], where) & ~taken
-            except ValueError as e:
-                if "empty mask" not in str(e):
-                    raise UsageError(f"{args.prompts}: {e}") from None
-                print(f"promptseg segment: {e}: skipped", file=sys.stderr)
+            if oid not in found:
+                where = f"plane {k}, object {oid}" if spatial == 3 else f"object {oid}"
+                print(f"promptseg segment: {where}: the prompt gave an empty mask: skipped", file=sys.stderr)
                 empty += 1
-                continue
-            taken |= m
-            view[k][m] = oid
     write_labels(out_path, labels)
     n_obj = len(np.unique(labels)) - 1
     print(f"{out_path}: {n_obj} object(s) on {len(prompts)} plane(s)"
@@ -150,8 +134,7 @@ def run_propagate(args) -> int:
     from tqdm import tqdm
 
     import napari_promptseg as ps
-
-    from .prompt_files import read_prompts
+    from napari_promptseg.cli.prompt_files import read_prompts
 
     image = read_image(args.input)
     rgb, spatial, axis = _layout(image, args.axis)
@@ -190,7 +173,7 @@ def run_propagate(args) -> int:
 
 def _generator_defaults() -> dict:
     """Both of Meta's generators' parameters (SAM 2's extras are refused for SAM models)."""
-    from napari_promptseg.automatic import EVERYTHING_DEFAULTS, SAM2_EVERYTHING_DEFAULTS
+    from napari_promptseg.models.generator_defaults import EVERYTHING_DEFAULTS, SAM2_EVERYTHING_DEFAULTS
 
     return {**EVERYTHING_DEFAULTS, **{k: v for k, v in SAM2_EVERYTHING_DEFAULTS.items()
                                       if k not in EVERYTHING_DEFAULTS}}
@@ -224,18 +207,17 @@ def run_everything(args) -> int:
     from tqdm import tqdm
 
     import napari_promptseg as ps
-    from napari_promptseg.session.everything import link_plane
+    from napari_promptseg.segmentation.generator import check_params
+    from napari_promptseg.segmentation.link3d import link_plane
 
     files = _inputs(args.inputs)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: --out must be a folder")
     params = everything_params(args)
-    from napari_promptseg.automatic import _params
-
     model = load_model(args)
     try:
-        _params(params, model)
+        check_params(params, model)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +272,7 @@ _PROMPTS_HELP = ("prompts: .json ({plane: [{\"points\": [[row, col], ...], \"lab
                  "layer saved as CSV: axis-0, axis-1, ... and optional label / object columns)")
 
 
-def _common(p, store: bool = True) -> None:
+def add_common_options(p, store: bool = True) -> None:
     p.add_argument("--model", required=True, help="registry name (see `promptseg models`)")
     p.add_argument("--checkpoint", default=None, help="a local checkpoint file: no download")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
@@ -306,7 +288,7 @@ def _prompted(p, input_help: str) -> None:
     p.add_argument("input", help=input_help)
     p.add_argument("--prompts", required=True, help="a .json or .csv prompts file")
     p.add_argument("--out", required=True, help="labels file: .tif or .zarr")
-    _common(p)
+    add_common_options(p)
 
 
 def add_parsers(sub) -> None:
@@ -347,7 +329,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--format", choices=("tif", "zarr"), default="tif", help="labels format (default tif)")
     e.add_argument("--overwrite", action="store_true", help="recompute labels that exist in OUT")
-    _common(e, store=False)
+    add_common_options(e, store=False)
     g = e.add_argument_group("generator parameters (Meta's names; mask-threshold, use-m2m and "
                              "multimask-output: SAM 2 models only)")
     for name, default in _generator_defaults().items():

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import EXAMPLES as MORE_EXAMPLES
-from .commands import _common, add_parsers, load_model, say_download, spec_of
-from .io import UsageError, guess_rgb, read_image
+from napari_promptseg.cli.commands import EXAMPLES as MORE_EXAMPLES
+from napari_promptseg.cli.commands import add_common_options, add_parsers, load_model, say_download, spec_of
+from napari_promptseg.cli.errors import USER_ERRORS, UsageError
+from napari_promptseg.io import guess_rgb, read_image
 
 EXAMPLES = {
     "models": "promptseg models",
@@ -45,7 +46,7 @@ def _embed(args) -> int:
     from tqdm import tqdm
 
     import napari_promptseg as ps
-    from napari_promptseg.store import StoreError
+    from napari_promptseg.embed.store import StoreError
 
     if args.workers is not None and args.scheduler is not None:
         raise UsageError("--workers and --scheduler exclude each other: --workers N starts N local "
@@ -58,7 +59,7 @@ def _embed(args) -> int:
     rgb = guess_rgb(tuple(image.shape))  # a png / jpg photo is one RGB image, not 3 gray planes
     user_errors: tuple[type[Exception], ...] = (StoreError,)
     if distributed:  # the client fetches the weights once; each worker loads the model
-        from napari_promptseg.distributed import WorkerLoadError, embed_store_distributed_iter
+        from napari_promptseg.embed.distributed import WorkerLoadError, embed_store_distributed_iter
         from napari_promptseg.models.weights import WeightsError
 
         user_errors += (WorkerLoadError,)
@@ -117,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                "  promptseg embed stack.tif --model vit_b --out stack.zarr --scheduler tcp://node1:8786",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("input", help="tif / ome-tif, png / jpg, npy or zarr")
-    _common(e, store=False)
+    add_common_options(e, store=False)
     e.add_argument("--out", required=True, help="the store folder, e.g. stack.zarr")
     e.add_argument("--workers", type=int, default=None, metavar="N",
                    help="embed with N local worker processes sharing the cores (default: in this "
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except UsageError as e:
+    except USER_ERRORS as e:
         print(f"promptseg {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

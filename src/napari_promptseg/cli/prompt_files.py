@@ -25,7 +25,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from .io import UsageError
+from napari_promptseg.cli.errors import UsageError
 
 __all__ = ["read_prompts"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from .base import PromptableModel
-from .registry import BACKENDS, REGISTRY, ModelSpec, get_spec, list_models
+from napari_promptseg.models.base import PromptableModel
+from napari_promptseg.models.registry import BACKENDS, REGISTRY, ModelSpec, get_spec, list_models
 
-__all__ = ["ModelSpec", "PromptableModel", "REGISTRY", "list_models", "get_spec", "load_model"]
+__all__ = ["ModelSpec", "PromptableModel", "REGISTRY", "list_models", "get_spec", "load_model", "as_model"]
 
 
 def load_model(
@@ -24,9 +24,9 @@ def load_model(
     ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``. progress: see
     :func:`~napari_promptseg.models.weights.fetch_weights`.
     """
-    from ..devices import resolve_device
-    from .checkpoint import fingerprint, read_state_dict
-    from .weights import fetch_weights
+    from napari_promptseg.core.devices import resolve_device
+    from napari_promptseg.models.checkpoint import fingerprint, read_state_dict
+    from napari_promptseg.models.weights import fetch_weights
 
     spec = name if isinstance(name, ModelSpec) else get_spec(name)
     dev = resolve_device(device)  # fail fast, before any download
@@ -42,3 +42,14 @@ def load_model(
     module, func = BACKENDS[spec.family].split(":")
     build = getattr(importlib.import_module(module), func)
     return build(spec, state, checkpoint_id, dev)
+
+
+def as_model(model) -> PromptableModel:
+    """``model`` itself when it is loaded; a registry name or :class:`ModelSpec` is loaded with
+    :func:`load_model` (cached weights, or a download). TypeError for anything else."""
+    if isinstance(model, (str, ModelSpec)):
+        return load_model(model)
+    if isinstance(model, PromptableModel) or (hasattr(model, "embed") and hasattr(model, "predict")):
+        return model
+    raise TypeError(f"model must be a loaded model (ps.load_model) or a registry name such as 'vit_b', "
+                    f"got {type(model).__name__}")

@@ -6,18 +6,13 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..image import to_rgb_uint8
-from ..prompts import Prompt, make_prompt
-from ..results import Embedding, Prediction
-from .registry import ModelSpec
+from napari_promptseg.core.image import to_rgb_uint8
+from napari_promptseg.core.prompts import Prompt, make_prompt
+from napari_promptseg.core.results import Embedding, Prediction, RegionEmbedding
+from napari_promptseg.models.generator_defaults import GENERATOR_DEFAULTS
+from napari_promptseg.models.registry import ModelSpec
 
 __all__ = ["PromptableModel"]
-
-
-def _is_tiled(embedding) -> bool:
-    from ..tiles import TiledEmbedding
-
-    return isinstance(embedding, TiledEmbedding)
 
 
 class PromptableModel(ABC):
@@ -73,8 +68,6 @@ class PromptableModel(ABC):
         """Segment-everything parameters used when not given: the defaults of Meta's generator for
         this family (:attr:`everything_generator`: :data:`~napari_promptseg.EVERYTHING_DEFAULTS` or
         :data:`~napari_promptseg.SAM2_EVERYTHING_DEFAULTS`) with this model's ``ModelSpec.everything``."""
-        from ..automatic import GENERATOR_DEFAULTS
-
         return {**GENERATOR_DEFAULTS[self.everything_generator], **dict(self.spec.everything)}
 
     def input_zoom(self, shape: tuple[int, int], zoom: float | str | None = None) -> float | None:
@@ -82,7 +75,7 @@ class PromptableModel(ABC):
         side to the input (Meta's resize, exactly); a float = input pixels per image pixel.
 
         zoom: None = the model's :attr:`pixel_scale`, capped where the image would not fit (then
-        fit: a large image is squeezed, as Meta does; :func:`~napari_promptseg.tiles.embed_tiles`
+        fit: a large image is squeezed, as Meta does; :func:`~napari_promptseg.embed.tiles.embed_tiles`
         keeps the scale); ``"fit"``; or a number, which must keep the image inside the input.
         """
         h, w = (int(v) for v in shape[:2])
@@ -136,12 +129,12 @@ class PromptableModel(ABC):
         points: ``(N, 2)`` (row, col) in image pixels; labels: ``(N,)`` 1 = object, 0 = background
         (default all 1); box: ``(row0, col0, row1, col1)``, corners in any order; mask_input:
         ``(h, w)`` or ``(1, h, w)`` low-res logits from a previous prediction of the same object.
-        A :class:`~napari_promptseg.tiles.TiledEmbedding` decodes in the tile the prompt needs.
+        A :class:`~napari_promptseg.embed.tiles.TiledEmbedding` decodes in the tile the prompt needs.
         """
-        if _is_tiled(embedding):
-            self._check_tiled(embedding)
+        if isinstance(embedding, RegionEmbedding):
+            self.check_tiled(embedding)
             return embedding.predict(points, labels, box, mask_input, multimask)
-        self._check_embedding(embedding)
+        self.check_embedding(embedding)
         prompt = make_prompt(
             embedding.original_size, self.low_res_shape, points, labels, box, mask_input
         )
@@ -156,8 +149,8 @@ class PromptableModel(ABC):
         """
         from skimage.transform import resize
 
-        if _is_tiled(embedding):
-            self._check_tiled(embedding)
+        if isinstance(embedding, RegionEmbedding):
+            self.check_tiled(embedding)
             return embedding.mask_prompt(mask, strength)
         m = np.asarray(mask)
         if m.shape != tuple(embedding.original_size):
@@ -186,7 +179,7 @@ class PromptableModel(ABC):
         """
         import torch
 
-        self._check_embedding(embedding)
+        self.check_embedding(embedding)
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         masks = [None] * len(pts) if mask_input is None else [np.asarray(m, np.float32) for m in mask_input]
         preds = [self.predict(embedding, points=p[None], multimask=multimask, mask_input=m)
@@ -204,12 +197,15 @@ class PromptableModel(ABC):
         sits in the top-left corner of the square input)."""
         return tuple(embedding.input_size), tuple(embedding.original_size), int(self.image_size)
 
-    def _check_tiled(self, tiled) -> None:
+    def check_tiled(self, tiled) -> None:
+        """ValueError unless the tiled embedding ``tiled`` was made with this model."""
         if tiled.model is not self:
             raise ValueError(f"this tiled embedding is for model {tiled.model.name!r}, not for this "
                              f"{self.name!r}; make one with ps.embed_tiles(model, image)")
 
-    def _check_embedding(self, embedding: Embedding) -> None:
+    def check_embedding(self, embedding: Embedding) -> None:
+        """TypeError / ValueError unless ``embedding`` was made by this model (name, checkpoint,
+        preprocessing)."""
         if not isinstance(embedding, Embedding):
             raise TypeError(f"expected an Embedding from model.embed(), got {type(embedding).__name__}")
         mine = (self.name, self.checkpoint_id, self.preprocessing)

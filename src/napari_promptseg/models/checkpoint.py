@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .weights import WeightsError
+from napari_promptseg.models.weights import WeightsError
 
 __all__ = ["read_state_dict", "fingerprint"]
 

@@ -12,8 +12,8 @@ __all__ = ["ModelSpec", "REGISTRY", "BACKENDS", "DEMO_MODEL", "get_spec", "list_
 
 # family -> "module:function" that builds a model object from (spec, state_dict, device).
 BACKENDS: dict[str, str] = {
-    "sam": "napari_promptseg.models.sam:build_sam_model",
-    "sam2": "napari_promptseg.models.sam2:build_sam2_model",
+    "sam": "napari_promptseg.models.sam.model:build_sam_model",
+    "sam2": "napari_promptseg.models.sam2.model:build_sam2_model",
 }
 
 

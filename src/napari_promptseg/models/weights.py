@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .registry import DEMO_MODEL, REGISTRY, ModelSpec
+from napari_promptseg.models.registry import DEMO_MODEL, REGISTRY, ModelSpec
 
 __all__ = [
     "WeightsError", "cache_dir", "weights_path", "fetch_weights", "ProgressCallback", "packaged_path",

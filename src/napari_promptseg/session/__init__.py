@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..interactive import ObjectPrompt
-from .core import AnnotationSession, SessionEvents
-from .jobs import Job, run_now
+from napari_promptseg.core.prompts import ObjectPrompt
+from napari_promptseg.session.core import AnnotationSession, SessionEvents
+from napari_promptseg.session.jobs import Job, run_now
 
 __all__ = ["AnnotationSession", "SessionEvents", "Job", "run_now", "ObjectPrompt"]

@@ -21,18 +21,18 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..labels_io import LabelsCommit
-from ..propagate import MIN_OVERLAP, MIN_SCORE
-from .decoding import Decoder
-from .embedding import PlaneEmbedder
-from .events import SessionEvents
-from .everything import EverythingRunner, scope_of
-from .jobs import Job, run_now
-from .labels import CommitLog
-from .planes import ObjectPrompt, Plane, image_shape, prompts_json, with_prompt
-from .preview import Preview
-from .propagation import Propagator, method_for
-from .text import status_line
+from napari_promptseg.labels.write import LabelsCommit
+from napari_promptseg.session.decoding import Decoder
+from napari_promptseg.session.embedding import PlaneEmbedder
+from napari_promptseg.session.events import SessionEvents
+from napari_promptseg.session.everything import EverythingRunner, scope_of
+from napari_promptseg.session.jobs import Job, run_now
+from napari_promptseg.session.labels import CommitLog
+from napari_promptseg.session.planes import ObjectPrompt, Plane, image_shape, prompts_json, with_prompt
+from napari_promptseg.session.preview import Preview
+from napari_promptseg.session.propagation import Propagator
+from napari_promptseg.session.settings import CommitSettings, PropagationSettings, changed, split_changes
+from napari_promptseg.session.text import status_line
 
 __all__ = ["AnnotationSession", "SessionEvents"]
 
@@ -47,16 +47,14 @@ class AnnotationSession:
         self.schedule = scheduler
         self.prefetch = (0 if scheduler is run_now else 4) if prefetch is None else prefetch
         self.autosave_enabled = autosave
-        self.overwrite = False  # commits replace other objects' pixels
-        self.min_score, self.min_overlap = MIN_SCORE, MIN_OVERLAP
-        self.method = "auto"  # propagation: "memory" (SAM 2), "prompt", "auto" (memory if the model has it)
-        self.stop_after: int | None = None  # memory tracking: drop an object after N frames without it
+        self.propagation_settings = PropagationSettings()  # what P does (configure() changes it)
+        self.commit_settings = CommitSettings()  # what K does
         self.model, self.image, self.rgb, self.window, self.disk = model, None, rgb, window, disk
         self.embedder = PlaneEmbedder(scheduler, self.prefetch, disk)
         self.embedder.on_ready, self.embedder.on_status = self._embedded, self._status
         self.propagation = Propagator(scheduler, self._show, self._status, self.events.progress.emit,
                                       lambda: self.embedder.resume(),
-                                      lambda p: self.labels.blocked(p, self.overwrite))
+                                      lambda p: self.labels.blocked(p, self.commit_settings.overwrite))
         self.everything = EverythingRunner(scheduler, self.events.everything.emit, self._status,
                                            self.events.progress.emit, lambda: self.embedder.resume())
         self.embedder.paused = lambda: self.propagation.run is not None or self.everything.run is not None
@@ -159,7 +157,7 @@ class AnnotationSession:
 
     @property
     def embeddings_store(self):
-        """The :class:`~napari_promptseg.store.EmbeddingStore` planes are read from, or None."""
+        """The :class:`~napari_promptseg.embed.store.EmbeddingStore` planes are read from, or None."""
         return self.embedder.store
 
     def _restart_embeddings(self) -> None:
@@ -175,7 +173,7 @@ class AnnotationSession:
 
     @property
     def stack(self):
-        """The :class:`~napari_promptseg.stack.StackEmbeddings` of the image (None without a model)."""
+        """The :class:`~napari_promptseg.embed.stack.StackEmbeddings` of the image (None without a model)."""
         return self.embedder.stack
 
     @property
@@ -308,15 +306,31 @@ class AnnotationSession:
         if self.decoder.defer(lambda: self.propagate(axis)):
             self._status("propagating as soon as the newest prompts are decoded…")
             return True
+        options = self.propagation_settings.options_for(self.model, self._tiled)
         return self.propagation.start(self.model, self.stack, self.plane, int(axis), self.decoder.prompts,
-                                      self.preview_plane,
-                                      min_score=self.min_score, min_overlap=self.min_overlap,
-                                      method=self.propagation_method, stop_after=self.stop_after)
+                                      self.preview_plane, options)
+
+    @property
+    def _tiled(self) -> bool:
+        return self.stack is not None and self.stack.tiled
 
     @property
     def propagation_method(self) -> str:
         """``"memory"`` or ``"prompt"``: what :meth:`propagate` will use with this model."""
-        return method_for(self.model, self.method, self.stack is not None and self.stack.tiled)
+        return self.propagation_settings.method_for(self.model, self._tiled)
+
+    def configure(self, **changes) -> None:
+        """Change settings by name (:mod:`~napari_promptseg.session.settings`: ``method``,
+        ``min_score``, ``min_overlap``, ``stop_after``, ``overwrite``); a bad value raises here
+        and changes nothing."""
+        current = {PropagationSettings: self.propagation_settings, CommitSettings: self.commit_settings}
+        new = {g: changed(current[g], c) for g, c in split_changes(changes).items()}
+        self.propagation_settings = new.get(PropagationSettings, self.propagation_settings)
+        self.commit_settings = new.get(CommitSettings, self.commit_settings)
+
+    def setting_applies(self, name: str) -> bool:
+        """Whether propagation setting ``name`` changes what P does with this model."""
+        return self.propagation_settings.applies(name, self.model, self._tiled)
 
     def cancel_propagation(self) -> None:
         """Stop a running propagation; the planes it finished stay in the preview."""
@@ -336,7 +350,8 @@ class AnnotationSession:
         linked across planes by overlap into 3D ids) into a new int32 labels array of the image's
         shape (numpy for 2D, lazy zarr for stacks), filled plane by plane (events.everything);
         committed labels do not change. params: Meta's generator parameters
-        (:data:`~napari_promptseg.automatic.EVERYTHING_DEFAULTS`). Returns the new array, or None
+        (:data:`~napari_promptseg.models.generator_defaults.EVERYTHING_DEFAULTS`). Returns the new
+        array, or None
         (with a status) when there is no model or image; a bad parameter raises ValueError or
         TypeError before any work. A running propagation or run is cancelled first."""
         if self.image is None or self.stack is None:
@@ -361,7 +376,7 @@ class AnnotationSession:
 
     @property
     def store(self):
-        """The image's autosave store (:class:`~napari_promptseg.autosave.AnnotationStore`) or None."""
+        """The image's autosave store (:class:`~napari_promptseg.labels.autosave.AnnotationStore`) or None."""
         return self.labels.store
 
     def set_target(self, target) -> None:
@@ -378,7 +393,7 @@ class AnnotationSession:
     def commit(self) -> tuple[int, ...]:
         """Write the preview's objects into the target with new ids (one label per object, on
         every plane it is on); clear the prompts. Other objects keep their pixels unless
-        :attr:`overwrite`. Newest prompts still decoding: the commit happens when they show.
+        ``commit_settings.overwrite``. Newest prompts still decoding: the commit happens when they show.
         Returns the new ids (``()`` when nothing was written now)."""
         if self.image is None or self._closed:
             return ()
@@ -393,7 +408,7 @@ class AnnotationSession:
             self._status("nothing to commit: the preview is empty.")
             return ()
         self.ensure_target()
-        c, message = self.labels.commit_preview(groups, self.overwrite, {
+        c, message = self.labels.commit_preview(groups, self.commit_settings.overwrite, {
             "prompts": prompts_json(self.decoder.prompts)}, (*self._lead, *self._plane_shape))
         if c is not None:
             self.events.labels.emit(tuple(e.plane for e in c.edits))

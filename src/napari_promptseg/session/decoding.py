@@ -12,8 +12,17 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from .jobs import Job, run_now
-from .planes import ObjectDecode, ObjectPrompt, Plane, PlaneDecode, extends, offered, present, signature
+from napari_promptseg.session.jobs import Job, run_now
+from napari_promptseg.session.planes import (
+    ObjectDecode,
+    ObjectPrompt,
+    Plane,
+    PlaneDecode,
+    extends,
+    offered,
+    present,
+    signature,
+)
 
 __all__ = ["plan", "decode", "apply", "refine_prompts", "refine", "apply_refined", "predict", "Decoder"]
 
@@ -77,8 +86,8 @@ def apply(decoded: dict[Plane, PlaneDecode], prompts: Mapping[Plane, Mapping[int
 def refine_prompts(painted: np.ndarray, objs: Mapping[int, ObjectPrompt]) -> dict[int, ObjectPrompt]:
     """``G`` on one plane: per object id in the painted ``(H, W)`` preview, its bounding box and
     its points on the plane (``objs``: the plane's prompts)."""
-    from ..interactive import bounding_box
-    from .planes import ids_in
+    from napari_promptseg.core.geometry import bounding_box
+    from napari_promptseg.session.planes import ids_in
 
     empty = ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
     return {i: ObjectPrompt(objs.get(i, empty).points, objs.get(i, empty).labels, bounding_box(painted == i))

@@ -1,6 +1,6 @@
 """The session's embeddings (no Qt): the displayed plane is embedded first, then, while idle, the
 next planes in the direction the user moves; one encoder job at a time, a prefetch gives way to
-the plane shown. The planes themselves live in a :class:`~napari_promptseg.stack.StackEmbeddings`.
+the plane shown. The planes themselves live in a :class:`~napari_promptseg.embed.stack.StackEmbeddings`.
 
 Plane indices are tuples of the leading axes (``()`` for 2D).
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..embeddings import EmbeddingCache
-from .jobs import Job
-from .planes import Plane, fmt
+from napari_promptseg.embed.cache import EmbeddingCache
+from napari_promptseg.session.jobs import Job
+from napari_promptseg.session.planes import Plane, fmt
 
 __all__ = ["PlaneEmbedder"]
 
@@ -21,7 +21,7 @@ class PlaneEmbedder:
 
     on_ready(plane): the displayed plane's embedding is ready; on_status(text): a message;
     paused(): True while prefetching must wait (e.g. a propagation embeds planes itself).
-    store: an embeddings store (:mod:`napari_promptseg.store`) checked for the image and model,
+    store: an embeddings store (:mod:`napari_promptseg.embed.store`) checked for the image and model,
     or None: the planes it holds are read from it, with its window (see :meth:`restart`).
     """
 
@@ -46,7 +46,7 @@ class PlaneEmbedder:
     def restart(self, model, image, window, rgb: bool, plane: Plane) -> None:
         """Embed ``image`` with ``model`` through ``window`` from now on (None model or image: stop);
         with a :attr:`store`, through the store's window."""
-        from ..stack import StackEmbeddings
+        from napari_promptseg.embed.stack import StackEmbeddings
 
         self.stop()
         self.plane = tuple(plane)
@@ -59,9 +59,9 @@ class PlaneEmbedder:
     def use_store(self, store, model, image, rgb: bool) -> str | None:
         """Read planes from ``store`` (an EmbeddingStore or its path; None: no store) from the next
         :meth:`restart` on. Returns what to tell the user (None: nothing changed); raises
-        :class:`~napari_promptseg.store.StoreError` for a store that does not fit (see
+        :class:`~napari_promptseg.embed.store.StoreError` for a store that does not fit (see
         :func:`~.stores.open_for`), keeping the store used so far."""
-        from .stores import open_for, store_note
+        from napari_promptseg.session.stores import open_for, store_note
 
         if store is None:
             if self.store is None:
@@ -74,7 +74,7 @@ class PlaneEmbedder:
     def attach(self, store, model, image, rgb: bool) -> tuple[bool, str | None]:
         """:meth:`use_store` that reports a refusal instead of raising: (taken into use, what to
         tell the user, a refusal's message included)."""
-        from ..store import StoreError
+        from napari_promptseg.embed.store import StoreError
 
         try:
             return True, self.use_store(store, model, image, rgb)
@@ -83,7 +83,7 @@ class PlaneEmbedder:
 
     def drop_unfit_store(self, model) -> str | None:
         """Forget :attr:`store` unless ``model`` made it; returns why it was forgotten (None: kept)."""
-        from ..store import StoreError
+        from napari_promptseg.embed.store import StoreError
 
         if self.store is None or model is None:
             return None
@@ -136,7 +136,7 @@ class PlaneEmbedder:
             return
         where = f" plane {fmt(plane)}" if plane else ""
         if stack.tiled:
-            from ..tiles import tile_side
+            from napari_promptseg.embed.tiles import tile_side
 
             h, w = stack.plane_shape
             side = tile_side(stack.model)

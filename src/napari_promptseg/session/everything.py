@@ -10,60 +10,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..cancel import CancelToken
-from .jobs import Job
-from .planes import Plane
+from napari_promptseg.core.cancel import CancelToken
+from napari_promptseg.segmentation.generator import batch_count, check_params
+from napari_promptseg.segmentation.link3d import link_plane
+from napari_promptseg.session.jobs import Job
+from napari_promptseg.session.planes import Plane
 
-__all__ = ["EverythingRun", "EverythingRunner", "PlaneStep", "link_plane", "LINK_IOU", "scope_of"]
-
-LINK_IOU = 0.5  # an object continues on the next plane when its masks there overlap this much (IoU)
-
-
-def link_plane(prev: np.ndarray | None, labels: np.ndarray, next_id: int,
-               min_iou: float = LINK_IOU) -> tuple[np.ndarray, int]:
-    """Give plane ``labels`` (``(H, W)``, 0 = background, ids 1..n) the ids of the objects of
-    ``prev`` (the neighbouring plane, already linked) they overlap with IoU >= ``min_iou``, best
-    pairs first, one to one; the others get new ids from ``next_id``. Returns the relabelled
-    plane (int32) and the next free id."""
-    labels = np.asarray(labels)
-    n = int(labels.max(initial=0))
-    out = np.zeros(labels.shape, np.int32)
-    if n == 0:
-        return out, next_id
-    mapping = np.zeros(n + 1, np.int64)
-    if prev is not None and prev.any():
-        prev = np.asarray(prev)
-        pv, inv = np.unique(prev, return_inverse=True)
-        inv = inv.reshape(prev.shape)
-        m = len(pv)
-        pairs = (labels.astype(np.int64) * m + inv).ravel()
-        inter = np.bincount(pairs, minlength=(n + 1) * m).reshape(n + 1, m)
-        a, b = inter.sum(1), inter.sum(0)
-        iou = inter / np.maximum(a[:, None] + b[None, :] - inter, 1)
-        iou[0, :] = 0
-        iou[:, pv == 0] = 0
-        used_new, used_old = set(), set()
-        for flat in np.argsort(-iou, axis=None):
-            i, j = divmod(int(flat), m)
-            if iou[i, j] < min_iou:
-                break
-            if i not in used_new and j not in used_old:
-                mapping[i] = pv[j]
-                used_new.add(i)
-                used_old.add(j)
-    for i in range(1, n + 1):
-        if mapping[i] == 0 and np.any(labels == i):
-            mapping[i] = next_id
-            next_id += 1
-    out[...] = mapping[labels]
-    return out, next_id
-
+__all__ = ["EverythingRun", "EverythingRunner", "PlaneStep", "scope_of"]
 
 def scope_of(stack, here: Plane, scope: str, axis: int, shape: tuple[int, ...]) -> tuple[list[Plane], object]:
     """The planes of a run over ``scope`` (``"plane"``: ``here``; ``"line"``: the line of planes
     through ``here`` along leading ``axis``; a 2D image has only its plane) and its new int32
     labels of the image's ``shape`` (numpy for 2D, lazy zarr for stacks)."""
-    from ..labels_io import lazy_labels
+    from napari_promptseg.labels.write import lazy_labels
 
     if scope not in ("plane", "line"):
         raise ValueError(f"scope must be 'plane' or 'line', got {scope!r}")
@@ -107,17 +66,15 @@ class EverythingRunner:
 
     def start(self, model, stack, planes: Sequence[Plane], target, params: dict) -> EverythingRun:
         """Segment every object on ``planes`` of ``stack`` (their embeddings are reused or made)
-        into ``target`` (zeros, the image's shape). params: :data:`~napari_promptseg.automatic.
+        into ``target`` (zeros, the image's shape). params: :data:`~napari_promptseg.segmentation.everything.
         EVERYTHING_DEFAULTS` names; checked here, before any work."""
-        from ..automatic import _params
-
-        _params(dict(params))  # a bad parameter fails now, with its name
+        check_params(dict(params))  # a bad parameter fails now, with its name
         self.cancel()
         run = self.run = EverythingRun(list(planes), target)
-        batches = _batches(params, model)
+        batches = batch_count(check_params(dict(params), model))
 
         def work() -> Iterator:
-            from ..automatic import segment_everything_iter
+            from napari_promptseg.segmentation.everything import segment_everything_iter
 
             prev, next_id = None, 1
             for i, p in enumerate(run.planes):
@@ -179,18 +136,6 @@ class EverythingRunner:
             self.progress(1, 1)
             self.status(f"segment everything stopped after {len(run.done)} of {len(run.planes)} planes.")
             self.finished()
-
-
-def _batches(params: dict, model=None) -> int:
-    """Prompt batches per plane (for one progress bar over all planes)."""
-    from ..automatic import _grids, _params
-
-    p = _params(dict(params), model)
-    grids = _grids(p)
-    per = int(p["points_per_batch"])
-    n_layers = int(p["crop_n_layers"])
-    # crops per layer: 1, 4, 16, ... (as Meta's generate_crop_boxes)
-    return sum((4 ** li) * -(-len(grids[li]) // per) for li in range(n_layers + 1))
 
 
 def _write(target, plane: Plane, labels: np.ndarray) -> None:

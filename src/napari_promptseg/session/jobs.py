@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cancel import Cancelled, CancelToken, cancel_scope
+from napari_promptseg.core.cancel import Cancelled, CancelToken, cancel_scope
 
 __all__ = ["Job", "run_now", "Cancelled"]
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..cancel import Cancelled
-from ..labels_io import (
+from napari_promptseg.core.cancel import Cancelled
+from napari_promptseg.labels.write import (
     LabelsCommit,
     LabelsHistory,
     PlaneEdit,
@@ -142,7 +142,7 @@ class CommitLog:
     # ------------------------------------------------------------------ autosave
     def open_store(self, image, rgb: bool, source_path: str | None) -> str | None:
         """The autosave store of ``image``; returns its summary when it holds an earlier session."""
-        from ..autosave import AnnotationStore
+        from napari_promptseg.labels.autosave import AnnotationStore
 
         self.store = AnnotationStore.for_image(image, rgb=rgb, source_path=source_path)
         found = self.store.exists()
@@ -170,7 +170,7 @@ class CommitLog:
         self._queue.append((planes, {"op": op, "time": time.time(), **record}))
         if self.schedule is None or (len(planes) <= SYNC_PLANES and not self._jobs):
             return self._drain()
-        from .jobs import Job
+        from napari_promptseg.session.jobs import Job
 
         def finished(problem: str | None) -> None:  # a replaced job's queue is drained by the next
             self._jobs -= 1
@@ -206,7 +206,7 @@ class CommitLog:
         return None
 
     def _set_aside(self) -> None:
-        from ..autosave import AnnotationStore
+        from napari_promptseg.labels.autosave import AnnotationStore
 
         root = self.store.root
         root.rename(root.with_name(f"{root.name}.earlier-{time.strftime('%Y%m%d-%H%M%S')}"))

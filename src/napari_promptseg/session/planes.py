@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..interactive import ObjectPrompt
+from napari_promptseg.core.prompts import ObjectPrompt
 
 __all__ = ["Plane", "ObjectPrompt", "ObjectDecode", "PlaneDecode", "signature", "merge_prompts",
            "compose", "ids_in", "fmt", "MIN_CANDIDATE_SCORE", "offered", "PlaneStore"]

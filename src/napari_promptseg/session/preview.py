@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..labels_io import lazy_labels
-from .planes import Plane, PlaneDecode, compose, top_id
+from napari_promptseg.labels.write import lazy_labels
+from napari_promptseg.session.planes import Plane, PlaneDecode, compose, top_id
 
 __all__ = ["Preview"]
 

@@ -9,26 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..cancel import CancelToken
-from ..propagate import propagate_iter
-from .jobs import Job
-from .planes import Plane, PlaneStore, masks_of
+from napari_promptseg.core.cancel import CancelToken
+from napari_promptseg.propagation.api import propagate_iter
+from napari_promptseg.session.jobs import Job
+from napari_promptseg.session.planes import Plane, PlaneStore, masks_of
 
-__all__ = ["PropagationRun", "Propagator", "seeds_and_absent", "method_for"]
-
-
-def method_for(model, method: str, tiled: bool = False) -> str:
-    """``"memory"`` or ``"prompt"``: what a propagation asked for ``method`` (``"memory"``,
-    ``"prompt"``, ``"auto"``) uses with ``model`` (None: ``"prompt"``). tiled: the planes are
-    embedded in tiles; SAM 2's memory tracks whole frames squeezed into its input, so ``"auto"``
-    keeps the tiles' scale with ``"prompt"``."""
-    from ..propagate import resolve_method
-
-    if method == "memory" and not getattr(model, "supports_memory", False):
-        return "prompt"  # a SAM model chosen after SAM 2: its only method
-    if method == "auto" and tiled:
-        return "prompt"
-    return resolve_method(model, method) if model is not None else "prompt"
+__all__ = ["PropagationRun", "Propagator", "seeds_and_absent"]
 
 
 def seeds_and_absent(previews: Mapping[int, np.ndarray]) -> tuple[dict, dict]:
@@ -89,10 +75,10 @@ class Propagator:
         self.run: PropagationRun | None = None
 
     def start(self, model, stack, here: Plane, axis: int, prompted: Iterable[Plane],
-              preview: Callable[[Plane], np.ndarray], **kwargs) -> bool:
+              preview: Callable[[Plane], np.ndarray], options) -> bool:
         """Propagate from the ``prompted`` planes on the line along ``axis`` through ``here``, from
-        their ``preview(plane)`` (``(H, W)`` ids); kwargs go to
-        :func:`~napari_promptseg.propagate_iter`. False: no seed."""
+        their ``preview(plane)`` (``(H, W)`` ids), with ``options`` (``ps.PromptPropagation`` or
+        ``ps.MemoryTracking``). False: no seed."""
         line = set(stack.line(here, axis))
         previews = {p[axis]: preview(p) for p in prompted if p in line}
         self.cancel()
@@ -136,10 +122,10 @@ class Propagator:
             self.finished()  # prefetching may resume
 
         def work():
-            return propagate_iter(model, lambda k: stack.get(run.plane_of(k)), run.n, seeds, absent=absent,
-                                  **kwargs)
+            return propagate_iter(model, lambda k: stack.get(run.plane_of(k)), run.n, seeds, options,
+                                  absent=absent)
 
-        how = " with SAM 2's memory" if kwargs.get("method") == "memory" else ""
+        how = " with SAM 2's memory" if options.method == "memory" else ""
         self.status(f"propagating{how} from plane{'s' * (len(seeds) > 1)} "
                     f"{', '.join(map(str, sorted(seeds)))}…")
         self.schedule(Job("propagate", work, done, failed, step, "propagating", run.token))

@@ -1,7 +1,7 @@
 """Precomputed embeddings stores in the session (no Qt): open and check one for the session's
 image and model, find one beside an image file, and the words the status line uses.
 
-A store (:mod:`napari_promptseg.store`, made by ``promptseg embed`` or ``ps.embed_store_iter``)
+A store (:mod:`napari_promptseg.embed.store`, made by ``promptseg embed`` or ``ps.embed_store_iter``)
 fits when it was made by the same model (name, checkpoint, preprocessing) for an image of the
 same shape, with its planes across the image's last two axes; then the session reads the planes
 it holds instead of encoding them, with the store's intensity window.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import FORMAT, VERSION, EmbeddingStore, StoreError, open_embeddings
-from .planes import Plane
+from napari_promptseg.embed.store import FORMAT, VERSION, EmbeddingStore, StoreError, open_embeddings
+from napari_promptseg.session.planes import Plane
 
 __all__ = ["StoreError", "open_for", "find_store", "store_note"]
 
@@ -25,7 +25,7 @@ def open_for(store, model, image, rgb: bool, plane: Plane) -> EmbeddingStore:
     channels included) and ``model``; :class:`StoreError` with the store's message unless it fits.
     The stored ``plane`` (else the first stored one) is compared with the image's pixels there, so
     a store made for other pixels of the same shape is refused here, not plane by plane later."""
-    from ..stack import store_lead_axes
+    from napari_promptseg.embed.store import store_lead_axes
 
     if model is None or image is None:
         raise StoreError("load a model and choose an image first: a store belongs to both")
@@ -80,7 +80,7 @@ def find_store(image_path, model, shape: tuple[int, ...], rgb: bool) -> Path | N
 
 
 def _last_two_axes(meta: dict) -> bool:
-    from ..store import plane_layout
+    from napari_promptseg.embed.store import plane_layout
 
     shape, rgb = tuple(meta["shape"]), bool(meta["rgb"])
     _, plane_axes, _ = plane_layout(shape, int(meta["axis"]), rgb)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .planes import PlaneDecode, fmt, ids_in, offered
+from napari_promptseg.session.planes import PlaneDecode, fmt, ids_in, offered
 
 __all__ = ["describe", "model_note", "store_note", "status_line"]
 
 
 def model_note(model) -> str:
-    from ..models.registry import DEMO_MODEL
+    from napari_promptseg.models.registry import DEMO_MODEL
 
     return ", the offline demo model: pick another and 'Load model' for real work" if (
         model is not None and model.name == DEMO_MODEL) else ""

@@ -24,7 +24,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, half: bool = True) -
     as a bare state dict, float16 if ``half``; atomically. Returns ``out``."""
     import torch
 
-    from ..models.checkpoint import read_state_dict
+    from napari_promptseg.models.checkpoint import read_state_dict
 
     state = read_state_dict(checkpoint)
     if half:
@@ -55,9 +55,9 @@ def update_registry_hash(name: str, path: str | Path) -> str:
 
 def _compare(checkpoint: Path, exported: Path) -> dict:
     """Held-out IoUs of the float32 checkpoint and of the exported weights."""
-    from ..models.checkpoint import read_state_dict
-    from ..models.sam import build_sam
-    from .loop import evaluate, held_out_set
+    from napari_promptseg.models.checkpoint import read_state_dict
+    from napari_promptseg.models.sam.model import build_sam
+    from napari_promptseg.training.loop import evaluate, held_out_set
 
     items = held_out_set()
     res = {}
@@ -82,8 +82,8 @@ def _describe(checkpoint: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..models.registry import get_spec
-    from ..models.weights import packaged_path
+    from napari_promptseg.models.registry import get_spec
+    from napari_promptseg.models.weights import packaged_path
 
     p = argparse.ArgumentParser(description="Export a training checkpoint as the packaged demo weights.")
     p.add_argument("checkpoint", help="training checkpoint (e.g. RUN_DIR/checkpoint.pt)")

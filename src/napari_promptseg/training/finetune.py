@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..image import intensity_window, to_rgb_uint8
+from napari_promptseg.core.image import intensity_window, to_rgb_uint8
 
 __all__ = [
     "finetune", "finetune_iter", "FinetuneResult", "LabelledSource", "prepare_planes", "read_array", "main",
@@ -136,7 +136,7 @@ def _resize_nearest(lab: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _to_model_input(rgb: np.ndarray, lab: np.ndarray, size: int):
     """Resize like inference (``ResizeLongestSide``): longest side -> ``size``."""
-    from ..models.triton_guard import guard_triton
+    from napari_promptseg.models.triton_guard import guard_triton
 
     guard_triton()  # finetuning may run inside napari: see triton_guard
     from segment_anything.utils.transforms import ResizeLongestSide
@@ -193,14 +193,14 @@ def _holdout(groups: list[int], fraction: float, seed: int) -> set[int]:
 
 
 def _any_object(planes, size: int) -> bool:
-    from .sampling import pick_objects
+    from napari_promptseg.training.sampling import pick_objects
 
     return any(len(pick_objects(_to_model_input(r, lab, size)[1], 1, np.random.default_rng(0)))
                for r, lab in planes)
 
 
 def _val_items(planes, size: int, objects: int, seed: int):
-    from .sampling import pick_objects
+    from napari_promptseg.training.sampling import pick_objects
 
     items = []
     for i, (rgb, lab) in enumerate(planes):
@@ -213,8 +213,8 @@ def _val_items(planes, size: int, objects: int, seed: int):
 # -- finetuning -----------------------------------------------------------------------------
 def _base_sam(model, checkpoint, device):
     """(spec, trainable ``Sam``) from a registry name, a ModelSpec or a loaded SAM model."""
-    from ..models import ModelSpec, get_spec, load_model
-    from ..models.sam import SamModel, build_sam
+    from napari_promptseg.models import ModelSpec, get_spec, load_model
+    from napari_promptseg.models.sam.model import SamModel, build_sam
 
     if isinstance(model, (str, ModelSpec)):
         spec = model if isinstance(model, ModelSpec) else get_spec(model)
@@ -251,8 +251,8 @@ def finetune_iter(
     the last one has ``kind="done"`` and ``result`` (a :class:`FinetuneResult`)."""
     import torch
 
-    from ..devices import resolve_device
-    from .loop import TrainConfig, evaluate, train
+    from napari_promptseg.core.devices import resolve_device
+    from napari_promptseg.training.loop import TrainConfig, evaluate, train
 
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     import sys
 
-    from ..models.weights import WeightsError
+    from napari_promptseg.models.weights import WeightsError
 
     try:
         pairs = pair_files(_files(a.images, "--images"), _files(a.labels, "--labels"))

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..image import to_rgb_uint8
-from .sampling import (
+from napari_promptseg.core.image import to_rgb_uint8
+from napari_promptseg.training.sampling import (
     corrective_click,
     interior_point,
     jittered_box,
@@ -35,7 +35,7 @@ from .sampling import (
     random_point,
     tight_box,
 )
-from .synthetic import synthetic_image
+from napari_promptseg.training.synthetic import synthetic_image
 
 __all__ = [
     "TrainConfig", "SyntheticSource", "train", "evaluate", "held_out_set", "init_key_projections",
@@ -142,7 +142,7 @@ def new_sam(arch: str, seed: int = 0):
     """An untrained ``Sam`` of ``arch`` (from ``SAM_ARCHS``), seeded, with :func:`init_key_projections`."""
     import torch
 
-    from ..models.sam import build_sam
+    from napari_promptseg.models.sam.model import build_sam
 
     torch.manual_seed(seed)
     sam = build_sam(arch)
@@ -212,7 +212,7 @@ def _image_loss(sam, feats, labels: np.ndarray, cfg: TrainConfig, rng: np.random
     import torch
     import torch.nn.functional as F
 
-    from .losses import sam_loss
+    from napari_promptseg.training.losses import sam_loss
 
     size = sam.image_encoder.img_size
     ids = pick_objects(labels, cfg.objects_per_image, rng)
@@ -344,7 +344,7 @@ def train(
     """
     import torch
 
-    from ..devices import resolve_device
+    from napari_promptseg.core.devices import resolve_device
 
     device = resolve_device(cfg.device)
     source = source or SyntheticSource()

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_promptseg.core.geometry import extent
+from napari_promptseg.core.geometry import interior_point as _interior_point
+
 __all__ = [
     "pick_objects", "random_point", "jittered_box", "corrective_click", "interior_point", "tight_box",
 ]
@@ -27,18 +30,12 @@ def pick_objects(labels: np.ndarray, k: int, rng: np.random.Generator, min_area:
     return np.sort(ids)
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
-
-
 def random_point(mask: np.ndarray, rng: np.random.Generator, interior_prob: float = 0.5) -> np.ndarray:
     """A ``(row, col)`` pixel of ``mask`` (H, W) bool, uniform over the mask or, with probability
     ``interior_prob``, over the pixels at least 2 px from its edge (when there are any)."""
     from scipy import ndimage as ndi
 
-    r0, c0, r1, c1 = _bbox(mask)
+    r0, c0, r1, c1 = extent(mask)
     crop = mask[r0 : r1 + 1, c0 : c1 + 1]
     if rng.random() < interior_prob:
         inner = ndi.binary_erosion(crop, iterations=2)
@@ -51,7 +48,7 @@ def random_point(mask: np.ndarray, rng: np.random.Generator, interior_prob: floa
 
 def tight_box(mask: np.ndarray) -> np.ndarray:
     """``(row0, col0, row1, col1)`` of the mask's outermost pixels (inclusive)."""
-    return np.array(_bbox(mask), np.float32)
+    return np.array(extent(mask), np.float32)
 
 
 def jittered_box(
@@ -83,7 +80,7 @@ def corrective_click(
     err = gt != pred
     if not err.any():
         return random_point(gt, rng), 1
-    r0, c0, r1, c1 = _bbox(err)
+    r0, c0, r1, c1 = extent(err)
     crop = err[r0 : r1 + 1, c0 : c1 + 1]
     inner = ndi.binary_erosion(crop, iterations=2)
     if inner.any() and rng.random() < 0.7:
@@ -95,11 +92,6 @@ def corrective_click(
 
 
 def interior_point(mask: np.ndarray) -> np.ndarray:
-    """The mask pixel farthest from the background (maximum of the distance transform)."""
-    from scipy import ndimage as ndi
-
-    r0, c0, r1, c1 = _bbox(mask)
-    crop = np.pad(mask[r0 : r1 + 1, c0 : c1 + 1], 1)
-    d = ndi.distance_transform_edt(crop)
-    r, c = np.unravel_index(int(np.argmax(d)), d.shape)
-    return np.array([r - 1 + r0, c - 1 + c0], np.float32)
+    """The mask pixel farthest from the background, float32
+    (:func:`~napari_promptseg.core.geometry.interior_point`)."""
+    return _interior_point(mask).astype(np.float32)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .loop import TrainConfig, train
+    from napari_promptseg.training.loop import TrainConfig, train
 
     torch.set_num_threads(a.threads)
     cfg = TrainConfig(

@@ -1,0 +1,270 @@
+"""Crash-safe autosave of committed labels and the prompts that made them (numpy, stdlib, xxhash).
+
+The annotation session calls :meth:`AnnotationStore.save` after every commit, undo and redo with
+the full content of the planes that changed; opening the same image again (same
+:func:`image_key`) offers to restore with :meth:`AnnotationStore.load`. A store folder holds
+``meta.json`` (shape, dtype, format version), ``planes/plane_<i>_<j>.npz`` (plane index (i, j);
+``plane.npz`` in 2D) and ``journal.jsonl`` (one json record per save). Each plane is written to a
+temporary file in the same folder, fsynced and renamed over the old one (an all-zero plane is
+stored by deleting its file); only then is the journal line appended and fsynced. A kill at any
+instant leaves each plane in its previous or its new state; torn journal lines are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AnnotationStore", "AutosaveWarning", "image_key", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_FORMAT = "napari-promptseg annotations"
+_MAX_PLANES = 16  # planes hashed by image_key
+_PLANE = re.compile(r"plane((?:_\d+)*)\.npz")
+
+
+class AutosaveWarning(UserWarning):
+    """A stored plane could not be read; it is left out of what is restored."""
+
+
+def image_key(image: Any, rgb: bool = False) -> str:
+    """Content key (xxh3_128 hex digest) of ``image``: shape, dtype and pixels.
+
+    image: numpy, dask or zarr array-like of shape (..., H, W), or (..., H, W, C) when ``rgb``.
+    Planes are read one at a time; of a stack with more than 16 planes only 16 evenly spaced
+    ones are hashed (with the shape), so a huge lazy stack is never read whole.
+    """
+    import xxhash
+
+    shape = tuple(int(s) for s in image.shape)
+    dtype = np.dtype(image.dtype)
+    lead = shape[: max(0, len(shape) - (3 if rgb else 2))]
+    h = xxhash.xxh3_128()
+    h.update(json.dumps([_FORMAT, list(shape), dtype.str, bool(rgb)]).encode())
+    n = int(np.prod(lead)) if lead else 1
+    picks = range(n) if n <= _MAX_PLANES else np.unique(np.linspace(0, n - 1, _MAX_PLANES).round())
+    for flat in picks:
+        idx = tuple(int(i) for i in np.unravel_index(int(flat), lead)) if lead else None
+        plane = np.asarray(image if idx is None else image[idx])
+        h.update(np.ascontiguousarray(plane, dtype=dtype).tobytes())
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:  # makes a rename durable on POSIX; directories cannot be opened on Windows
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # not supported by every file system
+        pass
+    os.close(fd)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset, os.PathLike)):
+        return sorted(obj) if isinstance(obj, (set, frozenset)) else os.fspath(obj)
+    raise TypeError(f"{type(obj).__name__} is not json-serialisable")
+
+
+class AnnotationStore:
+    """Autosaved labels of one image in the folder ``root`` (created on the first save)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser()
+
+    def __repr__(self) -> str:
+        return f"AnnotationStore({str(self.root)!r})"
+
+    @classmethod
+    def for_image(cls, image: Any, *, rgb: bool = False, source_path: str | None = None) -> AnnotationStore:
+        """The store of ``image``: ``<source_path>.promptseg/<key[:16]>/`` when the image file's
+        folder is writable, else ``<cache root>/annotations/<key>/`` (``$PROMPTSEG_CACHE_DIR``)."""
+        key = image_key(image, rgb=rgb)
+        if source_path:
+            src = Path(source_path).expanduser()
+            side = Path(f"{src}.promptseg")
+            folder = side if side.is_dir() else src.parent
+            if src.parent.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+                return cls(side / key[:16])
+        from napari_promptseg.models.weights import cache_dir
+
+        return cls(cache_dir() / "annotations" / key)
+
+    # -- paths -----------------------------------------------------------------------------------
+
+    _meta = property(lambda self: self.root / "meta.json")
+    _journal = property(lambda self: self.root / "journal.jsonl")
+
+    def _plane_path(self, idx: tuple[int, ...]) -> Path:
+        return self.root / "planes" / ("plane" + "".join(f"_{i}" for i in idx) + ".npz")
+
+    def _read_meta(self) -> tuple[tuple[int, ...], np.dtype]:
+        try:
+            meta = json.loads(self._meta.read_text())
+            if meta.get("format") != _FORMAT or meta.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
+            return tuple(int(s) for s in meta["shape"]), np.dtype(meta["dtype"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"the autosaved annotations in {self.root} cannot be read ({type(e).__name__}: {e}); "
+                f"delete the folder {self.root} to discard them"
+            ) from None
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def save(self, planes: Mapping[tuple[int, ...], np.ndarray], record: dict, *,
+             shape: tuple[int, ...], dtype: Any) -> None:
+        """Store the full current content of the changed ``planes``, then journal ``record``.
+
+        planes: {plane index (the leading axes of ``shape``, ``()`` in 2D): (H, W) array};
+        record: json-able dict (numpy values are converted), stored with the plane list under
+        ``"planes"``; shape, dtype: of the whole labels array. The meta is (re)written when it
+        is missing or its dtype differs; a different shape raises ValueError.
+        """
+        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        if len(shape) < 2:
+            raise ValueError(f"labels shape must be (..., H, W), got {shape}")
+        lead, hw = shape[:-2], shape[-2:]
+        checked = {}
+        for idx, plane in planes.items():
+            idx = tuple(int(i) for i in (idx if isinstance(idx, tuple) else (idx,)))
+            if len(idx) != len(lead) or not all(0 <= i < s for i, s in zip(idx, lead)):
+                raise ValueError(f"plane index {idx} does not fit the leading axes {lead}")
+            arr = np.asarray(plane)
+            if arr.shape != hw:
+                raise ValueError(f"plane {idx} has shape {arr.shape}, expected {hw}")
+            checked[idx] = arr.astype(dtype, copy=False)
+        (self.root / "planes").mkdir(parents=True, exist_ok=True)
+        try:
+            old_shape, old_dtype = self._read_meta() if self._meta.exists() else (None, None)
+        except ValueError:
+            old_shape, old_dtype = None, None  # unreadable: replaced by the current one
+        if old_shape is not None and old_shape != shape:
+            raise ValueError(f"{self.root} holds labels of shape {old_shape}, not {shape}")
+        if old_dtype != dtype:
+            meta = {"format": _FORMAT, "version": FORMAT_VERSION, "shape": list(shape), "dtype": dtype.str}
+            _write_atomic(self._meta, lambda f: f.write(json.dumps(meta).encode()))
+        for idx, arr in checked.items():
+            path = self._plane_path(idx)
+            if arr.any():
+                _write_atomic(path, lambda f, a=arr: np.savez_compressed(f, plane=a))
+            else:
+                path.unlink(missing_ok=True)
+        _fsync_dir(self.root / "planes")
+        _fsync_dir(self.root)
+        line = json.dumps({**record, "planes": [list(i) for i in checked]}, default=_json_default)
+        with open(self._journal, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a torn line: end it, so that ours stays whole
+                    line = "\n" + line
+            f.write((line + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def clear(self) -> None:
+        """Delete the store's folder."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def records(self) -> list[dict]:
+        """The journal, oldest first; lines torn by a crash are skipped."""
+        try:
+            data = self._journal.read_bytes()
+        except OSError:
+            return []
+        out = []
+        for raw in data.split(b"\n"):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue  # empty, or torn by a crash
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+    def exists(self) -> bool:
+        """Whether there is something to restore (at least one journal record)."""
+        return bool(self.records())
+
+    def load(self) -> tuple[tuple[int, ...], np.dtype, dict[tuple[int, ...], np.ndarray]]:
+        """(shape, dtype, {plane index: (H, W) array}) of every non-empty stored plane.
+
+        Raises ValueError (naming the folder to delete) when the meta is missing or corrupt; an
+        unreadable plane is reported with :class:`AutosaveWarning` and left out.
+        """
+        shape, dtype = self._read_meta()
+        lead, planes = shape[:-2], {}
+        try:
+            names = sorted(os.listdir(self.root / "planes"))
+        except OSError:
+            names = []
+        for name in names:
+            m = _PLANE.fullmatch(name)
+            if not m:
+                continue  # temporary files of an interrupted write
+            idx = tuple(int(i) for i in m.group(1).split("_")[1:])
+            try:
+                with open(self.root / "planes" / name, "rb") as f, np.load(f, allow_pickle=False) as z:
+                    arr = z["plane"]
+                if len(idx) != len(lead) or arr.shape != shape[-2:]:
+                    raise ValueError(f"shape {arr.shape} at {idx} does not fit {shape}")
+            except Exception as e:  # noqa: BLE001 - one bad plane must not block the others
+                warnings.warn(f"autosaved plane {self.root / 'planes' / name} is unreadable "
+                              f"({type(e).__name__}: {e}); it is not restored", AutosaveWarning,
+                              stacklevel=2)
+                continue
+            if arr.any():
+                planes[idx] = arr.astype(dtype, copy=False)
+        return shape, dtype, planes
+
+    def summary(self) -> str:
+        """One line for a restore dialog, e.g. "12 commits, 7 labels on 3 planes, last saved ..."."""
+        ops = Counter(str(r.get("op", "save")) for r in self.records())
+        parts = [_n(n, op) for op, n in ops.items()] or ["nothing saved"]
+        try:
+            planes = self.load()[2]
+            ids = set().union(*(np.unique(p).tolist() for p in planes.values())) - {0}
+            parts.append(f"{_n(len(ids), 'label')} on {_n(len(planes), 'plane')}")
+        except ValueError:
+            parts.append("labels unreadable")
+        try:
+            mtime = self._journal.stat().st_mtime
+            parts.append(f"last saved {time.strftime('%Y-%m-%d %H:%M', time.localtime(mtime))}")
+        except OSError:
+            pass
+        return ", ".join(parts)
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"

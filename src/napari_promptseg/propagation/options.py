@@ -1,0 +1,117 @@
+"""The options of each propagation method, validated when made.
+
+:class:`PromptPropagation`: each plane is prompted with the object's mask on the previous plane
+(any model). :class:`MemoryTracking`: SAM 2's memory tracks the objects (SAM 2 models). The type
+of the options object chooses the method; :func:`default_options` gives the model's default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PromptPropagation", "MemoryTracking", "PROMPT_STRATEGIES", "default_options", "check_count"]
+
+#: How the previous slice's mask prompts the next slice:
+#: ``"box"``: its bounding box; ``"box+logits"``: the box and the previous low-res logits as
+#: ``mask_input``; ``"box+point"``: the box and a positive point at the mask's most interior
+#: pixel; ``"box+point+logits"``: all three; ``"point"``: the point alone (three candidate masks,
+#: the best-scoring one); ``"point+logits"``: the point and the logits (one mask).
+PROMPT_STRATEGIES = ("box", "box+logits", "box+point", "box+point+logits", "point", "point+logits")
+
+
+def check_count(name: str, v, low: int) -> int | None:
+    """``v`` as an int (None stays None); ValueError unless a whole number >= ``low``."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low} or None, got {v!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class PromptPropagation:
+    """Propagate by prompting each plane with the object's mask on the previous plane.
+
+    min_score: stop an object when its predicted IoU falls below this; min_overlap: ... when the
+    IoU of its masks on consecutive planes falls below this (it jumped to something else);
+    min_area: ... when its mask has fewer pixels (it vanished); max_slices: at most this many
+    planes from each seed in each direction (None: no limit); strategy: one of
+    :data:`PROMPT_STRATEGIES` (default box + the previous logits, chosen by measurement, see
+    :mod:`napari_promptseg.propagation.api`); box_margin: each side of a box prompt moves out by
+    this fraction of the box's side plus 2 px (0: the tight box, the measured best).
+    """
+
+    min_score: float = 0.65
+    min_overlap: float = 0.2
+    min_area: int = 10
+    max_slices: int | None = None
+    strategy: str = "box+logits"
+    box_margin: float = 0.0
+
+    method = "prompt"
+
+    def __post_init__(self) -> None:
+        for name in ("min_score", "min_overlap"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not 0 <= float(v) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {v!r}")
+            object.__setattr__(self, name, float(v))
+        object.__setattr__(self, "min_area", check_count("min_area", self.min_area, 0))
+        if self.min_area is None:
+            raise ValueError("min_area must be an integer >= 0, got None")
+        object.__setattr__(self, "max_slices", check_count("max_slices", self.max_slices, 0))
+        if self.strategy not in PROMPT_STRATEGIES:
+            raise ValueError(f"strategy must be one of {PROMPT_STRATEGIES}, got {self.strategy!r}")
+        m = self.box_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float, np.number)) or not (
+                math.isfinite(float(m)) and float(m) >= 0):
+            raise ValueError(f"box_margin must be a finite number >= 0, got {m!r}")
+        object.__setattr__(self, "box_margin", float(m))
+
+
+@dataclass(frozen=True)
+class MemoryTracking:
+    """Track with SAM 2's memory (Meta's video predictor, fed from memory).
+
+    max_slices: at most this many planes from the earliest prompt in each direction (None: all);
+    stop_after: an object stops after this many consecutive planes without it (None: never).
+    The object score of SAM 2 decides where an object is absent.
+    """
+
+    max_slices: int | None = None
+    stop_after: int | None = None
+
+    method = "memory"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_slices", check_count("max_slices", self.max_slices, 0))
+        object.__setattr__(self, "stop_after", check_count("stop_after", self.stop_after, 1))
+
+
+Options = PromptPropagation | MemoryTracking
+
+
+def default_options(model, tiled: bool = False) -> Options:
+    """The default method for ``model``: memory tracking when it has a memory (SAM 2) and its
+    planes are not tiled (SAM 2 tracks whole frames squeezed into its input), else prompts."""
+    if getattr(model, "supports_memory", False) and not tiled:
+        return MemoryTracking()
+    return PromptPropagation()
+
+
+def check_options(model, options) -> Options:
+    """``options`` (None: :func:`default_options`) if they fit ``model``; TypeError / ValueError
+    otherwise (memory tracking needs a model with a memory)."""
+    if options is None:
+        return default_options(model)
+    if not isinstance(options, (PromptPropagation, MemoryTracking)):
+        raise TypeError(f"options must be ps.PromptPropagation(...) or ps.MemoryTracking(...), "
+                        f"got {type(options).__name__}")
+    if isinstance(options, MemoryTracking) and not getattr(model, "supports_memory", False):
+        raise ValueError(
+            f"model {getattr(model, 'name', model)!r} has no memory: MemoryTracking needs a SAM 2 model "
+            "(e.g. 'sam2.1_hiera_tiny'); use ps.PromptPropagation() with SAM models")
+    return options
