@@ -241,7 +241,7 @@ def bench_m2m(args, arch: str = "sam2.1_hiera_t", n: int = 64) -> None:
     emb = model.embed(image)
     pts = np.random.default_rng(0).uniform(0, args.size, (n, 2))
     _, _, low = model.decode_points(emb, pts, multimask=False)
-    prior = torch.clamp(low, -32.0, 32.0)
+    prior = torch.as_tensor(np.clip(low, -32.0, 32.0))
     net, side = model.net, model._image_side(emb)
     f0, f1, _ = model.features_on_device(emb)
     xy = pts[:, ::-1] * (model.image_size / args.size)
@@ -269,7 +269,7 @@ def bench_m2m(args, arch: str = "sam2.1_hiera_t", n: int = 64) -> None:
         t = time.perf_counter()
         ref = meta()
         meta_t.append(time.perf_counter() - t)
-    diff = float((ours - ref[keep[:, 0]]).abs().max())
+    diff = float((torch.as_tensor(ours) - ref[keep[:, 0]]).abs().max())
     o, m = statistics.median(ours_t), statistics.median(meta_t)
     text = "\n".join([
         "### SAM 2 use_m2m refinement at 1024² (bench_everything.py --only m2m)",

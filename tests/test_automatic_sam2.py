@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-import napari_promptseg as ps
 from napari_promptseg.models.base import PromptableModel
+from napari_promptseg.models.generator_defaults import EVERYTHING_DEFAULTS, SAM2_EVERYTHING_DEFAULTS
 from napari_promptseg.segmentation.everything import segment_everything
 
 from .conftest import SAM2_CONFIG, SAM2_TEST_OVERRIDES, blobs_image, mask_iou
@@ -126,8 +126,8 @@ def test_sam2_defaults_are_metas(sam2_model):
 
     sig = inspect.signature(SAM2AutomaticMaskGenerator.__init__).parameters
     metas = {k: v.default for k, v in sig.items() if k not in ("self", "model", "output_mode", "kwargs")}
-    assert sam2_model.everything_defaults == metas == ps.SAM2_EVERYTHING_DEFAULTS
-    assert metas["pred_iou_thresh"] != ps.EVERYTHING_DEFAULTS["pred_iou_thresh"]  # 0.8, SAM's 0.88
+    assert sam2_model.everything_defaults == metas == SAM2_EVERYTHING_DEFAULTS
+    assert metas["pred_iou_thresh"] != EVERYTHING_DEFAULTS["pred_iou_thresh"]  # 0.8, SAM's 0.88
 
 
 def test_sam2_parameters_are_refused_where_they_mean_nothing(sam2_model, demo_model):
@@ -151,14 +151,15 @@ def test_batched_sam2_decoder_equals_prompt_by_prompt(sam2_model, multimask):
     s1, k1, l1 = sam2_model.decode_points(emb, pts, multimask=multimask, min_score=thr, batch=5)
     s2, k2, l2 = PromptableModel.decode_points(sam2_model, emb, pts, multimask=multimask, min_score=thr)
     np.testing.assert_allclose(s1, s2, atol=1e-5)
-    assert torch.equal(k1, k2) and 0 < len(k1) < s1.numel()
+    np.testing.assert_array_equal(k1, k2)
+    assert 0 < len(k1) < s1.size and k1.dtype == np.int64
     np.testing.assert_allclose(l1, l2, atol=1e-4)
     # a mask prompt per point (Meta's use_m2m step), by the official decoder in batches
     prior = torch.as_tensor(np.stack([sam2_model.predict(emb, points=[p]).logits[0] for p in pts[:7]]))
     s1, k1, l1 = sam2_model.decode_points(emb, pts[:7], multimask=False, mask_input=prior, batch=3)
     s2, k2, l2 = PromptableModel.decode_points(sam2_model, emb, pts[:7], multimask=False, mask_input=prior)
     np.testing.assert_allclose(s1, s2, atol=1e-5)
-    assert torch.equal(k1, k2)
+    np.testing.assert_array_equal(k1, k2)
     np.testing.assert_allclose(l1, l2, atol=1e-4)
 
 

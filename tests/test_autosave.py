@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_promptseg.labels.autosave import AnnotationStore, AutosaveWarning, image_key
+from napari_promptseg.core.hashing import image_key
+from napari_promptseg.labels.autosave import AnnotationStore, AutosaveWarning
 
 
 class CountingArray:

@@ -17,7 +17,7 @@ import napari_promptseg as ps
 from napari_promptseg.core.image import to_rgb_uint8
 from napari_promptseg.core.results import Embedding
 from napari_promptseg.embed.cache import CacheWarning, DiskCache, EmbeddingCache, embed_cached, embedding_key
-from napari_promptseg.embed.disk_cache import DEFAULT_DTYPE, FORMAT_VERSION
+from napari_promptseg.embed.entry import DEFAULT_DTYPE, FORMAT_VERSION
 from tests.component_model import ComponentModel, blob_image
 
 WINDOW = (1000, 30000)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["to_rgb_uint8", "intensity_window", "stack_window", "image_plane", "check_limits",
-           "DEFAULT_PERCENTILES"]
+__all__ = ["to_rgb_uint8", "intensity_window", "stack_window", "image_plane", "sampled_planes",
+           "check_limits", "DEFAULT_PERCENTILES"]
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
 _MAX_SAMPLES = 1 << 20
-_WINDOW_PLANES = 16  # planes sampled for the default window of a large stack
+_SAMPLED_PLANES = 16  # planes read for a stack's window and content key
 
 
 def _check_array(image) -> np.ndarray:
@@ -88,6 +88,14 @@ def intensity_window(
     return float(lo), float(hi)
 
 
+def sampled_planes(lead: tuple[int, ...], k: int = _SAMPLED_PLANES) -> list[tuple[int, ...]]:
+    """Indices of at most ``k`` evenly spaced planes of a stack whose plane axes have the sizes
+    ``lead`` (all of them when there are no more; ``[()]`` for a single 2D image)."""
+    n = int(np.prod(lead)) if lead else 1
+    picks = np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
+    return [tuple(int(v) for v in np.unravel_index(int(i), lead)) for i in picks]
+
+
 def image_plane(arr, lead_axes: tuple[int, ...], idx: tuple[int, ...]) -> np.ndarray:
     """Plane ``idx`` of ``arr`` (numpy, zarr, dask, a memory map): the coordinates ``idx`` on the
     axes ``lead_axes``, every other axis whole. Only that plane's pixels are read."""
@@ -112,9 +120,7 @@ def stack_window(stack, rgb: bool = False, lead_axes: tuple[int, ...] | None = N
     spatial = stack.ndim - (1 if rgb else 0)
     lead_axes = tuple(range(spatial - 2)) if lead_axes is None else tuple(int(a) for a in lead_axes)
     lead = tuple(int(stack.shape[a]) for a in lead_axes)
-    n = int(np.prod(lead)) if lead else 1
-    picks = np.unique(np.linspace(0, n - 1, min(n, _WINDOW_PLANES)).round().astype(int))
-    planes = np.stack([image_plane(stack, lead_axes, np.unravel_index(i, lead)) for i in picks])
+    planes = np.stack([image_plane(stack, lead_axes, idx) for idx in sampled_planes(lead)])
     return intensity_window(planes.reshape(-1, 1, planes.shape[-1]) if rgb else planes)
 
 

@@ -8,9 +8,9 @@ is dropped. Deleting (eviction, ``clear``, a corrupt entry) renames the entry to
 group directory's modification time is the recency: ``get`` touches it, eviction removes the
 oldest first.
 
-Every array carries an xxh3 checksum of its stored bytes: a truncated, missing or garbled chunk
-(zarr reads a missing chunk as zeros) is detected, reported with a :class:`CacheWarning`, deleted
-and recomputed by the caller. zarr (and torch, for torch features) are imported only when used.
+Entries are in :mod:`napari_promptseg.embed.entry`'s format (checksummed arrays): a truncated,
+missing or garbled chunk is detected, reported with a :class:`CacheWarning`, deleted and
+recomputed by the caller.
 """
 
 from __future__ import annotations
@@ -25,32 +25,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from napari_promptseg.core.results import Embedding
+from napari_promptseg.embed.entry import DEFAULT_DTYPE, EntryError, read_entry, write_entry
 
-__all__ = ["DiskCache", "CacheWarning", "FORMAT_VERSION", "DEFAULT_DTYPE", "default_max_bytes",
-           "read_entry", "write_entry"]
+__all__ = ["DiskCache", "CacheWarning", "default_max_bytes"]
 
-#: bump when the layout or the meaning of the stored arrays changes: older entries are then
-#: reported and recomputed
-FORMAT_VERSION = 1
-#: storage dtype of floating-point features; float16 halves the size and passes the mask parity
-#: test (tests/test_disk_cache.py::test_float16_storage_keeps_masks)
-DEFAULT_DTYPE = "float16"
 DEFAULT_GB = 10.0
-_FORMAT = "napari-promptseg embedding"
 _KEY = re.compile(r"[0-9a-f]{8,128}")
 _STALE_S = 3600.0  # temporary folders older than this were left by a crashed writer
-_F16_MAX = float(np.finfo(np.float16).max)
 
 
 class CacheWarning(UserWarning):
     """A cached embedding could not be read or written; it is (re)computed instead."""
-
-
-class _Corrupt(Exception):
-    pass
 
 
 def default_max_bytes() -> int:
@@ -85,12 +71,6 @@ def _tree_bytes(path: str) -> int:
     except OSError:
         pass
     return total
-
-
-def _digest(arr: np.ndarray) -> str:
-    import xxhash
-
-    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(arr).data)
 
 
 class DiskCache:
@@ -154,7 +134,7 @@ class DiskCache:
             return emb
         if not path.is_dir():
             return None  # evicted by another thread or process while we read it
-        why = str(error) if isinstance(error, _Corrupt) else f"{type(error).__name__}: {error}"
+        why = str(error) if isinstance(error, EntryError) else f"{type(error).__name__}: {error}"
         warnings.warn(
             f"the cached embedding {path} is unusable ({why}); deleting it, the embedding is "
             "recomputed", CacheWarning, stacklevel=2,
@@ -253,96 +233,3 @@ class DiskCache:
         except OSError:  # gone already, or in use (Windows): leave it
             return
         shutil.rmtree(trash, ignore_errors=True)
-
-
-def read_entry(path: Path, key: str | None, device: Any = "cpu", model=None) -> Embedding:
-    """The embedding in the entry folder ``path`` (checked: format, ``key`` unless None, ``model``
-    unless None, every checksum); raises ``_Corrupt`` (or zarr's errors) when it is unusable."""
-    import zarr
-    from zarr.storage import LocalStore
-
-    group = zarr.open_group(store=LocalStore(path, read_only=True), mode="r")
-    meta = group.attrs.asdict()
-    if meta.get("format") != _FORMAT:
-        raise _Corrupt("not a napari-promptseg embedding")
-    if meta.get("version") != FORMAT_VERSION:
-        raise _Corrupt(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
-    if key is not None and meta.get("key") != key:
-        raise _Corrupt(f"it was stored under key {meta.get('key')!r}")
-    if model is not None:
-        mine = (model.name, model.checkpoint_id, model.preprocessing)
-        theirs = (meta.get("model"), meta.get("checkpoint_id"), meta.get("preprocessing"))
-        if mine != theirs:
-            raise _Corrupt(f"made by {theirs}, not by the requesting model {mine}")
-    feats = {}
-    for f in meta["features"]:
-        arr = group[f["array"]][...]
-        if list(arr.shape) != f["shape"] or str(arr.dtype) != f["stored_dtype"]:
-            raise _Corrupt(f"feature {f['name']!r} has shape {arr.shape} {arr.dtype}, "
-                           f"expected {tuple(f['shape'])} {f['stored_dtype']}")
-        if _digest(arr) != f["xxh3"]:
-            raise _Corrupt(f"feature {f['name']!r} fails its checksum (truncated or garbled chunk)")
-        feats[f["name"]] = _restore(arr, f, device)
-    return Embedding(
-        model=str(meta["model"]),
-        checkpoint_id=str(meta["checkpoint_id"]),
-        preprocessing=str(meta["preprocessing"]),
-        original_size=tuple(int(v) for v in meta["original_size"]),
-        input_size=tuple(int(v) for v in meta["input_size"]),
-        features=feats,
-    )
-
-def _restore(arr: np.ndarray, f: dict, device):
-    if f["kind"] == "numpy":
-        return arr.astype(f["dtype"], copy=False)
-    import torch
-
-    dtype = getattr(torch, f["dtype"])
-    return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
-
-
-def write_entry(tmp: Path, key: str, emb: Embedding, dtype: str = DEFAULT_DTYPE, **attrs) -> None:
-    """Write ``emb`` as an entry folder at ``tmp`` (a zarr v3 group; floating-point features
-    stored as ``dtype``); ``attrs`` are added to its metadata. Callers rename it into place."""
-    import zarr
-    from zarr.storage import LocalStore
-
-    arrays, feats = {}, []
-    for i, (name, value) in enumerate(emb.features.items()):
-        arr, kind, restore = _to_numpy(value)
-        stored = arr
-        if (dtype == "float16" and arr.dtype.kind == "f" and arr.dtype.itemsize > 2
-                and (arr.size == 0 or float(np.abs(arr).max()) <= _F16_MAX)):
-            stored = arr.astype(np.float16)  # out of range or NaN: kept as it is
-        arrays[f"f{i}"] = stored
-        feats.append({"name": str(name), "array": f"f{i}", "kind": kind, "dtype": restore,
-                      "shape": list(stored.shape), "stored_dtype": str(stored.dtype),
-                      "xxh3": _digest(stored)})
-    meta = {
-        "format": _FORMAT, "version": FORMAT_VERSION, "key": key,
-        "model": emb.model, "checkpoint_id": emb.checkpoint_id,
-        "preprocessing": emb.preprocessing,
-        "original_size": [int(v) for v in emb.original_size],
-        "input_size": [int(v) for v in emb.input_size],
-        "features": feats, **attrs,
-    }
-    group = zarr.create_group(store=LocalStore(tmp), zarr_format=3, attributes=meta)
-    for name, stored in arrays.items():
-        a = group.create_array(
-            name, shape=stored.shape, dtype=stored.dtype,
-            chunks=tuple(max(1, s) for s in stored.shape), compressors=None, fill_value=0,
-            chunk_key_encoding={"name": "default", "separator": "."},
-        )
-        a[...] = stored
-
-
-def _to_numpy(value) -> tuple[np.ndarray, str, str]:
-    """(array, "torch" | "numpy", dtype name to restore)."""
-    if hasattr(value, "detach"):  # a torch tensor
-        dtype = str(value.dtype).removeprefix("torch.")
-        t = value.detach().cpu()
-        if dtype == "bfloat16":  # numpy has no bfloat16
-            t = t.float()
-        return t.numpy(), "torch", dtype
-    arr = np.asarray(value)
-    return arr, "numpy", str(arr.dtype)

@@ -29,7 +29,7 @@ import numpy as np
 from napari_promptseg.core.image import image_plane, stack_window, to_rgb_uint8
 from napari_promptseg.core.results import Embedding
 from napari_promptseg.embed.cache import embedding_key
-from napari_promptseg.embed.disk_cache import DEFAULT_DTYPE, read_entry, write_entry
+from napari_promptseg.embed.entry import DEFAULT_DTYPE, read_entry, write_entry
 
 __all__ = ["StoreError", "EmbeddingStore", "open_embeddings", "embed_store_iter", "plane_layout",
            "store_lead_axes", "create_store", "embed_plane"]

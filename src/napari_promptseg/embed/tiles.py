@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_promptseg.core.geometry import extent
 from napari_promptseg.core.image import intensity_window
 from napari_promptseg.core.results import Embedding, Prediction, RegionEmbedding
 from napari_promptseg.embed.cache import EmbeddingCache, embed_cached
@@ -251,8 +252,8 @@ class TiledEmbedding(RegionEmbedding):
             best = pred.window_mask(pred.best)
             if not best.any() or not _touches_inner_edge(best, region, self.shape):
                 break
-            rows, cols = np.flatnonzero(best.any(1)), np.flatnonzero(best.any(0))
-            ext = (region[0] + rows[0], region[1] + cols[0], region[0] + rows[-1], region[1] + cols[-1])
+            r0, c0, r1, c1 = extent(best)
+            ext = (region[0] + r0, region[1] + c0, region[0] + r1, region[1] + c1)
             bigger = self.window_around(ext)
             if bigger == region:
                 break
@@ -284,11 +285,10 @@ class TiledEmbedding(RegionEmbedding):
         m = np.asarray(mask, bool)
         if m.shape != self.shape:
             raise ValueError(f"mask shape {m.shape} does not match the tiled image {self.shape}")
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        if not len(rows):
+        ext = extent(m)
+        if ext is None:
             region = self.grid.tiles[0].box
         else:
-            ext = (rows[0], cols[0], rows[-1], cols[-1])
             t = self.grid.at((ext[0] + ext[2]) / 2, (ext[1] + ext[3]) / 2)
             region = t.box if _contains(t.box, ext) else self.window_around(ext)
         r0, c0, r1, c1 = region

@@ -1,13 +1,14 @@
 """Crash-safe autosave of committed labels and the prompts that made them (numpy, stdlib, xxhash).
 
 The annotation session calls :meth:`AnnotationStore.save` after every commit, undo and redo with
-the full content of the planes that changed; opening the same image again (same
-:func:`image_key`) offers to restore with :meth:`AnnotationStore.load`. A store folder holds
-``meta.json`` (shape, dtype, format version), ``planes/plane_<i>_<j>.npz`` (plane index (i, j);
-``plane.npz`` in 2D) and ``journal.jsonl`` (one json record per save). Each plane is written to a
-temporary file in the same folder, fsynced and renamed over the old one (an all-zero plane is
-stored by deleting its file); only then is the journal line appended and fsynced. A kill at any
-instant leaves each plane in its previous or its new state; torn journal lines are skipped.
+the full content of the planes that changed; opening the same image again (same content key,
+:func:`~napari_promptseg.core.hashing.image_key`) offers to restore with
+:meth:`AnnotationStore.load`. A store folder holds ``meta.json`` (shape, dtype, format version),
+``planes/plane_<i>_<j>.npz`` (plane index (i, j); ``plane.npz`` in 2D) and ``journal.jsonl``
+(one json record per save). Each plane is written to a temporary file in the same folder,
+fsynced and renamed over the old one (an all-zero plane is stored by deleting its file); only
+then is the journal line appended and fsynced. A kill at any instant leaves each plane in its
+previous or its new state; torn journal lines are skipped.
 """
 
 from __future__ import annotations
@@ -26,39 +27,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AnnotationStore", "AutosaveWarning", "image_key", "FORMAT_VERSION"]
+from napari_promptseg.core.hashing import image_key
+
+__all__ = ["AnnotationStore", "AutosaveWarning", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _FORMAT = "napari-promptseg annotations"
-_MAX_PLANES = 16  # planes hashed by image_key
 _PLANE = re.compile(r"plane((?:_\d+)*)\.npz")
 
 
 class AutosaveWarning(UserWarning):
     """A stored plane could not be read; it is left out of what is restored."""
-
-
-def image_key(image: Any, rgb: bool = False) -> str:
-    """Content key (xxh3_128 hex digest) of ``image``: shape, dtype and pixels.
-
-    image: numpy, dask or zarr array-like of shape (..., H, W), or (..., H, W, C) when ``rgb``.
-    Planes are read one at a time; of a stack with more than 16 planes only 16 evenly spaced
-    ones are hashed (with the shape), so a huge lazy stack is never read whole.
-    """
-    import xxhash
-
-    shape = tuple(int(s) for s in image.shape)
-    dtype = np.dtype(image.dtype)
-    lead = shape[: max(0, len(shape) - (3 if rgb else 2))]
-    h = xxhash.xxh3_128()
-    h.update(json.dumps([_FORMAT, list(shape), dtype.str, bool(rgb)]).encode())
-    n = int(np.prod(lead)) if lead else 1
-    picks = range(n) if n <= _MAX_PLANES else np.unique(np.linspace(0, n - 1, _MAX_PLANES).round())
-    for flat in picks:
-        idx = tuple(int(i) for i in np.unravel_index(int(flat), lead)) if lead else None
-        plane = np.asarray(image if idx is None else image[idx])
-        h.update(np.ascontiguousarray(plane, dtype=dtype).tobytes())
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Committing objects into a labels array of any backing, plane by plane, with safe undo and redo.
+"""Committing objects into a labels array of any backing, plane by plane; each commit can be undone
+(:mod:`napari_promptseg.labels.history` keeps the undo and redo stacks).
 
 numpy + zarr only (no napari, no Qt). A *target* is a writable integer array whose last two axes
 are (H, W): a numpy array, a zarr array, a dask array (written with ``__setitem__``, which updates
@@ -19,8 +20,7 @@ import zarr
 import zarr.storage
 
 __all__ = [
-    "LabelsCommit", "LabelsHistory", "PlaneEdit", "lazy_labels", "level0", "max_label", "read_plane",
-    "write_objects",
+    "LabelsCommit", "PlaneEdit", "Plane", "lazy_labels", "level0", "max_label", "read_plane", "write_objects",
 ]
 
 Plane = tuple[int, ...]
@@ -214,61 +214,3 @@ def write_objects(
         _write(levels, idx, plane, where)
     ids = tuple(range(start, last + 1))
     return LabelsCommit(tuple(edits), ids, {int(key): i for key, i in zip(present, ids)})
-
-
-def _planes_text(planes: list[Plane]) -> str:
-    if not any(planes):
-        return "the image"
-    return "plane(s) " + ", ".join(str(p[0]) if len(p) == 1 else str(p) for p in planes)
-
-
-class LabelsHistory:
-    """Undo and redo stacks of :class:`LabelsCommit` for one labels target.
-
-    Undo and redo refuse (and write nothing) when the committed pixels were edited since."""
-
-    def __init__(self) -> None:
-        self._done: list[LabelsCommit] = []
-        self._undone: list[LabelsCommit] = []
-
-    @property
-    def can_undo(self) -> bool:
-        return bool(self._done)
-
-    @property
-    def can_redo(self) -> bool:
-        return bool(self._undone)
-
-    def record(self, c: LabelsCommit) -> None:
-        """Remember a commit just written (clears the redo stack); empty commits are ignored."""
-        if c.edits:
-            self._done.append(c)
-            self._undone.clear()
-
-    def undo(self, target) -> tuple[LabelsCommit | None, str | None]:
-        """Undo the last commit: (the commit, None), or (None, why not)."""
-        return self._move(self._done, self._undone, target, undo=True)
-
-    def redo(self, target) -> tuple[LabelsCommit | None, str | None]:
-        """Redo the last undone commit: (the commit, None), or (None, why not)."""
-        return self._move(self._undone, self._done, target, undo=False)
-
-    @staticmethod
-    def _move(src: list, dst: list, target, undo: bool) -> tuple[LabelsCommit | None, str | None]:
-        if not src:
-            return None, f"nothing to {'undo' if undo else 'redo'}."
-        c = src[-1]
-        changed = c.changed_since(target, undone=not undo)
-        if changed:
-            return None, (
-                f"the labels changed at the committed pixels since the commit "
-                f"({_planes_text(changed)}: brush or eraser edits?): undo them with Ctrl-Z first, "
-                "or edit by hand"
-            )
-        (c.undo if undo else c.redo)(target)
-        dst.append(src.pop())
-        return c, None
-
-    def clear(self) -> None:
-        self._done.clear()
-        self._undone.clear()

@@ -171,25 +171,27 @@ class PromptableModel(ABC):
         """One positive point per prompt, many prompts at once (segment everything).
 
         points: ``(B, 2)`` float (row, col) in image pixels; mask_input: None, or ``(B, h, w)``
-        low-resolution logits, one mask prompt per point. Returns ``(scores, keep, low)``:
-        scores ``(B, K)`` float32 tensor of predicted IoUs; keep ``(M, 2)`` int64 tensor of
-        ``(prompt, mask)`` pairs whose score is > ``min_score`` (all when None); low ``(M, h, w)``
-        float32 tensor of their low-resolution logits (:meth:`upscale_args` maps them to the image).
-        Backends override this with a batched decoder; this default decodes prompt by prompt.
+        low-resolution logits, one mask prompt per point. Returns numpy ``(scores, keep, low)``:
+        scores ``(B, K)`` float32 predicted IoUs; keep ``(M, 2)`` int64 ``(prompt, mask)`` pairs
+        whose score is > ``min_score`` (all when None); low ``(M, h, w)`` float32 their
+        low-resolution logits (:meth:`upscale_args` maps them to the image). Backends override this
+        with a batched decoder; this default decodes prompt by prompt.
         """
         import torch
+
+        from napari_promptseg.models.batching import decode_in_batches, passing
 
         self.check_embedding(embedding)
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         masks = [None] * len(pts) if mask_input is None else [np.asarray(m, np.float32) for m in mask_input]
-        preds = [self.predict(embedding, points=p[None], multimask=multimask, mask_input=m)
-                 for p, m in zip(pts, masks)]
-        scores = torch.as_tensor(np.stack([p.scores for p in preds]) if preds else
-                                 np.zeros((0, 3 if multimask else 1), np.float32))
-        keep = (scores > min_score).nonzero() if min_score is not None else torch.ones_like(scores).nonzero()
-        low = torch.as_tensor(np.stack([preds[i].logits[j] for i, j in keep.tolist()])
-                              if len(keep) else np.zeros((0, *self.low_res_shape), np.float32))
-        return scores, keep, low
+
+        def one(s: int, _stop: int):
+            pred = self.predict(embedding, points=pts[s][None], multimask=multimask, mask_input=masks[s])
+            iou = torch.as_tensor(pred.scores)[None]
+            keep = passing(iou, min_score).nonzero()
+            return iou, keep, torch.as_tensor(pred.logits)[keep[:, 1]]
+
+        return decode_in_batches(len(pts), 1, one, 3 if multimask else 1, self.low_res_shape)
 
     def upscale_args(self, embedding: Embedding) -> tuple[tuple[int, int], tuple[int, int], int]:
         """``(input_size, original_size, padded_size)``: how :func:`~.upscale.upscale_masks` maps

@@ -46,14 +46,13 @@ def check_sam2_params(p: dict) -> None:
 
 def fill_low_res(low, area: int):
     """``SAM2Transforms.postprocess_masks``'s hole and sprinkle removal (threshold 0) on
-    low-resolution logits ``(M, h, w)`` (a torch tensor; a changed copy is returned):
+    low-resolution logits ``(M, h, w)`` (numpy; a changed copy is returned):
     8-connected components of ``<= 0`` with at most ``area`` pixels become ``+10``, those of
     ``> 0`` with at most ``area`` pixels ``-10`` (both found on the logits as given)."""
-    import torch
     from scipy import ndimage
 
     eight = np.ones((3, 3), bool)
-    arr = low.detach().float().cpu().numpy().copy()
+    arr = np.array(low, np.float32)
     for m in arr:
         fg = m > 0
         for region, value in ((~fg, 10.0), (fg, -10.0)):
@@ -63,15 +62,13 @@ def fill_low_res(low, area: int):
             small = np.bincount(lab.ravel(), minlength=n + 1) <= area
             small[0] = False
             m[small[lab]] = value
-    return torch.as_tensor(arr, device=low.device)
+    return arr
 
 
 def decode_sam2(model, emb, pts_rc: np.ndarray, p: dict):
     """``SAM2AutomaticMaskGenerator._process_batch`` up to the stability score: the masks of the
     points ``(B, 2)`` (row, col) whose predicted IoU passes ``pred_iou_thresh``. Returns
-    ``(iou (M,) numpy, keep (M, 2) (point, mask) tensor, low (M, h, w) logits to upscale)``."""
-    import torch
-
+    ``(iou (M,), keep (M, 2) (point, mask), low (M, h, w) logits to upscale)``, numpy."""
     thr = float(p["pred_iou_thresh"])
     min_score = thr if thr > 0 else None
     multimask = bool(p["multimask_output"])
@@ -82,11 +79,11 @@ def decode_sam2(model, emb, pts_rc: np.ndarray, p: dict):
         _, keep, low = model.decode_points(emb, pts_rc, multimask=multimask)
         if len(keep) == 0:
             return np.zeros(0, np.float32), keep, low
-        scores, k2, low = model.decode_points(emb, pts_rc[keep[:, 0].numpy()], multimask=False,
-                                              min_score=min_score, mask_input=torch.clamp(low, -32.0, 32.0))
+        scores, k2, low = model.decode_points(emb, pts_rc[keep[:, 0]], multimask=False,
+                                              min_score=min_score, mask_input=np.clip(low, -32.0, 32.0))
         iou = scores[k2[:, 0], k2[:, 1]]
         keep = keep[k2[:, 0]]
     area = int(p["min_mask_region_area"])
     if area > 0 and len(keep):
         low = fill_low_res(low, area)
-    return iou.numpy(), keep, low
+    return iou, keep, low

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_promptseg.core.geometry import mask_boxes
+from napari_promptseg.core.geometry import extent, mask_boxes
 from napari_promptseg.models.generator_defaults import GENERATOR_DEFAULTS, SAM2_ONLY
 
 __all__ = ["MaskRecord", "Everything", "EverythingStep", "Candidates", "check_params", "point_grids",
@@ -161,6 +161,8 @@ FIELDS = ("score", "stability", "box", "point", "piece", "crop")
 def decode_batch(model, emb, pts_rc, crop, ci, shape, p, edge: Candidates | None = None) -> Candidates:
     """Meta's ``_process_batch`` for points ``(B, 2)`` (row, col) in the crop; masks near the
     crop's edge (not the image's) are dropped, or go to ``edge`` when given (tiles)."""
+    import torch
+
     from napari_promptseg.models.upscale import upscale_levels
 
     if follows_sam2(model):
@@ -171,7 +173,7 @@ def decode_batch(model, emb, pts_rc, crop, ci, shape, p, edge: Candidates | None
         thr = float(p["pred_iou_thresh"])
         scores, keep, low = model.decode_points(emb, pts_rc, multimask=True,
                                                 min_score=thr if thr > 0 else None)
-        iou = scores[keep[:, 0], keep[:, 1]].numpy()
+        iou = scores[keep[:, 0], keep[:, 1]]
     out = Candidates()
     if len(keep) == 0:
         return out
@@ -186,7 +188,7 @@ def decode_batch(model, emb, pts_rc, crop, ci, shape, p, edge: Candidates | None
     hc, wc = geo[1]
     chunk = int(np.clip((48 << 20) // (3 * hc * wc), 1, 16))  # bounded memory: 3 bool masks each
     for s in range(0, len(keep), chunk):
-        lo = low[s:s + chunk]
+        lo = torch.from_numpy(low[s:s + chunk])  # no copy
         # one resize, three thresholds: the mask (> mt), and the stability score's (> mt +- offset)
         masks, hi, wide = upscale_levels(lo, *geo, levels=(mt, mt + off, mt - off))
         inter = np.array([np.count_nonzero(m) for m in hi], np.int64)
@@ -248,10 +250,10 @@ def small_regions(c: Candidates, shape, area: int, nms_thresh: float) -> Candida
         m, ch1 = remove_small_regions(m, area, "holes")
         m, ch2 = remove_small_regions(m, area, "islands")
         m = m[1:-1, 1:-1]
-        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        if rows.size:
-            boxes.append([b[0] + rows[0], b[1] + cols[0], b[0] + rows[-1], b[1] + cols[-1]])
-            pieces.append(m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy())
+        e = extent(m)
+        if e is not None:
+            boxes.append([b[0] + e[0], b[1] + e[1], b[0] + e[2], b[1] + e[3]])
+            pieces.append(m[e[0]:e[2] + 1, e[1]:e[3] + 1].copy())
         else:  # Meta: an empty mask has the box (0, 0, 0, 0)
             boxes.append([0, 0, 0, 0])
             pieces.append(np.zeros((1, 1), bool))

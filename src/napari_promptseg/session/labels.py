@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from napari_promptseg.core.cancel import Cancelled
+from napari_promptseg.labels.history import LabelsHistory
 from napari_promptseg.labels.write import (
     LabelsCommit,
-    LabelsHistory,
     PlaneEdit,
     lazy_labels,
     level0,

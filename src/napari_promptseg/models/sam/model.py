@@ -249,6 +249,7 @@ class SamModel(PromptableModel):
         prompts at once (default :func:`~.sam_batch.cache_batch`: the per-prompt image-side
         tensors of a batch stay in the CPU's cache), the output upscaling only for prompts with a
         mask above ``min_score`` (with ``mask_input``: prompt by prompt)."""
+        from napari_promptseg.models.batching import decode_in_batches, passing
         from napari_promptseg.models.sam.batch import (
             cache_batch,
             head_tokens,
@@ -268,29 +269,25 @@ class SamModel(PromptableModel):
             cache = embedding.derived["sam_decoder"] = self.decoder.prepare(feats)
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         xy = self._to_input(pts[:, ::-1], embedding)
-        batch = int(batch) if batch else cache_batch(self.decoder)
         final = head_tokens(self.decoder, multimask)
-        scores, keeps, lows = [], [], []
-        for s in range(0, len(xy), batch):
-            coords = torch.as_tensor(xy[s:s + batch], dtype=torch.float, device=self.device)[:, None]
+
+        def step(s: int, e: int):
+            coords = torch.as_tensor(xy[s:e], dtype=torch.float, device=self.device)[:, None]
             labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
             sparse, _ = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
             out = self.decoder.output_tokens[None].expand(len(coords), -1, -1)
             queries, keys = transformer_batch(self.decoder, cache, torch.cat([out, sparse], dim=1), final)
             iou, hyper = heads_batch(self.decoder, queries, multimask)
-            ok = iou > min_score if min_score is not None else torch.ones_like(iou, dtype=torch.bool)
+            ok = passing(iou, min_score)
             rows = ok.any(dim=1).nonzero()[:, 0]
-            if len(rows):
-                low = upscale_batch(self.decoder, keys[rows], hyper[rows])  # (b, K, h, w)
-                pick = ok[rows].nonzero()  # (m, 2): row in rows, mask
-                lows.append(low[pick[:, 0], pick[:, 1]])
-                keeps.append(torch.stack([rows[pick[:, 0]] + s, pick[:, 1]], dim=1))
-            scores.append(iou)
-        k = 3 if multimask else 1
-        scores_t = torch.cat(scores).float().cpu() if scores else torch.zeros((0, k))
-        keep = torch.cat(keeps).cpu() if keeps else torch.zeros((0, 2), dtype=torch.long)
-        low = torch.cat(lows).float() if lows else torch.zeros((0, *self.low_res_shape))
-        return scores_t, keep, low
+            if not len(rows):
+                return iou, torch.zeros((0, 2), dtype=torch.long), iou.new_zeros((0, *self.low_res_shape))
+            low = upscale_batch(self.decoder, keys[rows], hyper[rows])  # (b, K, h, w)
+            pick = ok[rows].nonzero()  # (m, 2): row in rows, mask
+            return iou, torch.stack([rows[pick[:, 0]], pick[:, 1]], dim=1), low[pick[:, 0], pick[:, 1]]
+
+        return decode_in_batches(len(xy), int(batch) if batch else cache_batch(self.decoder), step,
+                                 3 if multimask else 1, self.low_res_shape)
 
 
 def build_sam_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -> SamModel:

@@ -80,6 +80,7 @@ class Sam2FastDecoder(FastMaskDecoder):
         (all of them for the dynamic single mask, whose choice needs the logits). src: ``(B, hw,
         C)`` image plus each prompt's dense mask embedding, for mask prompts (then ``cache`` is
         not read)."""
+        from napari_promptseg.models.batching import passing
         from napari_promptseg.models.sam.batch import transformer_batch
 
         dec = self.sam.mask_decoder
@@ -96,10 +97,10 @@ class Sam2FastDecoder(FastMaskDecoder):
         if dynamic:
             low, iou = dec._dynamic_multimask_via_stability(
                 self._upscale_high_res_batch(keys, hyper, high_res), iou)
-            keep = (iou > min_score).nonzero() if min_score is not None else torch.ones_like(iou).nonzero()
+            keep = passing(iou, min_score).nonzero()
             return iou, keep, low[keep[:, 0], keep[:, 1]]
         iou = iou[:, 1:] if multimask else iou[:, :1]
-        ok = iou > min_score if min_score is not None else torch.ones_like(iou, dtype=torch.bool)
+        ok = passing(iou, min_score)
         rows = ok.any(dim=1).nonzero()[:, 0]
         if len(rows) == 0:
             return iou, torch.zeros((0, 2), dtype=torch.long), keys.new_zeros((0, 4 * self.embed_hw[0],

@@ -225,6 +225,7 @@ class Sam2Model(PromptableModel):
         ``use_m2m`` refinement), its dense embedding added to each prompt's image side.
         ``batch``: prompts at a time (default :func:`~.sam_batch.cache_batch`). The logits
         returned are not clamped (the masks are made from them)."""
+        from napari_promptseg.models.batching import decode_in_batches
         from napari_promptseg.models.sam.batch import cache_batch
 
         self.check_embedding(embedding)
@@ -233,29 +234,23 @@ class Sam2Model(PromptableModel):
         h, w = embedding.original_size
         xy = pts[:, ::-1] * np.array([self.image_size / w, self.image_size / h])
         net = self.net
-        batch = int(batch) if batch else cache_batch(self.decoder)
-        scores, keeps, lows = [], [], []
-        for s in range(0, len(xy), batch):
-            coords = torch.as_tensor(xy[s:s + batch], dtype=torch.float32, device=self.device)[:, None]
+
+        def step(s: int, e: int):
+            coords = torch.as_tensor(xy[s:e], dtype=torch.float32, device=self.device)[:, None]
             labels = torch.ones(coords.shape[:2], dtype=torch.int32, device=self.device)
             masks = None
             if mask_input is not None:
-                masks = torch.as_tensor(mask_input[s:s + batch], dtype=torch.float32,
+                masks = torch.as_tensor(np.asarray(mask_input[s:e]), dtype=torch.float32,
                                         device=self.device)[:, None]
             sparse, dense = net.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=masks)
             src = None
             if masks is not None:  # each prompt's own image side: the image plus its mask's embedding
                 src = (image["embed"] + dense).flatten(2).transpose(1, 2)  # (B, hw, C)
-            iou, keep, low = self.decoder.decode_batch(image["first"], image["high_res"], sparse,
-                                                       multimask, min_score, src)
-            scores.append(iou)
-            keeps.append(keep + torch.tensor([s, 0], device=keep.device))
-            lows.append(low)
-        k = 3 if multimask else 1
-        scores_t = torch.cat(scores).float().cpu() if scores else torch.zeros((0, k))
-        keep = torch.cat(keeps).cpu() if keeps else torch.zeros((0, 2), dtype=torch.long)
-        low = torch.cat(lows).float() if lows else torch.zeros((0, *self._low_res))
-        return scores_t, keep, low
+            return self.decoder.decode_batch(image["first"], image["high_res"], sparse, multimask,
+                                             min_score, src)
+
+        return decode_in_batches(len(xy), int(batch) if batch else cache_batch(self.decoder), step,
+                                 3 if multimask else 1, self._low_res)
 
 
 def build_sam2_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -> Sam2Model:

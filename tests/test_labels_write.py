@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import zarr
 
+from napari_promptseg.labels.history import LabelsHistory
 from napari_promptseg.labels.write import (
-    LabelsHistory,
     lazy_labels,
     level0,
     max_label,

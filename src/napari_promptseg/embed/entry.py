@@ -1,0 +1,131 @@
+"""The on-disk format of one embedding (an *entry*), shared by the disk cache and embeddings stores.
+
+An entry is a zarr v3 group: one uncompressed chunk per feature array, the metadata in its
+attributes (format, version, key, model, checkpoint, preprocessing, sizes, per-array dtype,
+shape and an xxh3 checksum of the stored bytes, so a truncated, missing or garbled chunk — zarr
+reads a missing chunk as zeros — is detected). Floating-point features are stored as float16 by
+default. zarr (and torch, for torch features) are imported only when used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_promptseg.core.results import Embedding
+
+__all__ = ["FORMAT_VERSION", "DEFAULT_DTYPE", "EntryError", "read_entry", "write_entry"]
+
+#: bump when the layout or the meaning of the stored arrays changes: older entries are then
+#: reported and recomputed
+FORMAT_VERSION = 1
+#: storage dtype of floating-point features; float16 halves the size and passes the mask parity
+#: test (tests/test_disk_cache.py::test_float16_storage_keeps_masks)
+DEFAULT_DTYPE = "float16"
+_FORMAT = "napari-promptseg embedding"
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+class EntryError(Exception):
+    """An entry that is not usable: another format or version, another key or model, a bad checksum."""
+
+
+def _digest(arr: np.ndarray) -> str:
+    import xxhash
+
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(arr).data)
+
+
+def read_entry(path: Path, key: str | None, device: Any = "cpu", model=None) -> Embedding:
+    """The embedding in the entry folder ``path`` (checked: format, ``key`` unless None, ``model``
+    unless None, every checksum); raises ``EntryError`` (or zarr's errors) when it is unusable."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    group = zarr.open_group(store=LocalStore(path, read_only=True), mode="r")
+    meta = group.attrs.asdict()
+    if meta.get("format") != _FORMAT:
+        raise EntryError("not a napari-promptseg embedding")
+    if meta.get("version") != FORMAT_VERSION:
+        raise EntryError(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
+    if key is not None and meta.get("key") != key:
+        raise EntryError(f"it was stored under key {meta.get('key')!r}")
+    if model is not None:
+        mine = (model.name, model.checkpoint_id, model.preprocessing)
+        theirs = (meta.get("model"), meta.get("checkpoint_id"), meta.get("preprocessing"))
+        if mine != theirs:
+            raise EntryError(f"made by {theirs}, not by the requesting model {mine}")
+    feats = {}
+    for f in meta["features"]:
+        arr = group[f["array"]][...]
+        if list(arr.shape) != f["shape"] or str(arr.dtype) != f["stored_dtype"]:
+            raise EntryError(f"feature {f['name']!r} has shape {arr.shape} {arr.dtype}, "
+                           f"expected {tuple(f['shape'])} {f['stored_dtype']}")
+        if _digest(arr) != f["xxh3"]:
+            raise EntryError(f"feature {f['name']!r} fails its checksum (truncated or garbled chunk)")
+        feats[f["name"]] = _restore(arr, f, device)
+    return Embedding(
+        model=str(meta["model"]),
+        checkpoint_id=str(meta["checkpoint_id"]),
+        preprocessing=str(meta["preprocessing"]),
+        original_size=tuple(int(v) for v in meta["original_size"]),
+        input_size=tuple(int(v) for v in meta["input_size"]),
+        features=feats,
+    )
+
+def _restore(arr: np.ndarray, f: dict, device):
+    if f["kind"] == "numpy":
+        return arr.astype(f["dtype"], copy=False)
+    import torch
+
+    dtype = getattr(torch, f["dtype"])
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
+
+
+def write_entry(tmp: Path, key: str, emb: Embedding, dtype: str = DEFAULT_DTYPE, **attrs) -> None:
+    """Write ``emb`` as an entry folder at ``tmp`` (a zarr v3 group; floating-point features
+    stored as ``dtype``); ``attrs`` are added to its metadata. Callers rename it into place."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    arrays, feats = {}, []
+    for i, (name, value) in enumerate(emb.features.items()):
+        arr, kind, restore = _to_numpy(value)
+        stored = arr
+        if (dtype == "float16" and arr.dtype.kind == "f" and arr.dtype.itemsize > 2
+                and (arr.size == 0 or float(np.abs(arr).max()) <= _F16_MAX)):
+            stored = arr.astype(np.float16)  # out of range or NaN: kept as it is
+        arrays[f"f{i}"] = stored
+        feats.append({"name": str(name), "array": f"f{i}", "kind": kind, "dtype": restore,
+                      "shape": list(stored.shape), "stored_dtype": str(stored.dtype),
+                      "xxh3": _digest(stored)})
+    meta = {
+        "format": _FORMAT, "version": FORMAT_VERSION, "key": key,
+        "model": emb.model, "checkpoint_id": emb.checkpoint_id,
+        "preprocessing": emb.preprocessing,
+        "original_size": [int(v) for v in emb.original_size],
+        "input_size": [int(v) for v in emb.input_size],
+        "features": feats, **attrs,
+    }
+    group = zarr.create_group(store=LocalStore(tmp), zarr_format=3, attributes=meta)
+    for name, stored in arrays.items():
+        a = group.create_array(
+            name, shape=stored.shape, dtype=stored.dtype,
+            chunks=tuple(max(1, s) for s in stored.shape), compressors=None, fill_value=0,
+            chunk_key_encoding={"name": "default", "separator": "."},
+        )
+        a[...] = stored
+
+
+def _to_numpy(value) -> tuple[np.ndarray, str, str]:
+    """(array, "torch" | "numpy", dtype name to restore)."""
+    if hasattr(value, "detach"):  # a torch tensor
+        dtype = str(value.dtype).removeprefix("torch.")
+        t = value.detach().cpu()
+        if dtype == "bfloat16":  # numpy has no bfloat16
+            t = t.float()
+        return t.numpy(), "torch", dtype
+    arr = np.asarray(value)
+    return arr, "numpy", str(arr.dtype)
