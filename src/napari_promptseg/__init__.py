@@ -9,6 +9,8 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> mask = pred.masks[pred.best]                    # (H, W) bool
 >>> labels = ps.segment(model, image, [{"points": [[120, 340]]}])   # prompts -> labels, tiles too
 >>> labels = ps.propagate(model, stack, {12: seed_labels})  # through a z-stack or video
+>>> tracker = ps.Tracker(model, video); tracker.add_prompt(0, obj=1, points=[[40, 60]])
+>>> for step in tracker.propagate(): ...             # correct any frame, propagate again
 >>> found = ps.segment_everything(model, image)      # .labels (H, W) int32, .objects
 >>> tiled = ps.embed_tiles(model, huge_image)        # tiles at the model's scale, on demand
 >>> for done, total in ps.embed_store_iter(model, stack, "stack.zarr"): ...   # resumable
@@ -32,11 +34,12 @@ from napari_promptseg.embed.tiles import embed_tiles
 from napari_promptseg.models import ModelSpec, PromptableModel, list_models, load_model
 from napari_promptseg.propagation.api import propagate, propagate_iter  # light: numpy only at import
 from napari_promptseg.propagation.options import MemoryTracking, PromptPropagation
+from napari_promptseg.propagation.tracker import Tracker
 from napari_promptseg.segmentation.everything import Everything, segment_everything, segment_everything_iter
 from napari_promptseg.segmentation.prompted import segment
 
 if TYPE_CHECKING:
-    from napari_promptseg.propagation.memory import MemoryTracker
+    from napari_promptseg.propagation.memory import MemoryTracker  # noqa: F401 (lazy, see _LAZY)
     from napari_promptseg.session import AnnotationSession
     from napari_promptseg.training.finetune import FinetuneResult
 
@@ -51,7 +54,7 @@ __all__ = [
     # embeddings: huge images, caches, stores
     "embed_tiles", "DiskCache", "embed_store_iter", "open_embeddings", "StoreError",
     # z-stacks and videos
-    "propagate", "propagate_iter", "PromptPropagation", "MemoryTracking", "MemoryTracker",
+    "propagate", "propagate_iter", "PromptPropagation", "MemoryTracking", "Tracker",
     # interactive annotation without napari, finetuning
     "AnnotationSession", "finetune",
 ]

@@ -78,7 +78,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from napari_promptseg.core.image import check_limits, image_plane, stack_window
 from napari_promptseg.core.results import Embedding, SliceResult
 from napari_promptseg.propagation.options import (
     PROMPT_STRATEGIES,
@@ -241,55 +240,22 @@ def propagate(
     Returns an int32 labels array shaped like ``stack`` without its channel axis; the seed slices
     hold the seed masks, the other slices the propagated masks (0 = background).
     """
-    from napari_promptseg.embed.cache import EmbeddingCache, embed_cached
+    from napari_promptseg.embed.cache import EmbeddingCache
+    from napari_promptseg.embed.frames import Frames
     from napari_promptseg.models import as_model
 
     model = as_model(model)
     options = check_options(model, _legacy_options(model, options, deprecated))
-    arr = stack if hasattr(stack, "shape") and hasattr(stack, "ndim") else np.asarray(stack)
-    if arr.ndim == 4 and arr.shape[-1] in (3, 4):
-        spatial = arr.shape[:3]
-    elif arr.ndim == 3:
-        spatial = arr.shape
-    else:
-        raise ValueError(
-            f"stack must be (N, H, W) gray or (N, H, W, 3|4) RGB, got shape {tuple(arr.shape)}"
-        )
-    if not -3 <= axis < 3:
-        raise ValueError(f"axis must be one of the 3 non-channel axes (-3..2), got {axis}")
-    axis %= 3
-    n = spatial[axis]
-    plane_shape = tuple(s for i, s in enumerate(spatial) if i != axis)
-    store = None
-    if embeddings is not None:
-        from napari_promptseg.embed.store import EmbeddingStore, StoreError, open_embeddings
-
-        store = embeddings if isinstance(embeddings, EmbeddingStore) else open_embeddings(embeddings)
-        store.check(model, tuple(arr.shape), axis)
-        if contrast_limits is not None and tuple(check_limits(contrast_limits)) != store.window:
-            raise StoreError(f"contrast_limits {contrast_limits} differ from the store's window "
-                             f"{store.window}: leave contrast_limits out to use the store")
-        window = store.window
-    elif contrast_limits is not None:
-        window = check_limits(contrast_limits)
-    else:
-        window = stack_window(arr, arr.ndim == 4, (axis,))  # None for uint8: passes unchanged
-
-    parsed = parse_prompts(prompts, n, plane_shape)
-
-    def plane(k: int) -> np.ndarray:  # indexing reads one plane of a zarr / dask stack, not all
-        return image_plane(arr, (axis,), (k,))
-
     memory = isinstance(options, MemoryTracking)
     # the tracker reads a frame ~3 times: keep the last two
     mem = (EmbeddingCache(2) if cache is None else cache) if memory else cache
+    frames = Frames(model, stack, axis, contrast_limits=contrast_limits, embeddings=embeddings,
+                    cache=mem, disk=disk)
+    n, plane_shape, embedding_of = frames.n, frames.plane_shape, frames.embedding
+    parsed = parse_prompts(prompts, n, plane_shape)
 
-    def embedding_of(k: int) -> Embedding:
-        stored = None if store is None else store.embedding_for(k, model, plane(k))
-        return stored or embed_cached(model, plane(k), window, mem, disk=disk)
-
-    out = np.zeros(spatial, np.int32)
-    view = np.moveaxis(out, axis, 0)
+    out = np.zeros(frames.spatial, np.int32)
+    view = frames.labels_view(out)
     if memory:
         from napari_promptseg.propagation.memory import MemoryTracker
 

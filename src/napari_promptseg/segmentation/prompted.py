@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from napari_promptseg.core.image import check_limits, image_plane, stack_window
+from napari_promptseg.core.image import check_limits
 from napari_promptseg.core.results import Embedding
 
 __all__ = ["PROMPT_KEYS", "check_prompt_dict", "object_prompts", "decode_prompt", "segment"]
@@ -84,6 +84,7 @@ def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[floa
     embeddings store made for this image, model and axis (its planes are read, not encoded).
     skip_empty: a prompt whose mask is empty leaves its object out instead of raising.
     """
+    from napari_promptseg.embed.frames import Frames
     from napari_promptseg.embed.store import EmbeddingStore, open_embeddings
     from napari_promptseg.embed.tiles import embed_tiles, wants_tiles
     from napari_promptseg.models import as_model
@@ -91,45 +92,44 @@ def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[floa
     model = as_model(model)
     arr = image if hasattr(image, "shape") and hasattr(image, "ndim") else np.asarray(image)
     stack, rgb = _is_stack(tuple(arr.shape))
-    spatial = arr.ndim - rgb
     if stack:
-        if not -3 <= axis < 3:
-            raise ValueError(f"axis must be one of the 3 non-channel axes (-3..2), got {axis}")
-        axis %= 3
-        n = arr.shape[axis]
+        frames = Frames(model, arr, axis, contrast_limits=contrast_limits, embeddings=embeddings)
         if not isinstance(prompts, Mapping):
             raise ValueError("prompts of a stack must be {plane index: prompt dicts}")
         per_plane = {}
         for k, p in prompts.items():
-            if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not -n <= k < n:
-                raise ValueError(f"plane {k!r} is outside the image's {n} planes (axis {axis})")
-            per_plane[int(k) % n] = p
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not -frames.n <= k < frames.n:
+                raise ValueError(f"plane {k!r} is outside the image's {frames.n} planes (axis {frames.axis})")
+            per_plane[int(k) % frames.n] = p
+        labels = np.zeros(frames.spatial, np.int32)
+        view = frames.labels_view(labels)
+        embedding_of = frames.embedding
     else:
-        axis, n, per_plane = 0, 1, {0: prompts}
-    store = None
-    if embeddings is not None:
-        store = embeddings if isinstance(embeddings, EmbeddingStore) else open_embeddings(embeddings)
-        store.check(model, tuple(arr.shape), axis)
-        window = store.window
-    elif contrast_limits is not None:
-        window = check_limits(contrast_limits)
-    else:
-        window = stack_window(arr, rgb, (axis,)) if stack else None
-    shape = tuple(arr.shape[:spatial])
-    labels = np.zeros(shape, np.int32)
-    view = np.moveaxis(labels, axis, 0) if stack else labels[None]
+        store = None
+        if embeddings is not None:
+            store = embeddings if isinstance(embeddings, EmbeddingStore) else open_embeddings(embeddings)
+            store.check(model, tuple(arr.shape), 0)
+        window = store.window if store is not None else (
+            None if contrast_limits is None else check_limits(contrast_limits))
+        per_plane = {0: prompts}
+        labels = np.zeros(arr.shape[:2], np.int32)
+        view = labels[None]
+
+        def embedding_of(_k: int):
+            pixels = np.asarray(arr)
+            emb = store.embedding_for((), model, pixels) if store is not None else None
+            if emb is not None:
+                return emb
+            if wants_tiles(model, pixels.shape[:2]):
+                return embed_tiles(model, pixels, window)  # only the tiles the prompts need
+            return model.embed(pixels, contrast_limits=window)
+
     for k in sorted(per_plane):
         where = f"plane {k}" if stack else "the image"
         items = object_prompts(per_plane[k], where)
         if not items:
             continue
-        pixels = image_plane(arr, (axis,), (k,)) if stack else np.asarray(arr)
-        emb = store.embedding_for(k if stack else (), model, pixels) if store is not None else None
-        if emb is None:
-            if not stack and wants_tiles(model, shape):
-                emb = embed_tiles(model, pixels, window)  # only the tiles the prompts need
-            else:
-                emb = model.embed(pixels, contrast_limits=window)
+        emb = embedding_of(k)
         taken = np.zeros(view.shape[1:], bool)
         for oid, d in items:
             try:
