@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_promptseg.core.geometry import bounding_box
-from napari_promptseg.core.prompts import ObjectPrompt
+from napari_promptseg.core.prompts import Prompt
 from napari_promptseg.embed.cache import EmbeddingCache, embed_cached, embedding_key
 from napari_promptseg.session.planes import (
     ObjectDecode,
@@ -26,13 +26,13 @@ def test_prompts_are_grouped_by_object_and_negative_only_means_absent():
     assert len(objs[1].points) == 2 and objs[1].box is None and present(objs[1])
     assert not present(objs[2])  # only a negative point: the object is not on this plane
     np.testing.assert_array_equal(objs[3].box, [1, 1, 8, 8])  # one box per object: the last one
-    assert objs[3].ambiguous is False and ObjectPrompt(pts[:1], np.ones(1, np.int32)).ambiguous
+    assert objs[3].ambiguous is False and Prompt(pts[:1], np.ones(1, np.int32)).ambiguous
 
 
 def test_added_points_refine_a_moved_point_starts_afresh():
-    one = ObjectPrompt(np.array([[5.0, 5.0]]), np.array([1], np.int32))
-    two = ObjectPrompt(np.array([[5.0, 5.0], [9.0, 9.0]]), np.array([1, 0], np.int32))
-    moved = ObjectPrompt(np.array([[6.0, 5.0], [9.0, 9.0]]), np.array([1, 0], np.int32))
+    one = Prompt(np.array([[5.0, 5.0]]), np.array([1], np.int32))
+    two = Prompt(np.array([[5.0, 5.0], [9.0, 9.0]]), np.array([1, 0], np.int32))
+    moved = Prompt(np.array([[6.0, 5.0], [9.0, 9.0]]), np.array([1, 0], np.int32))
     assert extends(two, one) and not extends(moved, one) and not extends(one, two)
     assert signature(two) != signature(moved)
 
@@ -41,13 +41,13 @@ def test_decoded_objects_win_over_propagated_ones_and_absent_objects_leave():
     img, truth = blob_image()
     model = ComponentModel()
     emb = model.embed(img)
-    o = ObjectPrompt(np.array([[25.0, 30.0]]), np.array([1], np.int32))
+    o = Prompt(np.array([[25.0, 30.0]]), np.array([1], np.int32))
     dec = PlaneDecode({2: ObjectDecode(signature(o), o, model.predict(emb, points=o.points))})
     propagated = np.where(truth > 0, truth, 0).astype(np.uint32)  # objects 1, 2, 3 propagated here
     plane = compose(dec, propagated, truth.shape)
     assert (plane[truth == 1] == 2).all()  # object 2 was prompted onto the first blob
     assert not (plane == 2)[truth == 2].any() and (plane[truth == 3] == 3).all()
-    gone = ObjectPrompt(np.array([[70.0, 30.0]]), np.array([0], np.int32))
+    gone = Prompt(np.array([[70.0, 30.0]]), np.array([0], np.int32))
     dec.objects[3] = ObjectDecode(signature(gone), gone, None)  # negative only: absent here
     assert not (compose(dec, propagated, truth.shape) == 3).any()
 

@@ -8,7 +8,7 @@ cols 20-60, 3: rows 20-70 x cols 90-140)."""
 import numpy as np
 import pytest
 
-from napari_promptseg.session import AnnotationSession, ObjectPrompt, run_now
+from napari_promptseg.session import AnnotationSession, Prompt, run_now
 from tests.component_model import ComponentModel, blob_image
 
 
@@ -46,8 +46,8 @@ def make(model=None, scheduler=run_now):
     return s, truth, model, statuses
 
 
-def point(rc, label=1) -> ObjectPrompt:
-    return ObjectPrompt(np.array([rc], np.float64), np.array([label], np.int32))
+def point(rc, label=1) -> Prompt:
+    return Prompt(np.array([rc], np.float64), np.array([label], np.int32))
 
 
 def test_a_point_gives_the_mask_under_it_with_candidates():
@@ -236,7 +236,7 @@ def test_refinement_logits_belong_to_one_object():
     # removing a point resets that object's logits
     prompts = s.prompts
     o = prompts[()][2]
-    prompts[()][2] = ObjectPrompt(o.points[1:], o.labels[1:], o.box)
+    prompts[()][2] = Prompt(o.points[1:], o.labels[1:], o.box)
     s.set_prompts(prompts)
     assert model.calls[-1]["mask_input"] is None and model.calls[-1]["points"].tolist() == [[85, 45]]
     # after a commit, a new object starts without any logits

@@ -62,7 +62,8 @@ def test_memory_tracking_is_the_memory_tracker_step_for_step(sam2_model):
     tr = ps.Tracker(sam2_model, FRAMES)
     assert isinstance(tr.options, ps.MemoryTracking)
     ref = MemoryTracker(sam2_model, lambda k: sam2_model.embed(FRAMES[k]), T, (H, W))
-    np.testing.assert_array_equal(tr.add_prompt(PROMPT_FRAME, 1, points=P1), ref.add_points(PROMPT_FRAME, 1, P1))
+    first = tr.add_prompt(PROMPT_FRAME, 1, points=P1)
+    np.testing.assert_array_equal(first, ref.add_points(PROMPT_FRAME, 1, P1))
     ours = {(r.index, r.direction): r.masks for r in tr.propagate()}
     theirs = {(r.index, r.direction): r.masks for r in ref.propagate_iter()}
     assert sorted(ours) == sorted(theirs)

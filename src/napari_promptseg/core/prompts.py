@@ -16,7 +16,8 @@ __all__ = ["Prompt", "ObjectPrompt", "make_prompt", "inside_image"]
 
 @dataclass(frozen=True)
 class Prompt:
-    """A validated prompt for one object.
+    """The prompts of one object: what the session keeps per plane and object, and, validated by
+    :func:`make_prompt`, what a model decodes.
 
     points: ``(N, 2)`` float64 ``(row, col)``; labels: ``(N,)`` int32, 1 = object, 0 = background;
     box: ``(4,)`` float64 ``(row_min, col_min, row_max, col_max)`` or None;
@@ -25,22 +26,17 @@ class Prompt:
 
     points: np.ndarray
     labels: np.ndarray
-    box: np.ndarray | None
-    mask_input: np.ndarray | None
-
-
-@dataclass(frozen=True)
-class ObjectPrompt:
-    """The prompts of one object: points ``(N, 2)``, labels ``(N,)`` (1/0), box ``(4,)`` or None."""
-
-    points: np.ndarray
-    labels: np.ndarray
     box: np.ndarray | None = None
+    mask_input: np.ndarray | None = None
 
     @property
     def ambiguous(self) -> bool:
         """One point and nothing else: SAM returns three candidate masks (whole, part, sub-part)."""
         return len(self.points) == 1 and self.box is None
+
+
+#: the session's name for :class:`Prompt` in release 0.1
+ObjectPrompt = Prompt
 
 
 def inside_image(points, shape: tuple[int, int]) -> np.ndarray:

@@ -28,7 +28,7 @@ from napari_promptseg.session.events import SessionEvents
 from napari_promptseg.session.everything import EverythingRunner, scope_of
 from napari_promptseg.session.jobs import Job, run_now
 from napari_promptseg.session.labels import CommitLog
-from napari_promptseg.session.planes import ObjectPrompt, Plane, image_shape, prompts_json, with_prompt
+from napari_promptseg.session.planes import Plane, Prompt, image_shape, prompts_json, with_prompt
 from napari_promptseg.session.preview import Preview
 from napari_promptseg.session.propagation import Propagator
 from napari_promptseg.session.settings import CommitSettings, PropagationSettings, changed, split_changes
@@ -207,11 +207,11 @@ class AnnotationSession:
         return oid
 
     @property
-    def prompts(self) -> dict[Plane, dict[int, ObjectPrompt]]:
-        """``{plane: {object id: ObjectPrompt}}`` (a copy)."""
+    def prompts(self) -> dict[Plane, dict[int, Prompt]]:
+        """``{plane: {object id: Prompt}}`` (a copy)."""
         return {p: dict(objs) for p, objs in self.decoder.prompts.items()}
 
-    def set_prompts(self, prompts: Mapping[Plane, Mapping[int, ObjectPrompt]]) -> None:
+    def set_prompts(self, prompts: Mapping[Plane, Mapping[int, Prompt]]) -> None:
         """Replace all prompts (the napari bridge calls this when a prompt layer changes); only
         the objects whose prompts changed are decoded again."""
         planned = self.decoder.replace(prompts)

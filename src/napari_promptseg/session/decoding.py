@@ -3,7 +3,7 @@ were decoded, the work a decode job does (off the UI thread, on a snapshot), how
 updates the decoded planes (on the UI thread), and :class:`Decoder`, which holds the prompts and
 decodes and runs the decode jobs (newest wins).
 
-``prompts``: ``{plane: {object id: ObjectPrompt}}``; ``decoded``: ``{plane: PlaneDecode}``.
+``prompts``: ``{plane: {object id: Prompt}}``; ``decoded``: ``{plane: PlaneDecode}``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 from napari_promptseg.session.jobs import Job, run_now
 from napari_promptseg.session.planes import (
     ObjectDecode,
-    ObjectPrompt,
     Plane,
     PlaneDecode,
+    Prompt,
     extends,
     offered,
     present,
@@ -26,10 +26,10 @@ from napari_promptseg.session.planes import (
 
 __all__ = ["plan", "decode", "apply", "refine_prompts", "refine", "apply_refined", "predict", "Decoder"]
 
-Todo = dict[Plane, dict[int, tuple[ObjectPrompt, np.ndarray | None]]]
+Todo = dict[Plane, dict[int, tuple[Prompt, np.ndarray | None]]]
 
 
-def plan(prompts: Mapping[Plane, Mapping[int, ObjectPrompt]], decoded: Mapping[Plane, PlaneDecode]) -> tuple[
+def plan(prompts: Mapping[Plane, Mapping[int, Prompt]], decoded: Mapping[Plane, PlaneDecode]) -> tuple[
         Todo, dict[Plane, list[int]]]:
     """``(todo, removed)``: per plane the objects to decode, each with its refinement logits (the
     shown mask's, when the object only gained points; else None), and the object ids whose prompts
@@ -65,7 +65,7 @@ def decode(model, stack, todo: Todo) -> dict[Plane, dict[int, ObjectDecode]]:
     return out
 
 
-def apply(decoded: dict[Plane, PlaneDecode], prompts: Mapping[Plane, Mapping[int, ObjectPrompt]], result,
+def apply(decoded: dict[Plane, PlaneDecode], prompts: Mapping[Plane, Mapping[int, Prompt]], result,
           removed: Mapping[Plane, list[int]]) -> set[Plane]:
     """Put a decode's ``result`` into ``decoded`` (objects in id order; planes left without
     objects dropped); returns the planes whose preview must be composed again."""
@@ -83,18 +83,18 @@ def apply(decoded: dict[Plane, PlaneDecode], prompts: Mapping[Plane, Mapping[int
     return touched
 
 
-def refine_prompts(painted: np.ndarray, objs: Mapping[int, ObjectPrompt]) -> dict[int, ObjectPrompt]:
+def refine_prompts(painted: np.ndarray, objs: Mapping[int, Prompt]) -> dict[int, Prompt]:
     """``G`` on one plane: per object id in the painted ``(H, W)`` preview, its bounding box and
     its points on the plane (``objs``: the plane's prompts)."""
     from napari_promptseg.core.geometry import bounding_box
     from napari_promptseg.session.planes import ids_in
 
-    empty = ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
-    return {i: ObjectPrompt(objs.get(i, empty).points, objs.get(i, empty).labels, bounding_box(painted == i))
+    empty = Prompt(np.zeros((0, 2)), np.zeros(0, np.int32))
+    return {i: Prompt(objs.get(i, empty).points, objs.get(i, empty).labels, bounding_box(painted == i))
             for i in ids_in(painted)}
 
 
-def apply_refined(decoded: dict[Plane, PlaneDecode], p: Plane, objs: Mapping[int, ObjectPrompt], preds,
+def apply_refined(decoded: dict[Plane, PlaneDecode], p: Plane, objs: Mapping[int, Prompt], preds,
                   kept: np.ndarray | None, shape) -> np.ndarray:
     """Put ``G``'s predictions for plane ``p`` in place: objects with prompts become decoded
     objects; painted ones without prompts go to the returned ``kept`` plane (which a propagation
@@ -112,7 +112,7 @@ def apply_refined(decoded: dict[Plane, PlaneDecode], p: Plane, objs: Mapping[int
     return kept
 
 
-def refine(model, emb, painted: np.ndarray, prompts: Mapping[int, ObjectPrompt]) -> dict:
+def refine(model, emb, painted: np.ndarray, prompts: Mapping[int, Prompt]) -> dict:
     """``G``: each object ``i`` of ``prompts`` decoded with its painted mask (``painted == i``)
     as the mask prompt; returns ``{object id: Prediction}``."""
     preds = {i: predict(model, emb, o, model.mask_prompt(emb, painted == i)) for i, o in prompts.items()}
@@ -121,7 +121,7 @@ def refine(model, emb, painted: np.ndarray, prompts: Mapping[int, ObjectPrompt])
     return preds
 
 
-def predict(model, emb, o: ObjectPrompt, mask_input):
+def predict(model, emb, o: Prompt, mask_input):
     """One object's prediction: three candidates for a single point without a mask input."""
     pts = o.points if len(o.points) else None
     return model.predict(emb, points=pts, labels=o.labels if pts is not None else None, box=o.box,
@@ -131,7 +131,7 @@ def predict(model, emb, o: ObjectPrompt, mask_input):
 class Decoder:
     """The session's prompts, what they decoded to, and its decode jobs (newest wins).
 
-    prompts: ``{plane: {object id: ObjectPrompt}}``; decoded: ``{plane: PlaneDecode}``; kept:
+    prompts: ``{plane: {object id: Prompt}}``; decoded: ``{plane: PlaneDecode}``; kept:
     ``{plane: (H, W) ids}``, objects refined from paint, without prompts. pending: the newest
     decode not applied yet; waiting: actions (commit, propagate) run once it is. source() ->
     ``(model, stack)`` now; show(planes): compose those planes' previews again; status(text);
@@ -142,7 +142,7 @@ class Decoder:
                  describe: Callable[[], str]) -> None:
         self.schedule, self.source, self.show, self.status, self.describe = (
             schedule, source, show, status, describe)
-        self.prompts: dict[Plane, dict[int, ObjectPrompt]] = {}
+        self.prompts: dict[Plane, dict[int, Prompt]] = {}
         self.decoded: dict[Plane, PlaneDecode] = {}
         self.kept: dict[Plane, np.ndarray] = {}
         self.gen = 0  # bumped by every prompt change: older decodes are stale
@@ -155,7 +155,7 @@ class Decoder:
         return {o for objs in self.prompts.values() for o in objs} | {int(k.max()) for k in
                                                                       self.kept.values()}
 
-    def replace(self, prompts: Mapping[Plane, Mapping[int, ObjectPrompt]]) -> tuple[Todo, dict]:
+    def replace(self, prompts: Mapping[Plane, Mapping[int, Prompt]]) -> tuple[Todo, dict]:
         """Take ``prompts`` (planes without objects dropped); returns their :func:`plan`."""
         self.prompts = {tuple(p): dict(objs) for p, objs in prompts.items() if objs}
         return plan(self.prompts, self.decoded)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_promptseg.core.prompts import ObjectPrompt
+from napari_promptseg.core.prompts import Prompt
 
-__all__ = ["Plane", "ObjectPrompt", "ObjectDecode", "PlaneDecode", "signature", "merge_prompts",
+__all__ = ["Plane", "Prompt", "ObjectDecode", "PlaneDecode", "signature", "merge_prompts",
            "compose", "ids_in", "fmt", "MIN_CANDIDATE_SCORE", "offered", "PlaneStore"]
 
 Plane = tuple[int, ...]
@@ -25,14 +25,14 @@ Plane = tuple[int, ...]
 MIN_CANDIDATE_SCORE = 0.1
 
 
-def signature(obj: ObjectPrompt) -> bytes:
+def signature(obj: Prompt) -> bytes:
     """Bytes that change whenever the object's points, labels or box change."""
     box = b"-" if obj.box is None else np.asarray(obj.box, np.float64).tobytes()
     pts, labels = np.asarray(obj.points, np.float64).tobytes(), np.asarray(obj.labels, np.int32).tobytes()
     return b"|".join([pts, labels, box])
 
 
-def extends(new: ObjectPrompt, old: ObjectPrompt) -> bool:
+def extends(new: Prompt, old: Prompt) -> bool:
     """True when ``new`` only adds points to ``old`` (same box, old points first): the mask shown
     for ``old`` is then a good mask prompt for ``new`` (refinement); a moved or removed point or
     a changed box starts afresh."""
@@ -44,7 +44,7 @@ def extends(new: ObjectPrompt, old: ObjectPrompt) -> bool:
 
 
 def merge_prompts(points: np.ndarray, labels: np.ndarray, objects: np.ndarray,
-                  boxes: np.ndarray, box_objects: np.ndarray) -> dict[int, ObjectPrompt]:
+                  boxes: np.ndarray, box_objects: np.ndarray) -> dict[int, Prompt]:
     """Group one plane's prompts by object id: points ``(N, 2)``, labels ``(N,)`` 1/0, their object
     ids ``(N,)``; boxes ``(B, 4)`` and their object ids ``(B,)`` (one box per object: the last
     one wins). An object with only negative points is kept: it says "not on this plane"."""
@@ -54,18 +54,18 @@ def merge_prompts(points: np.ndarray, labels: np.ndarray, objects: np.ndarray,
         pm = objects == i
         bm = np.flatnonzero(box_objects == i)
         box = np.asarray(boxes[bm[-1]], np.float64) if len(bm) else None
-        out[i] = ObjectPrompt(np.asarray(points[pm], np.float64).reshape(-1, 2),
+        out[i] = Prompt(np.asarray(points[pm], np.float64).reshape(-1, 2),
                               np.asarray(labels[pm], np.int32), box)
     return out
 
 
-def with_prompt(prompts: dict[Plane, dict[int, ObjectPrompt]], plane: Plane, obj: int, points=(), labels=(),
-                box=None) -> dict[Plane, dict[int, ObjectPrompt]]:
+def with_prompt(prompts: dict[Plane, dict[int, Prompt]], plane: Plane, obj: int, points=(), labels=(),
+                box=None) -> dict[Plane, dict[int, Prompt]]:
     """``prompts`` with ``points`` ``(N, 2)`` / ``labels`` added to object ``obj`` on ``plane``
     (and its box replaced when ``box`` is given); ``prompts`` is changed in place and returned."""
-    old = prompts.setdefault(plane, {}).get(obj) or ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int32))
+    old = prompts.setdefault(plane, {}).get(obj) or Prompt(np.zeros((0, 2)), np.zeros(0, np.int32))
     pts = np.concatenate([old.points, np.asarray(points, np.float64).reshape(-1, 2)])
-    prompts[plane][obj] = ObjectPrompt(pts, np.concatenate([old.labels, np.asarray(labels, np.int32)]),
+    prompts[plane][obj] = Prompt(pts, np.concatenate([old.labels, np.asarray(labels, np.int32)]),
                                        old.box if box is None else np.asarray(box, np.float64))
     return prompts
 
@@ -79,7 +79,7 @@ def image_shape(image, rgb: bool) -> tuple[int, ...]:
     return tuple(image.shape[:ndim])
 
 
-def present(obj: ObjectPrompt) -> bool:
+def present(obj: Prompt) -> bool:
     """The prompts place the object on the plane (a positive point or a box)."""
     return obj.box is not None or bool((obj.labels == 1).any())
 
@@ -89,7 +89,7 @@ class ObjectDecode:
     """What one object's prompts on one plane decoded to."""
 
     sig: bytes
-    prompt: ObjectPrompt
+    prompt: Prompt
     pred: object | None  # Prediction; None: the object is absent from this plane
     choice: int = 0
 
@@ -189,7 +189,7 @@ def fmt(index: Plane) -> str:
     return ", ".join(map(str, index))
 
 
-def prompts_json(prompts: Mapping[Plane, Mapping[int, ObjectPrompt]]) -> dict:
+def prompts_json(prompts: Mapping[Plane, Mapping[int, Prompt]]) -> dict:
     """The prompts as json-able data (for the autosave journal): ``{"z,y": {"id": {...}}}``."""
     out = {}
     for p, objs in prompts.items():
