@@ -253,7 +253,7 @@ def test_autosave_restores_the_labels_of_a_killed_session(tmp_path):
     p.wait(10)
     assert p.returncode == -signal.SIGKILL
     s = session()
-    assert s.store.exists()
+    assert s.annotation_store.exists()
     ids = s.restore_autosave()
     lab = labels_of(s)
     assert ids == (1,) and (lab[:, 15, 40] == 1).all()  # the committed 3D object
@@ -399,9 +399,9 @@ def propagated_through_40_planes():
 def test_a_commit_of_many_planes_is_autosaved_in_a_job_in_order():
     s, sch = propagated_through_40_planes()
     assert len(s.commit()) == 1
-    assert not s.store.exists()  # 40 planes: not on the caller's thread
+    assert not s.annotation_store.exists()  # 40 planes: not on the caller's thread
     sch.run("autosave")
-    _, _, planes = s.store.load()
+    _, _, planes = s.annotation_store.load()
     assert sorted(planes) == [(k,) for k in range(40)]
 
 
@@ -413,11 +413,11 @@ def test_a_small_commit_after_a_big_one_is_autosaved_after_it_and_failures_are_r
     s.add_point((40, 40), plane=(5,))
     sch.run_all("decode")
     s.commit()  # one plane, but behind the job: queued, not saved before it
-    assert not s.store.exists()
+    assert not s.annotation_store.exists()
     sch.run_all("autosave")
-    assert [r["op"] for r in s.store.records()] == ["commit", "commit"]
-    assert s.store.records()[1]["planes"] == [[5]]
-    s.store.save = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    assert [r["op"] for r in s.annotation_store.records()] == ["commit", "commit"]
+    assert s.annotation_store.records()[1]["planes"] == [[5]]
+    s.annotation_store.save = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
     s.undo()  # one plane, no job pending: saved at once, and the failure is said
     assert "autosave failed (disk full)" in s.statuses[-1]
 
@@ -425,6 +425,6 @@ def test_a_small_commit_after_a_big_one_is_autosaved_after_it_and_failures_are_r
 def test_a_failed_autosave_job_is_reported():
     s, sch = propagated_through_40_planes()
     s.commit()
-    s.store.save = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    s.annotation_store.save = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
     sch.run("autosave")
     assert "autosave failed (disk full)" in s.statuses[-1]

@@ -375,9 +375,19 @@ class AnnotationSession:
         return self.labels.target
 
     @property
-    def store(self):
-        """The image's autosave store (:class:`~napari_promptseg.labels.autosave.AnnotationStore`) or None."""
+    def annotation_store(self):
+        """The image's autosave store (:class:`~napari_promptseg.labels.autosave.AnnotationStore`)
+        or None; the embeddings store is :attr:`embeddings_store`."""
         return self.labels.store
+
+    @property
+    def store(self):
+        """Release 0.1's name of :attr:`annotation_store` (deprecated: "store" is ambiguous)."""
+        import warnings
+
+        warnings.warn("AnnotationSession.store is deprecated; use annotation_store (the autosave) or "
+                      "embeddings_store", DeprecationWarning, stacklevel=2)
+        return self.annotation_store
 
     def set_target(self, target) -> None:
         """Commit into ``target`` (written in place, plane by plane); None: a new array at the
