@@ -106,3 +106,10 @@ def test_session_settings_are_validated_when_set():
     assert s.propagation_settings.min_score == 0.8  # a refused change changes nothing
     assert s.propagation_method == "prompt" and not s.setting_applies("stop_after")
     assert isinstance(s.propagation_settings.options_for(s.model), ps.PromptPropagation)
+
+
+def test_the_session_store_is_named_for_what_it_holds():
+    s = ps.AnnotationSession(ComponentModel(), np.zeros((2, 20, 20), np.uint16))
+    with pytest.warns(DeprecationWarning, match="AnnotationSession.store is deprecated; use annotation_st"):
+        assert s.store is s.annotation_store
+    assert s.embeddings_store is None

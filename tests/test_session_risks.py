@@ -297,7 +297,7 @@ def test_an_autosave_that_was_not_restored_is_set_aside_not_mixed():
     s.add_point((15, 40))  # plane 0
     s.commit()
     same = session(stack)  # opened again in this process: its own autosave is continued
-    assert same.labels._earlier_store is False and same.store.exists()
+    assert same._labels._earlier_store is False and same.annotation_store.exists()
     from napari_promptseg.session import labels
 
     labels._OURS.clear()  # as in a new process (e.g. after a crash)
@@ -305,9 +305,9 @@ def test_an_autosave_that_was_not_restored_is_set_aside_not_mixed():
     s2.set_plane((3,))
     s2.add_point((40, 40))
     s2.commit()
-    _, _, planes = s2.store.load()
+    _, _, planes = s2.annotation_store.load()
     assert sorted(planes) == [(3,)]  # only this session's labels
-    root = s2.store.root
+    root = s2.annotation_store.root
     earlier = [p for p in root.parent.iterdir() if p.name.startswith(root.name + ".earlier-")]
     assert len(earlier) == 1  # the earlier session's autosave is kept aside, not lost
     from napari_promptseg.labels.autosave import AnnotationStore

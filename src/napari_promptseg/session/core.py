@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from napari_promptseg.core.deprecation import deprecated_alias
 from napari_promptseg.labels.write import LabelsCommit
 from napari_promptseg.session.decoding import Decoder
 from napari_promptseg.session.embedding import PlaneEmbedder
@@ -44,25 +45,25 @@ class AnnotationSession:
                  scheduler: Callable[[Job], None] = run_now, prefetch: int | None = None,
                  autosave: bool = True, source_path: str | None = None, disk=None) -> None:
         self.events = SessionEvents()
-        self.schedule = scheduler
+        self._schedule = scheduler
         self.prefetch = (0 if scheduler is run_now else 4) if prefetch is None else prefetch
         self.autosave_enabled = autosave
         self.propagation_settings = PropagationSettings()  # what P does (configure() changes it)
         self.commit_settings = CommitSettings()  # what K does
         self.model, self.image, self.rgb, self.window, self.disk = model, None, rgb, window, disk
-        self.embedder = PlaneEmbedder(scheduler, self.prefetch, disk)
-        self.embedder.on_ready, self.embedder.on_status = self._embedded, self._status
-        self.propagation = Propagator(scheduler, self._show, self._status, self.events.progress.emit,
-                                      lambda: self.embedder.resume(),
-                                      lambda p: self.labels.blocked(p, self.commit_settings.overwrite))
-        self.everything = EverythingRunner(scheduler, self.events.everything.emit, self._status,
-                                           self.events.progress.emit, lambda: self.embedder.resume())
-        self.embedder.paused = lambda: self.propagation.run is not None or self.everything.run is not None
+        self._embedder = PlaneEmbedder(scheduler, self.prefetch, disk)
+        self._embedder.on_ready, self._embedder.on_status = self._embedded, self._status
+        self._propagation = Propagator(scheduler, self._show, self._status, self.events.progress.emit,
+                                      lambda: self._embedder.resume(),
+                                      lambda p: self._labels.blocked(p, self.commit_settings.overwrite))
+        self._everything = EverythingRunner(scheduler, self.events.everything.emit, self._status,
+                                           self.events.progress.emit, lambda: self._embedder.resume())
+        self._embedder.paused = lambda: self._propagation.run is not None or self._everything.run is not None
         self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
         self.current_object = 1
         self._view: Preview | None = None
-        self.labels = CommitLog(scheduler, self._status)  # the target labels, undo/redo, autosave
-        self.decoder = Decoder(scheduler, lambda: (self.model, self.stack), self._show, self._status,
+        self._labels = CommitLog(scheduler, self._status)  # the target labels, undo/redo, autosave
+        self._decoder = Decoder(scheduler, lambda: (self.model, self.stack), self._show, self._status,
                                self.describe)  # prompts, decodes (newest wins), objects refined from paint
         self._closed = False
         if image is not None:
@@ -94,19 +95,19 @@ class AnnotationSession:
         self._cancel_jobs()
         self.image, self.rgb, self.window = image, rgb, window
         self._lead, self._plane_shape = shape[:-2], shape[-2:]
-        self.embedder.forget()
-        self.embedder.plane = self.active = tuple(0 for _ in self._lead)
+        self._embedder.forget()
+        self._embedder.plane = self.active = tuple(0 for _ in self._lead)
         note = self._attach(embeddings)
         self._reset_state()
         self._view = Preview(shape, len(self._lead), self.events.preview_reset.emit)
-        self.labels = CommitLog(self.schedule, self._status)
+        self._labels = CommitLog(self._schedule, self._status)
         self.events.preview_reset.emit(self.preview)
         self.events.current_object.emit(self.current_object)
         self._restart_embeddings()
         if note:
             self._status(note)
         if self.autosave_enabled:
-            earlier, problem = self.labels.open_store_for(image, rgb, source_path)
+            earlier, problem = self._labels.open_store_for(image, rgb, source_path)
             if problem:
                 self._status(problem)
             elif earlier:
@@ -115,7 +116,7 @@ class AnnotationSession:
     def forget_image(self) -> None:
         """The image is gone (e.g. its layer was removed): stop its work, drop its embeddings."""
         self._cancel_jobs()
-        self.embedder.forget()
+        self._embedder.forget()
         self.image = None
 
     def set_model(self, model, embeddings=None) -> None:
@@ -123,7 +124,7 @@ class AnnotationSession:
         embeddings store made by another model is no longer used; embeddings: a store to use
         with this model (see :meth:`use_embeddings`), taken into use before anything is embedded."""
         self.model = model
-        notes = [self.embedder.drop_unfit_store(model), self._attach(embeddings)]
+        notes = [self._embedder.drop_unfit_store(model), self._attach(embeddings)]
         self._restart_embeddings()
         for note in filter(None, notes):
             self._status(note)
@@ -134,7 +135,7 @@ class AnnotationSession:
         window = None if window is None else tuple(float(v) for v in window)
         if window != self.window:
             self.window = window
-            if self.embedder.store is None:
+            if self._embedder.store is None:
                 self._restart_embeddings()
 
     def use_embeddings(self, store=None) -> bool:
@@ -143,7 +144,7 @@ class AnnotationSession:
         the image is then embedded with the store's window. A store made by another model, for
         another shape, axis or other pixels is refused: its message goes to the status line,
         nothing else changes, and False is returned. None: stop using a store."""
-        ok, note = self.embedder.attach(store, self.model, self.image, self.rgb)
+        ok, note = self._embedder.attach(store, self.model, self.image, self.rgb)
         if ok and note:
             self._restart_embeddings()
         if note:
@@ -152,38 +153,38 @@ class AnnotationSession:
 
     def _attach(self, embeddings) -> str | None:
         """Use ``embeddings`` (None: keep the store) from the next restart on; returns what to say."""
-        return None if embeddings is None else self.embedder.attach(embeddings, self.model, self.image,
+        return None if embeddings is None else self._embedder.attach(embeddings, self.model, self.image,
                                                                      self.rgb)[1]
 
     @property
     def embeddings_store(self):
         """The :class:`~napari_promptseg.embed.store.EmbeddingStore` planes are read from, or None."""
-        return self.embedder.store
+        return self._embedder.store
 
     def _restart_embeddings(self) -> None:
         self._cancel_jobs()
         if self.model is None or self.image is None:
-            self.embedder.stop()
+            self._embedder.stop()
             self._status("choose a model: the image is embedded as soon as one is loaded." if self.image
                          is not None else "choose an image.")
             return
-        self.decoder.restale()  # keep showing the masks; decode again on the new embeddings
-        self.embedder.restart(self.model, self.image, self.window, self.rgb, self.plane)
-        self.decoder.redecode()
+        self._decoder.restale()  # keep showing the masks; decode again on the new embeddings
+        self._embedder.restart(self.model, self.image, self.window, self.rgb, self.plane)
+        self._decoder.redecode()
 
     @property
     def stack(self):
         """The :class:`~napari_promptseg.embed.stack.StackEmbeddings` of the image (None without a model)."""
-        return self.embedder.stack
+        return self._embedder.stack
 
     @property
     def plane(self) -> Plane:
         """The plane shown to the user (embedded first; new prompts land there)."""
-        return self.embedder.plane
+        return self._embedder.plane
 
     def set_plane(self, plane: Plane) -> None:
         """The user now looks at ``plane``: embed it first, then its neighbours that way."""
-        if self.embedder.set_plane(plane) and self.stack is not None:
+        if self._embedder.set_plane(plane) and self.stack is not None:
             self._status(self.describe())
 
     def _embedded(self, plane: Plane) -> None:
@@ -193,7 +194,7 @@ class AnnotationSession:
     # ------------------------------------------------------------------ objects and prompts
     def new_object(self) -> int:
         """Start a new object: the next prompts belong to it. Returns its id."""
-        used = {self.current_object} | self.decoder.ids() | self.propagation.ids
+        used = {self.current_object} | self._decoder.ids() | self._propagation.ids
         return self.select_object(max(used) + 1)
 
     def select_object(self, oid: int) -> int:
@@ -209,16 +210,16 @@ class AnnotationSession:
     @property
     def prompts(self) -> dict[Plane, dict[int, Prompt]]:
         """``{plane: {object id: Prompt}}`` (a copy)."""
-        return {p: dict(objs) for p, objs in self.decoder.prompts.items()}
+        return {p: dict(objs) for p, objs in self._decoder.prompts.items()}
 
     def set_prompts(self, prompts: Mapping[Plane, Mapping[int, Prompt]]) -> None:
         """Replace all prompts (the napari bridge calls this when a prompt layer changes); only
         the objects whose prompts changed are decoded again."""
-        planned = self.decoder.replace(prompts)
+        planned = self._decoder.replace(prompts)
         changed = sorted(planned[0])
         if changed:
             self.active = self.plane if self.plane in changed else changed[-1]
-        self.decoder.request(planned=planned)
+        self._decoder.request(planned=planned)
 
     def add_point(self, rc, positive: bool = True, plane: Plane | None = None,
                   obj: int | None = None) -> None:
@@ -239,14 +240,14 @@ class AnnotationSession:
     @property
     def decoding(self) -> bool:
         """True while the newest prompts are being decoded (their masks are not shown yet)."""
-        return self.decoder.pending is not None
+        return self._decoder.pending is not None
 
     def _show(self, planes) -> None:
         """Compose ``planes`` from their decoded, propagated and refined objects into the preview."""
         planes = tuple(sorted(set(planes)))
         for p in planes:
-            self._view.show(p, self.decoder.decoded.get(p), self.propagation.planes.get(p),
-                            self.decoder.kept.get(p))
+            self._view.show(p, self._decoder.decoded.get(p), self._propagation.planes.get(p),
+                            self._decoder.kept.get(p))
         if planes:
             self.events.preview.emit(planes)
 
@@ -265,31 +266,31 @@ class AnnotationSession:
         and a commit takes the painted pixels."""
         planes = {tuple(p) for p in planes}
         self._view.edited(planes)
-        self.decoder.painted(planes)
+        self._decoder.painted(planes)
 
     @property
     def predictions(self) -> dict[int, object]:
         """``{object id: Prediction}`` on :attr:`focus` (objects absent there left out)."""
-        return {i: d.pred for i, d in self.decoder.predicted(self.focus).items()}
+        return {i: d.pred for i, d in self._decoder.predicted(self.focus).items()}
 
     @property
     def choices(self) -> dict[int, int]:
         """``{object id: index of the shown candidate mask}`` on :attr:`focus`."""
-        return {i: d.choice for i, d in self.decoder.predicted(self.focus).items()}
+        return {i: d.choice for i, d in self._decoder.predicted(self.focus).items()}
 
     def next_mask(self) -> None:
         """Show the next candidate mask (by score) of each ambiguous object on :attr:`focus`."""
-        self.decoder.next_mask(self.focus)
+        self._decoder.next_mask(self.focus)
 
     def refine_from_preview(self) -> None:
         """Each object of the displayed plane's (painted) preview becomes a mask prompt, with its
         bounding box and its points on this plane."""
-        self.decoder.refine(self.plane, np.array(self.preview_plane(self.plane)), self._plane_shape)
+        self._decoder.refine(self.plane, np.array(self.preview_plane(self.plane)), self._plane_shape)
 
     # ------------------------------------------------------------------ propagation
     @property
     def propagating(self) -> bool:
-        return self.propagation.run is not None
+        return self._propagation.run is not None
 
     def propagate(self, axis: int = 0) -> bool:
         """Propagate the objects of the prompted planes through the stack along leading ``axis``,
@@ -303,11 +304,11 @@ class AnnotationSession:
         if self.stack is None:
             self._status("choose a model first.")
             return False
-        if self.decoder.defer(lambda: self.propagate(axis)):
+        if self._decoder.defer(lambda: self.propagate(axis)):
             self._status("propagating as soon as the newest prompts are decoded…")
             return True
         options = self.propagation_settings.options_for(self.model, self._tiled)
-        return self.propagation.start(self.model, self.stack, self.plane, int(axis), self.decoder.prompts,
+        return self._propagation.start(self.model, self.stack, self.plane, int(axis), self._decoder.prompts,
                                       self.preview_plane, options)
 
     @property
@@ -334,13 +335,13 @@ class AnnotationSession:
 
     def cancel_propagation(self) -> None:
         """Stop a running propagation; the planes it finished stay in the preview."""
-        self.propagation.cancel()
+        self._propagation.cancel()
 
     def cancel(self) -> None:
         """Cancel the propagation, segment everything and the embedding in progress."""
         self.cancel_propagation()
-        self.everything.cancel()
-        self.embedder.cancel()
+        self._everything.cancel()
+        self._embedder.cancel()
         self._status("cancelled.")
 
     # ------------------------------------------------------------------ segment everything
@@ -351,54 +352,51 @@ class AnnotationSession:
         shape (numpy for 2D, lazy zarr for stacks), filled plane by plane (events.everything);
         committed labels do not change. params: Meta's generator parameters
         (:data:`~napari_promptseg.models.generator_defaults.EVERYTHING_DEFAULTS`). Returns the new
-        array, or None
-        (with a status) when there is no model or image; a bad parameter raises ValueError or
-        TypeError before any work. A running propagation or run is cancelled first."""
+        array, or None (with a status) when there is no model or image; a bad parameter raises
+        ValueError or TypeError before any work. A running propagation or run is cancelled first."""
         if self.image is None or self.stack is None:
             self._status("choose an image and a model first." if self.image is None
                          else "choose a model first.")
             return None
         planes, target = scope_of(self.stack, self.plane, scope, axis, (*self._lead, *self._plane_shape))
         self.cancel_propagation()
-        self.everything.start(self.model, self.stack, planes, target, params)
+        self._everything.start(self.model, self.stack, planes, target, params)
         return target
 
     @property
     def segmenting_everything(self) -> bool:
-        return self.everything.run is not None
+        return self._everything.run is not None
 
     # ------------------------------------------------------------------ commit, undo, clear
     @property
     def target(self):
         """The labels receiving commits (numpy, zarr, dask or a multiscale list); None until the
         first commit makes a new int32 array (a lazy zarr array for stacks)."""
-        return self.labels.target
+        return self._labels.target
+
+    def labels_edited(self, max_id: int) -> None:
+        """The target labels were edited by hand (brush, eraser): new objects' ids start above
+        ``max_id``."""
+        self._labels.target_edited(int(max_id))
 
     @property
     def annotation_store(self):
         """The image's autosave store (:class:`~napari_promptseg.labels.autosave.AnnotationStore`)
         or None; the embeddings store is :attr:`embeddings_store`."""
-        return self.labels.store
+        return self._labels.store
 
-    @property
-    def store(self):
-        """Release 0.1's name of :attr:`annotation_store` (deprecated: "store" is ambiguous)."""
-        import warnings
-
-        warnings.warn("AnnotationSession.store is deprecated; use annotation_store (the autosave) or "
-                      "embeddings_store", DeprecationWarning, stacklevel=2)
-        return self.annotation_store
+    store = deprecated_alias("annotation_store", "the autosave; the embeddings store is embeddings_store")
 
     def set_target(self, target) -> None:
         """Commit into ``target`` (written in place, plane by plane); None: a new array at the
         first commit."""
-        self.labels.set_target(target)
+        self._labels.set_target(target)
 
     def ensure_target(self):
         """The labels array that receives commits (made if there is none)."""
-        if self.labels.ensure((*self._lead, *self._plane_shape), lazy=bool(self._lead)):
-            self.events.target.emit(self.labels.target)
-        return self.labels.target
+        if self._labels.ensure((*self._lead, *self._plane_shape), lazy=bool(self._lead)):
+            self.events.target.emit(self._labels.target)
+        return self._labels.target
 
     def commit(self) -> tuple[int, ...]:
         """Write the preview's objects into the target with new ids (one label per object, on
@@ -410,7 +408,7 @@ class AnnotationSession:
         if self.propagating:
             self._status("a propagation is running: wait for it or press Cancel, then commit.")
             return ()
-        if self.decoder.defer(self.commit):
+        if self._decoder.defer(self.commit):
             self._status("committing as soon as the decode finishes…")
             return ()
         groups = {p: pl for p in sorted(self._shown()) if (pl := self.preview_plane(p)).any()}
@@ -418,8 +416,8 @@ class AnnotationSession:
             self._status("nothing to commit: the preview is empty.")
             return ()
         self.ensure_target()
-        c, message = self.labels.commit_preview(groups, self.commit_settings.overwrite, {
-            "prompts": prompts_json(self.decoder.prompts)}, (*self._lead, *self._plane_shape))
+        c, message = self._labels.commit_preview(groups, self.commit_settings.overwrite, {
+            "prompts": prompts_json(self._decoder.prompts)}, (*self._lead, *self._plane_shape))
         if c is not None:
             self.events.labels.emit(tuple(e.plane for e in c.edits))
             self.clear(quiet=True)
@@ -428,31 +426,30 @@ class AnnotationSession:
 
     def undo(self) -> LabelsCommit | None:
         """Undo the last commit (exactly; refused when the pixels were edited since)."""
-        return self._written(*self.labels.step("undo"))
+        return self._written(*self._labels.step("undo"))
 
     def redo(self) -> LabelsCommit | None:
         """Redo the last undone commit."""
-        return self._written(*self.labels.step("redo"))
+        return self._written(*self._labels.step("redo"))
 
     def _written(self, c: LabelsCommit | None, message: str) -> LabelsCommit | None:
-        """Announce the planes ``c`` wrote (if any) and say ``message``."""
-        if c is not None:
+        if c is not None:  # announce the planes it wrote
             self.events.labels.emit(tuple(e.plane for e in c.edits))
         self._status(message)
         return c
 
     def restore_autosave(self) -> tuple[int, ...]:
         """Write the autosaved labels of this image into the target (undoable); returns their ids."""
-        if self.labels.store is not None and self.labels.store.exists():
+        if self._labels.store is not None and self._labels.store.exists():
             self.ensure_target()
-        c = self._written(*self.labels.restore())
+        c = self._written(*self._labels.restore())
         return () if c is None else c.ids
 
     def clear(self, quiet: bool = False) -> None:
         """Remove the prompts and the preview (nothing committed changes)."""
         self.cancel_propagation()
         shown = self._shown()
-        self.decoder.cancel()
+        self._decoder.cancel()
         self._reset_state()
         self._show(shown)
         self.events.prompts_cleared.emit()
@@ -462,12 +459,12 @@ class AnnotationSession:
 
     def _shown(self) -> set[Plane]:
         """The planes whose preview may hold objects."""
-        d = self.decoder
-        return set(d.decoded) | set(self.propagation.planes) | set(d.kept) | self._view.painted
+        d = self._decoder
+        return set(d.decoded) | set(self._propagation.planes) | set(d.kept) | self._view.painted
 
     def _reset_state(self) -> None:
-        self.decoder.reset()
-        self.propagation.clear()
+        self._decoder.reset()
+        self._propagation.clear()
         if self._view is not None:
             self._view.painted.clear()
         self.current_object = 1
@@ -476,27 +473,27 @@ class AnnotationSession:
     def describe(self) -> str:
         """The status line: the current object and the masks of the displayed plane when it is
         prompted; on a propagated plane its objects; else the masks of the plane prompted last."""
-        return status_line(self)
+        return status_line(self, self._decoder.decoded)
 
     @property
     def focus(self) -> Plane:
         """The plane J and :attr:`predictions` act on: the displayed one when it is prompted, else
         the plane prompted last."""
-        return self.plane if self.plane in self.decoder.decoded else self.active
+        return self.plane if self.plane in self._decoder.decoded else self.active
 
     def _status(self, text: str) -> None:
         if not self._closed:
             self.events.status.emit(text)
 
     def _cancel_jobs(self) -> None:
-        self.decoder.cancel()  # a commit or propagation waiting for these decodes is off
+        self._decoder.cancel()  # a commit or propagation waiting for these decodes is off
         self.cancel_propagation()
-        self.everything.cancel()
+        self._everything.cancel()
 
     def close(self) -> None:
         """Stop every job (an encoder stops at its next block); the session is done."""
         self._cancel_jobs()
-        self.embedder.close()
-        self.decoder.close()
+        self._embedder.close()
+        self._decoder.close()
         self._closed = True
 

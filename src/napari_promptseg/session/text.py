@@ -27,10 +27,10 @@ def store_note(session) -> str:
     return f"; embeddings from {store.path.name}"
 
 
-def status_line(session) -> str:
+def status_line(session, decoded) -> str:
     """:meth:`~.core.AnnotationSession.describe`: the masks of the displayed plane when it is
-    prompted; on a propagated plane its objects; else the masks of the plane prompted last."""
-    decoded = session.decoder.decoded
+    prompted; on a propagated plane its objects; else the masks of the plane prompted last.
+    decoded: the session's ``{plane: PlaneDecode}``."""
     here = decoded.get(session.plane)
     if here is not None and any(d.pred is not None for d in here.objects.values()):
         return describe(session, here, session.plane)
