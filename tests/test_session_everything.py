@@ -10,8 +10,8 @@ import pytest
 import napari_promptseg as ps
 from napari_promptseg.sample import nuclei_image
 from napari_promptseg.segmentation.everything import segment_everything
-from napari_promptseg.session import AnnotationSession
 from napari_promptseg.segmentation.link3d import link_plane
+from napari_promptseg.session import AnnotationSession
 from napari_promptseg.session.jobs import run_now
 
 KW = {"points_per_side": 12, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
