@@ -9,8 +9,8 @@ Precompute on a cluster node, copy the folder, annotate on a laptop. Layout::
                                      entry (float16 features, checksums), its pixel key in attrs
 
 A plane is written to a temporary folder and renamed into place, so a store is valid after an
-interrupted run and :func:`embed_store` run again only computes the missing planes. Planes are
-the 2D planes across ``axis`` (as :func:`~napari_promptseg.propagation.api` takes them), over every
+interrupted run and :func:`embed_store_iter` run again only computes the missing planes. Planes
+are the 2D planes across ``axis`` (as :func:`~napari_promptseg.propagate` takes them), over every
 leading index for a T x Z stack.
 """
 
