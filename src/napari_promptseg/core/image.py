@@ -1,6 +1,6 @@
 """Turn any 2D image into the uint8 RGB array the models take.
 
-Rules (see DESIGN.md, "Intensity"):
+Rules (the user guide's "One intensity window for the whole stack"; :func:`stack_window` for stacks):
 
 - ``(H, W)`` gray and ``(H, W, 1)`` are repeated to RGB; ``(H, W, 4)`` drops alpha.
 - uint8 RGB(A) passes unchanged, so results equal the official predictors'; so does uint8 gray
