@@ -212,6 +212,22 @@ def test_propagation_with_the_p_key_progress_commit_and_undo(make_napari_viewer,
     assert not labels(w).any()
 
 
+def test_propagate_starts_from_the_plane_shown_now(make_napari_viewer, qtbot):
+    """propagate() (the button and P) reads the displayed plane itself: a caller need not sync it."""
+    img, truth = sphere_stack()
+    viewer, layer, w, _ = open_stack(make_napari_viewer, qtbot, img)
+    goto(viewer, w, qtbot, 10)
+    click(w.bridge.points_layer, (10, 60, 80))
+    settle(qtbot, w)
+    with viewer.dims.events.point.blocker():  # the view moves without telling the bridge
+        viewer.dims.set_point(0, 12)
+    assert w.session.plane == (10,) and w.bridge.displayed_plane() == (12,)
+    w.propagate()
+    assert w.session.plane == (12,)
+    wait_propagation(qtbot, w)
+    assert iou(preview(w) > 0, truth == 1) >= 0.9
+
+
 def test_cancel_button_stops_a_propagation_in_the_widget(make_napari_viewer, qtbot):
     img, truth = sphere_stack()
     model = ComponentModel(delay=0.15, mask_input="objects")  # exact masks: a plane is whole or empty

@@ -399,11 +399,10 @@ def test_real_sam_end_to_end(make_napari_viewer, qtbot, tiny_model):
 
 
 def test_model_download_in_a_worker_with_progress(env, qtbot, monkeypatch, tiny_spec, tiny_ckpt):
-    """A registry name downloads (local server) and loads in a worker; the image is embedded."""
+    """A registry name downloads (local server) and loads in a worker; the download's progress is
+    in the status line; the image is embedded."""
     import dataclasses
-    import time
 
-    import napari_promptseg as ps
     from napari_promptseg.models import registry
     from tests.test_weights import _Server
 
@@ -411,27 +410,13 @@ def test_model_download_in_a_worker_with_progress(env, qtbot, monkeypatch, tiny_
     try:
         spec = dataclasses.replace(tiny_spec, name="tiny_download", url=f"{server.url}/good.pth")
         monkeypatch.setitem(registry.REGISTRY, spec.name, spec)
-        statuses = []
-        monkeypatch.setattr(env.w, "_set_status", lambda text: statuses.append(text))
-        load = ps.load_model
-
-        def slow_download(*args, progress, **kwargs):  # the status polls the bytes every 200 ms
-            slowed = []
-
-            def on_bytes(done, total):
-                progress(done, total)
-                if not slowed:  # a real download takes longer than this local one
-                    slowed.append(done)
-                    time.sleep(0.5)
-
-            return load(*args, progress=on_bytes, **kwargs)
-
-        monkeypatch.setattr(ps, "load_model", slow_download)
+        statuses = []  # every status line the dock showed (napari's status bar gets each one)
+        env.viewer.events.status.connect(lambda e: statuses.append(str(e.value)))
         env.w.set_model("tiny_download", device="cpu")
         assert env.w.scheduler.running("load")  # in a worker: set_model returned at once
         qtbot.waitUntil(lambda: env.w.session.model is not env.model and env.w.ready, timeout=60000)
         assert env.w.session.model.name == "tiny_download" and embedding(env.w).model == "tiny_download"
-        assert any(s.startswith("downloading tiny_download") for s in statuses)
+        assert any(s.startswith("promptseg: downloading tiny_download") for s in statuses)
         assert server.hits == {"good": 1}
     finally:
         server.close()
@@ -574,10 +559,20 @@ def test_choosing_a_model_that_needs_a_download_waits_for_load(env, qtbot):
     assert w.session.model is env.model and not w.scheduler.running("load")
 
 
-def test_local_checkpoint_architecture_is_read_from_the_file(tiny_ckpt):
-    from napari_promptseg._napari.widget import _guess_registry_name
+def test_a_local_checkpoint_loads_as_the_model_it_fits_or_says_why_not(env, qtbot, tiny_ckpt):
+    """A local file: the registry model whose architecture it fits (read in the worker); an
+    unknown architecture is a status naming the file and the known models, not a silent vit_b."""
     from napari_promptseg.models.registry import get_spec
     from napari_promptseg.models.weights import packaged_path
 
-    assert _guess_registry_name(packaged_path(get_spec("promptseg_demo"))) == "promptseg_demo"
-    assert _guess_registry_name(tiny_ckpt) == "vit_b"  # no registry model has that width: the default
+    w = env.w
+    qtbot.waitUntil(lambda: not w.scheduler.running("load"), timeout=10000)  # the default model's
+    w.set_model(None, checkpoint=tiny_ckpt, device="cpu")
+    qtbot.waitUntil(lambda: not w.scheduler.running("load"), timeout=20000)
+    said = w.status.text()
+    assert said.startswith(f"could not load {tiny_ckpt}: no known model fits checkpoint {tiny_ckpt}")
+    assert "Known models: vit_b (vit_b)" in said and w.session.model is env.model
+    w.set_model(None, checkpoint=packaged_path(get_spec("promptseg_demo")), device="cpu")
+    qtbot.waitUntil(lambda: w.session.model is not env.model and w.ready, timeout=30000)
+    assert w.session.model.name == "promptseg_demo" and w.model_combo.currentText() == "promptseg_demo"
+    assert w.session.model.checkpoint_id.startswith("fp:")  # the file's, not the registry's hash

@@ -50,7 +50,7 @@ class LayerBridge:
             self._disconnect_image()
         self.image_layer = layer
         data = layer.data[0] if layer.multiscale else layer.data
-        source = getattr(getattr(layer, "source", None), "path", None)
+        source = L.source_path(layer)
         self.ensure_prompt_layers()
         self._clear_prompt_layers()  # the session starts the new image without prompts
         found = self.store_beside(self.session.model, data.shape, layer.rgb)
@@ -78,8 +78,7 @@ class LayerBridge:
             if s.image is None:
                 return None
             shape, rgb = s.image.shape, s.rgb
-        source = getattr(getattr(layer, "source", None), "path", None)
-        return find_store(source, model, tuple(shape), bool(rgb)) if layer is not None else None
+        return find_store(L.source_path(layer), model, tuple(shape), bool(rgb)) if layer is not None else None
 
     def window(self) -> tuple[float, float]:
         return tuple(float(v) for v in self.image_layer.contrast_limits)
@@ -120,6 +119,13 @@ class LayerBridge:
             self.session.set_plane(self.displayed_plane())
 
     # ------------------------------------------------------------------ layers
+    def restore_prompt_layers(self) -> None:
+        """Make the prompt layers again when one was removed and the image is still there; the
+        session's prompts follow the (new, empty) layers."""
+        if self.image_layer is not None and (self.points_layer is None or self.boxes_layer is None):
+            self.ensure_prompt_layers()
+            self.push_prompts()
+
     def ensure_prompt_layers(self) -> None:
         v, img = self.viewer, self.image_layer
         ndim = len(L.image_plane_shape(img))
@@ -186,7 +192,7 @@ class LayerBridge:
     def _on_target_paint(self, event=None) -> None:
         """Brush work in the labels: the next commit's ids start above what was painted."""
         new = [np.max(np.asarray(atom[2]), initial=0) for atom in (event.value or [])]
-        self.session.labels.target_edited(int(max(new, default=0)))
+        self.session.labels_edited(int(max(new, default=0)))
 
     def _on_target_created(self, array) -> None:
         layer = L.add_labels_layer(self.viewer, self.image_layer, array)

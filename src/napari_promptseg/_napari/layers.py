@@ -11,8 +11,8 @@ import numpy as np
 
 __all__ = [
     "POINTS_NAME", "BOXES_NAME", "PREVIEW_NAME", "LABELS_NAME", "EVERYTHING_NAME", "POSITIVE", "NEGATIVE",
-    "transform_kwargs", "copy_transform", "image_plane_shape", "add_points_layer", "add_boxes_layer",
-    "add_preview_layer", "add_labels_layer", "points_in_image", "boxes_in_image",
+    "transform_kwargs", "copy_transform", "image_plane_shape", "source_path", "add_points_layer",
+    "add_boxes_layer", "add_preview_layer", "add_labels_layer", "points_in_image", "boxes_in_image",
 ]
 
 POINTS_NAME = "promptseg points"
@@ -35,6 +35,11 @@ def copy_transform(src, dst) -> None:
     """Give ``dst`` the same data-to-world transform as ``src`` (same ndim)."""
     for k, v in transform_kwargs(src).items():
         setattr(dst, k, v)
+
+
+def source_path(layer) -> str | None:
+    """The file ``layer`` was opened from (None: made in memory, or no layer)."""
+    return getattr(getattr(layer, "source", None), "path", None)
 
 
 def image_plane_shape(image_layer) -> tuple[int, ...]:

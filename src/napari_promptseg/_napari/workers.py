@@ -19,9 +19,10 @@ __all__ = ["WorkerScheduler"]
 
 
 class _Stopped:
-    """A cancelled job's result (an exception returned by the work would be raised again)."""
+    """A cancelled (or, for steps, failed) job's result: its exception, returned (an exception
+    returned by the work would be raised again)."""
 
-    def __init__(self, err: Cancelled) -> None:
+    def __init__(self, err: Exception) -> None:
         self.err = err
 
 
@@ -65,6 +66,8 @@ class WorkerScheduler:
                     try:
                         yield from job.iterate()
                     except Cancelled as err:  # returned, not raised: napari shows a worker's errors
+                        return _Stopped(err)
+                    except RuntimeError as err:  # superqt takes it for a deleted worker: never finished
                         return _Stopped(err)
         else:
             def work():

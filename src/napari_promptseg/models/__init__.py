@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from napari_promptseg.models.base import PromptableModel
-from napari_promptseg.models.registry import BACKENDS, REGISTRY, ModelSpec, get_spec, list_models
+from napari_promptseg.models.registry import REGISTRY, ModelSpec, get_spec, list_models
 
 __all__ = ["ModelSpec", "PromptableModel", "REGISTRY", "list_models", "get_spec", "load_model", "as_model"]
 
@@ -25,7 +24,7 @@ def load_model(
     :func:`~napari_promptseg.models.weights.fetch_weights`.
     """
     from napari_promptseg.core.devices import resolve_device
-    from napari_promptseg.models.checkpoint import fingerprint, read_state_dict
+    from napari_promptseg.models.checkpoint import build_model, fingerprint, read_state_dict
     from napari_promptseg.models.weights import fetch_weights
 
     spec = name if isinstance(name, ModelSpec) else get_spec(name)
@@ -38,10 +37,7 @@ def load_model(
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         checkpoint_id = fingerprint(path)
-    state = read_state_dict(path)
-    module, func = BACKENDS[spec.family].split(":")
-    build = getattr(importlib.import_module(module), func)
-    return build(spec, state, checkpoint_id, dev)
+    return build_model(spec, read_state_dict(path), checkpoint_id, dev)
 
 
 def as_model(model) -> PromptableModel:

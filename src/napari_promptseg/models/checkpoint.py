@@ -1,16 +1,21 @@
-"""Reading checkpoint files safely: ``torch.load(weights_only=True)`` and state-dict unwrapping."""
+"""Reading checkpoint files safely (``torch.load(weights_only=True)``, state-dict unwrapping) and
+telling which registry model a local checkpoint file is (:func:`registry_name_for`,
+:func:`load_checkpoint`: the file is read once)."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
+from napari_promptseg.models.registry import BACKENDS, REGISTRY, ModelSpec
 from napari_promptseg.models.weights import WeightsError
 
-__all__ = ["read_state_dict", "fingerprint"]
+__all__ = ["read_state_dict", "fingerprint", "spec_for_state", "registry_name_for", "build_model",
+           "load_checkpoint"]
 
 _WRAPPERS = ("model_state", "state_dict", "model")
 _PREFIXES = ("module.", "sam.", "model.")
+_ENCODER_KEYS = ("image_encoder.patch_embed.proj.weight", "image_encoder.trunk.patch_embed.proj.weight")
 
 
 def fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -74,3 +79,50 @@ def read_state_dict(path: str | Path) -> dict:
             "checkpoint, completely downloaded?"
         ) from err
     return _unwrap(obj, p)
+
+
+def spec_for_state(state: dict, path: str | Path = "the checkpoint") -> ModelSpec:
+    """The first registry entry whose architecture fits ``state`` (read from ``path``): SAM by
+    its encoder width, SAM 2 by its Hiera width and depth. :class:`WeightsError` naming ``path``
+    and the known models when none does."""
+    from napari_promptseg.models.sam.model import arch_of
+    from napari_promptseg.models.sam2.model import sam2_arch_of
+
+    arch = sam2_arch_of(state) or arch_of(state)
+    spec = next((s for s in REGISTRY.values() if arch is not None and s.arch == arch), None)
+    if spec is not None:
+        return spec
+    if arch is not None:
+        found = f"its architecture {arch!r} is not that of a registry model"
+    elif any(k in state for k in _ENCODER_KEYS):
+        found = "its image encoder has a size no known architecture has"
+    else:
+        found = "it is not a SAM or SAM 2 checkpoint (no image_encoder.*patch_embed.proj.weight)"
+    known = ", ".join(f"{s.name} ({s.arch})" for s in REGISTRY.values())
+    raise WeightsError(f"no known model fits checkpoint {path}: {found}. Known models: {known}")
+
+
+def registry_name_for(path: str | Path) -> str:
+    """The name of the registry entry whose architecture fits the checkpoint file ``path`` (the
+    first of several, e.g. ``vit_b`` for micro-sam's ViT-B); :class:`WeightsError` when none
+    does. Reads the whole file: to load it too, use :func:`load_checkpoint` (one read)."""
+    return spec_for_state(read_state_dict(path), path).name
+
+
+def build_model(spec: ModelSpec, state: dict, checkpoint_id: str, device):
+    """The loaded model of ``spec``'s family from ``state`` on ``device`` (a resolved device)."""
+    import importlib
+
+    module, func = BACKENDS[spec.family].split(":")
+    return getattr(importlib.import_module(module), func)(spec, state, checkpoint_id, device)
+
+
+def load_checkpoint(path: str | Path, device: str = "auto"):
+    """Load the local checkpoint file ``path`` as the registry model whose architecture it fits
+    (:func:`spec_for_state`), reading the file once; ``device`` as in ``load_model``."""
+    from napari_promptseg.core.devices import resolve_device
+
+    dev = resolve_device(device)  # fail fast, before reading gigabytes
+    p = Path(path).expanduser()
+    state = read_state_dict(p)
+    return build_model(spec_for_state(state, p), state, fingerprint(p), dev)
