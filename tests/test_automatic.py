@@ -80,6 +80,7 @@ def _assert_labels(res):
      "min_mask_region_area": 50},
     {"points_per_side": 8, "pred_iou_thresh": -0.015, "stability_score_thresh": 0.6, "crop_n_layers": 1},
 ], ids=["defaults", "low_thresholds", "small_regions", "crop_layer"])
+@pytest.mark.slow
 def test_demo_model_equals_meta_generator(demo, nuclei, kw):
     model, sam = demo
     kw = {"points_per_side": 16, **kw}
@@ -89,6 +90,7 @@ def test_demo_model_equals_meta_generator(demo, nuclei, kw):
     _assert_same(ref, ours)
 
 
+@pytest.mark.slow
 def test_tiny_random_sam_equals_meta_generator(tiny_model, tiny_official):
     image = blobs_image((150, 230), seed=3)
     # random weights: masks alike everywhere, which NMS would reduce to one; keep them all

@@ -103,6 +103,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow
 def test_sam2_model_equals_meta_sam2_generator(sam2_model, meta, case):
     kw = {**BASE, **CASES[case]}
     ref = meta(IMAGE, **kw)

@@ -40,6 +40,7 @@ def test_models_lists_the_registry_and_what_is_local():
     assert "vit_b" in lines and "local" in lines["promptseg_demo"]
 
 
+@pytest.mark.slow
 def test_embed_writes_a_store_that_propagate_uses_and_a_rerun_resumes(stack_tif, tmp_path):
     path, stack, lab = stack_tif
     store = tmp_path / "stack.zarr"
@@ -62,6 +63,7 @@ def test_embed_writes_a_store_that_propagate_uses_and_a_rerun_resumes(stack_tif,
     (["{tif}", "--axis", "5"], "axis 5 does not exist"),
     (["{npy}"], "was made for an image of shape"),
 ])
+@pytest.mark.slow
 def test_bad_inputs_give_one_clear_line_and_exit_code_2(stack_tif, tmp_path, args, message):
     path, stack, _ = stack_tif
     store = tmp_path / "s.zarr"
@@ -76,6 +78,7 @@ def test_bad_inputs_give_one_clear_line_and_exit_code_2(stack_tif, tmp_path, arg
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_embed_takes_an_rgb_png_as_one_image(tmp_path):
     from skimage.io import imsave
 

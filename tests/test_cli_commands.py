@@ -30,6 +30,7 @@ def nuclei(tmp_path_factory):
     return d, img, lab
 
 
+@pytest.mark.slow
 def test_segment_json_points_and_box_give_the_objects_with_their_ids(nuclei, tmp_path):
     d, img, lab = nuclei
     ids = [i for i in np.unique(lab) if i][:3]
@@ -68,6 +69,7 @@ def test_segment_reads_napari_points_csv_with_labels_and_objects(nuclei, tmp_pat
     assert got[tuple(a)] == 1 and got[tuple(b)] == 4
 
 
+@pytest.mark.slow
 def test_propagate_follows_a_prompt_through_the_stack_and_can_use_a_store(nuclei, tmp_path):
     _, img, lab = nuclei
     stack = np.stack([np.roll(img, 2 * k, axis=1) for k in range(4)])
@@ -97,6 +99,7 @@ def test_propagate_follows_a_prompt_through_the_stack_and_can_use_a_store(nuclei
     assert rc == 2 and "other pixels" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_everything_over_files_and_folders_writes_labels_and_resumes(nuclei, tmp_path):
     d, img, lab = nuclei
     folder = tmp_path / "imgs"

@@ -111,6 +111,7 @@ def _inverted(seed):
 STEPS = 15
 
 
+@pytest.mark.slow
 def test_finetune_improves_iou_and_saves_a_loadable_checkpoint(tmp_path):
     images, labels = zip(*[_inverted(s) for s in (11, 12)])
     out = tmp_path / "ft.pt"

@@ -367,6 +367,7 @@ def _parity_ious(model, disk, seed: int) -> list[float]:
     return ious
 
 
+@pytest.mark.slow
 def test_float16_storage_keeps_masks(tmp_path, tiny_model):
     """float16 is the default storage because masks decoded from float16-stored features match the
     float32 ones with IoU >= 0.99 for every mask of every prompt.

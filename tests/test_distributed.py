@@ -49,6 +49,7 @@ def _idle(client, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_the_distributed_store_equals_the_in_process_store(client, demo_model, tmp_path):
     stack = _stack(6)
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")  # read per plane (memmap)
@@ -65,6 +66,7 @@ def test_the_distributed_store_equals_the_in_process_store(client, demo_model, t
                                    i[k].features["image_embed"].numpy(), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_planes_and_the_store_completes(client, tmp_path):
     n = 24
     np.save(tmp_path / "s.npy", _stack(n))
@@ -81,6 +83,7 @@ def test_a_killed_worker_loses_only_its_planes_and_the_store_completes(client, t
     assert set(client.run(os.getpid).values()) != set(before.values())
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_valid_and_a_rerun_computes_only_the_missing_planes(client, tmp_path):
     n = 12
     np.save(tmp_path / "s.npy", _stack(n))
@@ -123,6 +126,7 @@ def _cli(*args):
     return out.returncode, out.stdout, out.stderr
 
 
+@pytest.mark.slow
 def test_cli_embed_with_two_local_workers(demo_model, tmp_path):
     stack = _stack(4)
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import napari_promptseg
 
 PKG = Path(napari_promptseg.__file__).parent
@@ -50,6 +52,7 @@ def test_package_import_is_light():
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.slow
 def test_triton_is_hidden_only_next_to_an_opengl_llvm():
     """Loading triton next to Mesa's libLLVM segfaults napari; the guard hides it only then."""
     code = (

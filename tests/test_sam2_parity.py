@@ -159,6 +159,7 @@ def _same(ours, theirs, tr, net, state):
                 assert a[kind][k]["maskmem_features"].dtype == torch.bfloat16  # Meta's memory dtype
 
 
+@pytest.mark.slow
 def test_tracking_equals_official_forward_then_reverse(sam2_model, official_video):
     net, state = official_video
     theirs = _run_official(net, state)
@@ -169,6 +170,7 @@ def test_tracking_equals_official_forward_then_reverse(sam2_model, official_vide
     _same(ours, theirs, tr, net, state)
 
 
+@pytest.mark.slow
 def test_correction_retracks_from_that_frame_as_official(sam2_model, official_video):
     net, state = official_video
     _run_official(net, state)
@@ -205,6 +207,7 @@ def test_each_frame_is_embedded_once(sam2_model):
     assert sorted(set(fetched)) == list(range(T))
 
 
+@pytest.mark.slow
 def test_propagate_memory_api(sam2_model):
     video = FRAMES
     labels = ps.propagate(sam2_model, video, {PROMPT_FRAME: [{"points": P1}, {"box": BOX2}]}, axis=0)
@@ -267,6 +270,7 @@ def test_a_stopped_object_tracks_again_from_its_next_prompted_frame(sam2_model, 
     assert 1 in res[4].scores and 1 in res[5].scores  # prompted on 4: tracked on to 5
 
 
+@pytest.mark.slow
 def test_long_videos_keep_a_bounded_memory_bank_with_the_same_masks(sam2_model):
     frames = moving_blobs(40, seed=3)
     embs = {k: sam2_model.embed(frames[k]) for k in range(40)}
@@ -337,6 +341,7 @@ def test_registry_has_the_official_sam2_checkpoints():
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/segment_anything_2/092824/")
 
 
+@pytest.mark.slow
 def test_zarr_frames_are_read_one_at_a_time_and_give_the_same_labels(sam2_model):
     import zarr
 

@@ -204,6 +204,7 @@ def test_time_by_z_objects_at_two_times_stay_two_labels():
 
 
 # risk 6 -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_more_than_255_objects_and_lazy_planes():
     img = np.full((2, 64, 1300), BG, np.uint16)
     for k in range(300):

@@ -202,6 +202,7 @@ def tiled_result(demo):
     return img, lab, tiled, ps.segment_everything(demo, tiled, **EVERYTHING)
 
 
+@pytest.mark.slow
 def test_tiled_everything_finds_objects_cut_by_tiles_without_duplicates(tiled_result, demo):
     img, lab, tiled, res = tiled_result
     assert len(tiled.grid) == 16
@@ -228,6 +229,7 @@ def test_tiled_everything_finds_objects_cut_by_tiles_without_duplicates(tiled_re
     assert recall(res) > recall(fit)
 
 
+@pytest.mark.slow
 def test_tiled_everything_is_chosen_for_big_images_and_progress_counts_tiles(demo):
     img, lab = synthetic_image(6, (1100, 300), style="sparse")
     steps = list(ps.segment_everything_iter(demo, img, **EVERYTHING, points_per_batch=128))
@@ -242,6 +244,7 @@ def test_tiled_everything_is_chosen_for_big_images_and_progress_counts_tiles(dem
         ps.segment_everything(demo, img, tiles="yes")
 
 
+@pytest.mark.slow
 def test_the_session_tiles_a_huge_2d_image_and_says_which_tile_it_embeds(demo, monkeypatch):
     from napari_promptseg.session import AnnotationSession
 
@@ -317,6 +320,7 @@ def test_a_stack_of_huge_planes_is_tiled_and_propagated_window_by_window(demo, m
     assert len(ids) == 1 and (np.asarray(s.target[...]) == ids[0]).any(axis=(1, 2)).all()
 
 
+@pytest.mark.slow
 def test_segment_everything_on_every_huge_plane_runs_tile_by_tile_with_3d_ids(demo, monkeypatch):
     from napari_promptseg.session import AnnotationSession
 

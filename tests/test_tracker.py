@@ -58,6 +58,7 @@ def test_prompt_method_corrections_and_absent_frames():
         tr.add_mask(0, 1, np.ones((5, 5), bool))
 
 
+@pytest.mark.slow
 def test_memory_tracking_is_the_memory_tracker_step_for_step(sam2_model):
     tr = ps.Tracker(sam2_model, FRAMES)
     assert isinstance(tr.options, ps.MemoryTracking)

@@ -119,6 +119,7 @@ def _steps(gen):
     return [ev for ev in gen if ev["kind"] == "step"]
 
 
+@pytest.mark.slow
 def test_short_training_run_decreases_the_loss():
     import torch
 
@@ -130,6 +131,7 @@ def test_short_training_run_decreases_the_loss():
     assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6])
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_same_losses(tmp_path):
     from napari_promptseg.training.loop import CHECKPOINT_NAME, load_training_checkpoint, train
 

@@ -36,6 +36,7 @@ def _open(make_napari_viewer, qtbot, demo, image, **kw):
     return viewer, layer, w
 
 
+@pytest.mark.slow
 def test_shift_e_on_the_canvas_writes_a_new_labels_layer(make_napari_viewer, qtbot, demo):
     from qtpy.QtCore import Qt
 
@@ -63,6 +64,7 @@ def test_shift_e_on_the_canvas_writes_a_new_labels_layer(make_napari_viewer, qtb
     assert EVERYTHING_NAME in [w.labels_combo.itemText(i) for i in range(w.labels_combo.count())]
 
 
+@pytest.mark.slow
 def test_every_plane_of_a_stack_from_the_button(make_napari_viewer, qtbot, demo):
     img, _ = nuclei_image((120, 150), n=8, seed=5)
     stack = np.stack([np.roll(img, k, axis=1) for k in (0, 2, 4)])

@@ -130,6 +130,7 @@ def test_multiscale_labels_layer_receives_commits(make_napari_viewer, qtbot):
     assert pyramid[0][15, 40] == 1 and pyramid[1][7, 20] == 1 and labels.data[0] is pyramid[0]
 
 
+@pytest.mark.slow
 def test_autosave_is_offered_when_the_image_is_opened_again(make_napari_viewer, qtbot):
     stack = two_bars_stack(5)
     viewer, layer, w = open_widget(make_napari_viewer, qtbot, stack)
@@ -144,6 +145,7 @@ def test_autosave_is_offered_when_the_image_is_opened_again(make_napari_viewer, 
     assert np.asarray(viewer2.layers["promptseg labels"].data[0, 15, 40]) == 1
 
 
+@pytest.mark.slow
 def test_dim_8bit_image_reaches_the_model_through_its_contrast_limits(make_napari_viewer, qtbot):
     img = np.full((60, 80), 5, np.uint8)
     img[10:20, 10:70] = 40  # dim: below the test model's threshold of 127 without a stretch

@@ -4,6 +4,7 @@ workers, keys, progress, cancel). The propagation and commit logic itself is tes
 viewer in tests/test_session_stack.py."""
 
 import numpy as np
+import pytest
 
 from napari_promptseg._napari.demo import WIDGET_NAME
 from tests._napari.test_widget import click, settle
@@ -228,6 +229,7 @@ def test_propagate_starts_from_the_plane_shown_now(make_napari_viewer, qtbot):
     assert iou(preview(w) > 0, truth == 1) >= 0.9
 
 
+@pytest.mark.slow
 def test_cancel_button_stops_a_propagation_in_the_widget(make_napari_viewer, qtbot):
     img, truth = sphere_stack()
     model = ComponentModel(delay=0.15, mask_input="objects")  # exact masks: a plane is whole or empty
@@ -272,6 +274,7 @@ def test_cancelling_an_embedding_is_not_reported_as_an_error(make_napari_viewer,
     assert not errors  # napari reports a worker's exception to the user: a cancel is none
 
 
+@pytest.mark.slow
 def test_reopening_a_stack_uses_the_disk_cache(make_napari_viewer, qtbot):
     img, truth = sphere_stack(n=8)
     first = ComponentModel()
@@ -289,6 +292,7 @@ def test_reopening_a_stack_uses_the_disk_cache(make_napari_viewer, qtbot):
     np.testing.assert_array_equal(preview(w2)[z] > 0, truth[z] == 1)
 
 
+@pytest.mark.slow
 def test_stack_demo_with_the_trained_model_end_to_end(make_napari_viewer, qtbot):
     """The z-stack sample, the packaged demo model, one click on the middle plane, P, K."""
     from scipy import ndimage as ndi

@@ -5,6 +5,7 @@ another store, and one made for other pixels is refused with its message. The st
 itself is tested without a viewer in tests/test_session_store.py."""
 
 import numpy as np
+import pytest
 
 import napari_promptseg as ps
 from napari_promptseg._napari.demo import WIDGET_NAME
@@ -13,6 +14,7 @@ from tests.test_session_stack import iou
 from tests.test_session_store import centre, nuclei_stack
 
 
+@pytest.mark.slow
 def test_a_store_beside_the_file_is_used_and_one_for_other_pixels_refused(
         make_napari_viewer, qtbot, demo_model, calls, tmp_path, monkeypatch):
     import tifffile

@@ -3,6 +3,7 @@ config): a click on frame 3, P on the canvas tracks with memory both ways into t
 correction on a tracked frame and P again re-track; the result equals the tracker run directly."""
 
 import numpy as np
+import pytest
 from qtpy.QtCore import Qt
 
 from napari_promptseg._napari.demo import WIDGET_NAME
@@ -27,6 +28,7 @@ def _reference(model, frames, seeds):
     return out
 
 
+@pytest.mark.slow
 def test_click_then_p_tracks_a_video_with_memory_and_a_correction_retracks(
         make_napari_viewer, qtbot, sam2_model):
     frames = moving_blobs(6)

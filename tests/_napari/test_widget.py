@@ -251,6 +251,7 @@ def test_painting_the_preview_wins_over_a_decode_in_flight(make_napari_viewer, q
     assert w.target_labels().data[100, 150] == 1 and not w.target_labels().data[truth == 1].any()
 
 
+@pytest.mark.slow
 def test_stale_results_are_dropped_under_rapid_edits(make_napari_viewer, qtbot):
     e = open_widget(make_napari_viewer, qtbot, ComponentModel(delay=0.15))
     w, truth, model = e.w, e.truth, e.model
@@ -264,6 +265,7 @@ def test_stale_results_are_dropped_under_rapid_edits(make_napari_viewer, qtbot):
     np.testing.assert_array_equal(preview(w) > 0, truth == 3)  # the newest state won
 
 
+@pytest.mark.slow
 def test_layers_removed_while_a_decode_runs(make_napari_viewer, qtbot):
     e = open_widget(make_napari_viewer, qtbot, ComponentModel(delay=0.3))
     viewer, w, layer, img = e.viewer, e.w, e.layer, e.layer.data
@@ -295,6 +297,7 @@ def test_layers_removed_while_a_decode_runs(make_napari_viewer, qtbot):
     assert w.bridge.preview_layer is new and (np.asarray(new.data)[e.truth == 2] > 0).all()
 
 
+@pytest.mark.slow
 def test_prompt_layers_removed_by_the_user_come_back(env, qtbot):
     w, viewer = env.w, env.viewer
     env.points.add([[25, 30]])
@@ -309,6 +312,7 @@ def test_prompt_layers_removed_by_the_user_come_back(env, qtbot):
     np.testing.assert_array_equal(preview(w) > 0, env.truth == 2)
 
 
+@pytest.mark.slow
 def test_contrast_limits_reach_the_model_and_a_new_window_re_embeds(env, qtbot):
     w, model = env.w, env.model
     emb = embedding(w)
@@ -422,6 +426,7 @@ def test_model_download_in_a_worker_with_progress(env, qtbot, monkeypatch, tiny_
         server.close()
 
 
+@pytest.mark.slow
 def test_image_removed_while_embedding(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     img, _ = blob_image()
@@ -462,6 +467,7 @@ def test_closing_the_dock_ends_the_session(make_napari_viewer, qtbot):
     assert points in viewer.layers and len(points.data) == 2  # the layers and their data stay
 
 
+@pytest.mark.slow
 def test_closing_the_viewer_ends_the_session(make_napari_viewer, qtbot):
     e = open_widget(make_napari_viewer, qtbot, ComponentModel(delay=0.3))
     w = e.w
