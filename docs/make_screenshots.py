@@ -1,10 +1,14 @@
 """Make the user guide's screenshots by driving a real napari viewer (run under Xvfb).
 
-    xvfb-run -a python docs/make_screenshots.py [--model promptseg_demo] [--checkpoint PATH]
+    xvfb-run -a -s "-screen 0 1400x1000x24" python docs/make_screenshots.py [--only NAME]
+        [--model promptseg_demo] [--checkpoint PATH]
 
-Opens the nuclei sample (and the nuclei z-stack sample), docks the widget, loads the model,
-clicks like a user would (by adding to the prompt layers' data, which is what a click does),
-propagates through the stack, and saves PNGs into docs/images/.
+Opens the nuclei sample (and the z-stack and time-lapse samples), docks the widget, loads the
+model, clicks like a user would (by adding to the prompt layers' data, which is what a click
+does), propagates through the stack, tracks through the time-lapse, segments everything, and
+saves PNGs into docs/images/. The samples' shots use the shipped ``promptseg_demo`` unless
+``--model`` or ``--checkpoint`` says otherwise; ``video_sam2`` uses a SAM 2.1 tiny with random
+weights (made here, nothing is downloaded): it shows the memory tracking's controls, not its quality.
 """
 
 from __future__ import annotations
@@ -34,32 +38,89 @@ def shot(viewer, app, name):
     for _ in range(10):
         app.processEvents()
     viewer.window.screenshot(str(OUT / name), canvas_only=False, flash=False)
-    print("wrote", OUT / name)
+    small(OUT / name)
+    print("wrote", OUT / name, f"({(OUT / name).stat().st_size // 1024} KB)")
 
 
-def main(argv=None) -> None:
+def close(viewer, app) -> None:
+    """Close the viewer (the widget stops its jobs), then let its workers end: a worker still in
+    Qt's thread pool when the process exits can abort it (its signals already deleted)."""
+    from qtpy.QtCore import QThreadPool
+
+    viewer.close()
+    QThreadPool.globalInstance().waitForDone(60_000)
+    for _ in range(20):
+        app.processEvents()
+
+
+def small(path: Path, max_bytes: int = 400_000) -> None:
+    """Rewrite the PNG as RGB, optimised; over ``max_bytes``, with a 256-colour palette (same pixel size)."""
+    from PIL import Image
+
+    rgb = Image.open(path).convert("RGB")
+    rgb.save(path, optimize=True)
+    if path.stat().st_size > max_bytes:
+        rgb.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def demo_model(args) -> str | None:
+    """The model of the samples' shots: ``--model``, else the shipped demo model (None with a
+    ``--checkpoint``: its architecture is read from the file)."""
+    return args.model or (None if args.checkpoint else "promptseg_demo")
+
+
+def make_viewer():
     import napari
-    from qtpy.QtWidgets import QApplication
-
-    from napari_promptseg._napari.demo import open_demo
-    from napari_promptseg.sample import nuclei_image
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", default=None, help="default: the widget's default model")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--only", choices=("tiles", "tiled_stack"), default=None, help="make one screenshot only")
-    args = p.parse_args(argv)
-    OUT.mkdir(exist_ok=True)
-    if args.only == "tiles":
-        tiles_shot(args, QApplication.instance() or QApplication([]))
-        return
-    if args.only == "tiled_stack":
-        tiled_stack_shot(args, QApplication.instance() or QApplication([]))
-        return
 
     viewer = napari.Viewer(title="napari-promptseg")
     viewer.window._qt_window.resize(1400, 850)
-    app = QApplication.instance()
+    return viewer
+
+
+def print_ious(w, truth, cells) -> None:
+    """How well objects 1, 2, ... of the preview follow the true objects ``cells`` (for the captions)."""
+    for j, cell in enumerate(cells, 1):
+        ious = []
+        for k in range(len(truth)):
+            a, b = np.asarray(w.session.preview_plane((k,))) == j, truth[k] == cell
+            ious.append(f"{(a & b).sum() / max((a | b).sum(), 1):.2f}" if (a | b).any() else "-")
+        print(f"object {j} (true id {cell}), IoU with the truth on planes 0..{len(truth) - 1}:", *ious)
+
+
+def show_frame(viewer, app, w, k: int) -> None:
+    """Display plane (frame) ``k`` of axis 0 and wait until it is embedded and shown."""
+    step = list(viewer.dims.point)
+    step[0] = k * viewer.layers[w.bridge.image_layer.name].scale[0]
+    viewer.dims.point = step
+    wait(app, lambda: w.ready and not w.scheduler.busy)
+
+
+SHOTS = ("clicks", "stack", "everything", "video", "video_sam2", "tiles", "tiled_stack")
+
+
+def main(argv=None) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None, help="default: promptseg_demo (clicks: the widget's default)")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--only", choices=SHOTS, default=None, help="make one screenshot (or one pair) only")
+    args = p.parse_args(argv)
+    OUT.mkdir(exist_ok=True)
+    app = QApplication.instance() or QApplication([])
+    shots = {"clicks": clicks_shot, "stack": stack_shot, "everything": everything_shot, "video": video_shot,
+             "video_sam2": video_sam2_shot, "tiles": tiles_shot, "tiled_stack": tiled_stack_shot}
+    for name in [args.only] if args.only else SHOTS:
+        shots[name](args, app)
+
+
+def clicks_shot(args, app) -> None:
+    """The nuclei sample: one click (click.png), then four committed nuclei and a box
+    (committed_and_box.png)."""
+    from napari_promptseg._napari.demo import open_demo
+    from napari_promptseg.sample import nuclei_image
+
+    viewer = make_viewer()
     w = open_demo(viewer, args.model, args.checkpoint, "cpu")
     wait(app, lambda: w.ready)
     viewer.reset_view()
@@ -82,22 +143,16 @@ def main(argv=None) -> None:
     w.bridge.boxes_layer.add_rectangles(np.array([corners], float))
     wait(app, lambda: not w.scheduler.busy and w.session.preview_plane().any())
     shot(viewer, app, "committed_and_box.png")
-    viewer.close()
-    stack_shot(args, app)
-    tiles_shot(args, app)
-    tiled_stack_shot(args, app)
+    close(viewer, app)
 
 
 def stack_shot(args, app) -> None:
-    """The z-stack sample: one click on the middle plane, P, then a plane away from the click."""
-    import napari
-
+    """The z-stack sample: boxes on three nuclei of the middle plane, P, then a plane away from them."""
     from napari_promptseg._napari.demo import open_demo
-    from napari_promptseg.sample import STACK_SCALE, nuclei_stack
+    from napari_promptseg.sample import nuclei_stack
 
-    viewer = napari.Viewer(title="napari-promptseg")
-    viewer.window._qt_window.resize(1400, 850)
-    w = open_demo(viewer, args.model, args.checkpoint, "cpu", stack=True)
+    viewer = make_viewer()
+    w = open_demo(viewer, demo_model(args), args.checkpoint, "cpu", stack=True)
     wait(app, lambda: w.ready)
     viewer.reset_view()
     _, truth = nuclei_stack()
@@ -111,12 +166,139 @@ def stack_shot(args, app) -> None:
     wait(app, lambda: not w.scheduler.busy and w.session.preview_plane((z,)).any())
     w.propagate()
     wait(app, lambda: not w.session.propagating and not w.scheduler.busy)
-    step = list(viewer.dims.point)
-    step[0] = (z + 3) * STACK_SCALE[0]  # three planes above the prompted one
-    viewer.dims.point = step
-    wait(app, lambda: w.ready)
+    show_frame(viewer, app, w, z + 3)  # three planes above the prompted one
+    viewer.layers.selection.active = w.bridge.boxes_layer  # the layer the boxes were drawn in
     shot(viewer, app, "stack_propagated.png")
-    viewer.close()
+    print_ious(w, truth, list(ids[np.argsort(-areas)][:3]))
+    close(viewer, app)
+
+
+def everything_shot(args, app) -> None:
+    """The nuclei sample, Shift-E (segment everything on the plane): the new labels layer."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_promptseg._napari.demo import open_demo
+
+    viewer = make_viewer()
+    w = open_demo(viewer, demo_model(args), args.checkpoint, "cpu")
+    wait(app, lambda: w.ready and w.session.model is not None and not w.scheduler.busy)
+    viewer.reset_view()  # the whole image in the canvas the window has now
+    viewer.layers.selection.active = w.bridge.image_layer  # the keys work with the image active
+    QTest.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_E, Qt.KeyboardModifier.ShiftModifier)
+    for _ in range(20):
+        app.processEvents()
+    if not w.session.segmenting_everything and w.bridge.everything_layer is None:
+        print("Shift-E did nothing on the canvas: pressing the button instead")
+        w.everything_button.click()
+    wait(app, lambda: w.bridge.everything_layer is not None and not w.session.segmenting_everything
+         and not w.scheduler.busy)
+    viewer.layers.selection.active = w.bridge.everything_layer  # its controls in the panel
+    shot(viewer, app, "everything.png")
+    close(viewer, app)
+
+
+def _two_nuclei(truth, t: int, later: int) -> list[np.ndarray]:
+    """The centres on frame ``t`` of the two largest nuclei that are well inside the field on
+    frames ``t`` and ``later`` and do not touch another nucleus there."""
+    from scipy import ndimage as ndi
+
+    found = []
+    for i in np.argsort(-np.bincount(truth[t].ravel()))[1:]:
+        keep = True
+        for k in (t, later):
+            m = truth[k] == i
+            rows, cols = np.nonzero(m)
+            ring = ndi.binary_dilation(m, iterations=4) & ~m
+            h, w_ = m.shape
+            if (not m.any() or rows.min() < 10 or cols.min() < 10 or rows.max() > h - 10
+                    or cols.max() > w_ - 10 or (truth[k][ring] > 0).any()):
+                keep = False
+        if keep:
+            found.append(np.argwhere(truth[t] == i).mean(0))
+        if len(found) == 2:
+            return found
+    raise RuntimeError("no two isolated nuclei on these frames")
+
+
+def _click_and_track(viewer, app, w, t: int, later: int, name: str, key_p: bool = False) -> None:
+    """Click two nuclei on frame ``t`` (one object each), P, show frame ``later``, save ``name``."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_promptseg.sample import nuclei_timelapse
+
+    _, truth = nuclei_timelapse()
+    show_frame(viewer, app, w, t)
+    centres = _two_nuclei(truth, t, later)
+    for j, centre in enumerate(centres):
+        if j:
+            w.new_object()
+        w.bridge.points_layer.add([t, *centre])
+        wait(app, lambda: not w.scheduler.busy and not w.session.decoding)
+    viewer.layers.selection.active = w.bridge.image_layer  # the keys work with the image active
+    if key_p:
+        QTest.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key_P)  # the key, as a person presses it
+    else:
+        w.propagate()
+    wait(app, lambda: not w.session.propagating and not w.scheduler.busy)
+    show_frame(viewer, app, w, later)
+    shot(viewer, app, name)
+    print_ious(w, truth, [truth[t][tuple(np.round(c).astype(int))] for c in centres])
+
+
+def video_shot(args, app) -> None:
+    """The time-lapse sample: two nuclei clicked on frame 4, P (prompt method), frame 16 shown."""
+    from napari_promptseg._napari.demo import open_demo
+
+    viewer = make_viewer()
+    w = open_demo(viewer, demo_model(args), args.checkpoint, "cpu", video=True)
+    wait(app, lambda: w.ready and w.session.model is not None)
+    viewer.reset_view()
+    _click_and_track(viewer, app, w, VIDEO_CLICKED, VIDEO_SHOWN, "video_tracked.png", key_p=True)
+    close(viewer, app)
+
+
+def video_sam2_shot(args, app) -> None:
+    """The same clicks with a SAM 2.1 tiny (256 px input) of random weights: *track with* is
+    memory (SAM 2). The masks show the mechanism, not SAM 2's quality (no trained weights here)."""
+    import os
+    import tempfile
+
+    import torch
+
+    import napari_promptseg as ps
+    from napari_promptseg._napari.demo import open_demo
+    from napari_promptseg.models.registry import ModelSpec
+    from napari_promptseg.models.sam2.model import build_sam2_network
+
+    cache_gb = os.environ.get("PROMPTSEG_EMBED_CACHE_GB")
+    os.environ["PROMPTSEG_EMBED_CACHE_GB"] = "0"  # random weights' embeddings stay out of the disk cache
+    arch = "sam2.1_hiera_t_256"
+    spec = ModelSpec(name="sam2.1 tiny, random weights", family="sam2", arch=arch, url="", known_hash="",
+                     size_mb=0, params="", description="SAM 2.1 tiny, 256 px, random weights", licence="")
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sam2_random.pt"
+        torch.save({"model": build_sam2_network(arch).state_dict()}, path)
+        model = ps.load_model(spec, checkpoint=path, device="cpu")
+    viewer = make_viewer()
+    w = open_demo(viewer, video=True)  # the widget's default model loads first; replaced here
+    if cache_gb is None:  # the widget has read it: the next shots use the disk cache again
+        del os.environ["PROMPTSEG_EMBED_CACHE_GB"]
+    else:
+        os.environ["PROMPTSEG_EMBED_CACHE_GB"] = cache_gb
+    w.set_model(model)
+    if w.model_combo.findText(model.name) < 0:  # the box lists registry names only and then shows
+        w.model_combo.insertItem(0, model.name)  # its first, vit_b: show the name of the model in use
+        w.model_combo.setCurrentIndex(0)
+    wait(app, lambda: w.ready and w.session.model is model and not w.scheduler.busy)
+    viewer.reset_view()
+    _click_and_track(viewer, app, w, VIDEO_CLICKED, VIDEO_SHOWN, "video_sam2.png")
+    close(viewer, app)
+
+
+VIDEO_CLICKED, VIDEO_SHOWN = 4, 16  # the time-lapse frame clicked, the frame shown after tracking
 
 
 def tiles_shot(args, app) -> None:
@@ -150,7 +332,7 @@ def tiles_shot(args, app) -> None:
     viewer.camera.center = (1250, border)
     viewer.camera.zoom = 1.6
     shot(viewer, app, "tiles.png")
-    viewer.close()
+    close(viewer, app)
 
 
 
@@ -194,7 +376,7 @@ def tiled_stack_shot(args, app) -> None:
     viewer.camera.center = (740, 950)
     viewer.camera.zoom = 2.2
     shot(viewer, app, "tiled_stack.png")
-    viewer.close()
+    close(viewer, app)
 
 
 if __name__ == "__main__":
