@@ -113,3 +113,32 @@ def test_the_session_store_is_named_for_what_it_holds():
     with pytest.warns(DeprecationWarning, match="AnnotationSession.store is deprecated; use annotation_st"):
         assert s.store is s.annotation_store
     assert s.embeddings_store is None
+
+
+def test_registry_names_are_loaded_once_and_work_for_everything_tiles_and_stores(tmp_path):
+    from napari_promptseg.models import as_model
+
+    assert as_model("promptseg_demo") is as_model("promptseg_demo")  # loaded once, kept
+    img = np.zeros((64, 64), np.uint8)
+    img[20:40, 20:40] = 200
+    assert ps.segment_everything("promptseg_demo", img, points_per_side=4).labels.shape == (64, 64)
+    assert ps.embed_tiles("promptseg_demo", img).model is as_model("promptseg_demo")
+    stack = np.stack([img] * 2)
+    assert list(ps.embed_store_iter("promptseg_demo", stack, tmp_path / "s.zarr")) == [(1, 2), (2, 2)]
+
+
+def test_a_store_with_damaged_metadata_says_so(tmp_path):
+    import json
+
+    img = np.zeros((2, 32, 32), np.uint8)
+    list(ps.embed_store_iter("promptseg_demo", img, tmp_path / "s.zarr"))
+    meta_file = tmp_path / "s.zarr" / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["attributes"]["plane_shape"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ps.StoreError, match="lacks 'plane_shape'.*embed it again"):
+        ps.open_embeddings(tmp_path / "s.zarr")
+    meta["attributes"]["plane_shape"] = "oops"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ps.StoreError, match="damaged"):
+        ps.open_embeddings(tmp_path / "s.zarr")

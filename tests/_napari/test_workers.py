@@ -1,4 +1,5 @@
-"""The worker scheduler: every job ends with on_done or on_error, steps jobs included."""
+"""The worker scheduler: every job ends with on_done or on_error, steps jobs included; at most one
+job of a kind runs."""
 
 from __future__ import annotations
 
@@ -24,4 +25,54 @@ def test_a_failing_steps_job_reports_its_error(qtbot, error):
     qtbot.waitUntil(lambda: bool(ends), timeout=5000)
     assert steps == [1] and ends == [("error", error)]
     qtbot.waitUntil(lambda: not scheduler.running("load"), timeout=5000)
+    scheduler.close()
+
+
+def test_a_job_scheduled_by_on_done_waits_for_its_kind_and_one_runs_at_a_time(qtbot):
+    """Embedding done -> prefetch: a job of the same kind scheduled from on_done must not start
+    beside the one that was waiting (both ran before, one invisible to busy and close)."""
+    import threading
+
+    running, most, ends = [0], [0], []
+    lock = threading.Lock()
+
+    def work(name):
+        def run():
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            threading.Event().wait(0.05)
+            with lock:
+                running[0] -= 1
+            return name
+        return run
+
+    scheduler = WorkerScheduler()
+
+    def first_done(result):
+        ends.append(result)
+        scheduler(Job("embed", work("from on_done"), ends.append, lambda e: ends.append(("error", e))))
+
+    scheduler(Job("embed", work("first"), first_done, lambda e: ends.append(("error", e))))
+    scheduler(Job("embed", work("waiting"), ends.append, lambda e: ends.append(("error", e))))
+    qtbot.waitUntil(lambda: len(ends) == 3, timeout=5000)
+    assert most[0] == 1  # never two of a kind at once
+    assert ends[0] == "first" and ends[-1] == "from on_done"  # the newest wins
+    assert isinstance(ends[1], tuple) and "replaced" in str(ends[1][1])  # the replaced one is told
+    qtbot.waitUntil(lambda: not scheduler.busy, timeout=5000)
+    scheduler.close()
+
+
+def test_cancelling_a_kind_tells_its_waiting_job(qtbot):
+    import threading
+
+    gate, ends = threading.Event(), []
+    scheduler = WorkerScheduler()
+    scheduler(Job("propagate", lambda: gate.wait(5), ends.append, lambda e: ends.append(("error", e))))
+    scheduler(Job("propagate", lambda: "never", ends.append, lambda e: ends.append(("waiting", e))))
+    scheduler.cancel("propagate")
+    assert [k for k, _ in ends] == ["waiting"]  # at once, not silently dropped
+    gate.set()
+    qtbot.waitUntil(lambda: len(ends) == 2, timeout=5000)
+    assert ends[1][0] == "error"  # the running one ends as cancelled
     scheduler.close()

@@ -98,17 +98,20 @@ class WorkerScheduler:
         def on_finished() -> None:
             if pbar is not None:
                 pbar.close()
-            if self._running.get(job.kind, (None,))[0] is job:
-                del self._running[job.kind]
-            if not self._closed:
-                stopped = state["result"] if isinstance(state["result"], _Stopped) else None
-                if state["error"] is not None or worker.abort_requested or stopped is not None:
-                    job.on_error(state["error"] or (stopped.err if stopped else Cancelled("cancelled")))
-                else:
-                    job.on_done(state["result"])
-            nxt = self._waiting.pop(job.kind, None)
-            if nxt is not None and not self._closed:
-                self._start(nxt)
+            try:  # the kind stays taken meanwhile: a job these schedule waits (newest wins)
+                if not self._closed:
+                    stopped = state["result"] if isinstance(state["result"], _Stopped) else None
+                    cancelled = worker.abort_requested or job.token.cancelled  # a result not to apply
+                    if state["error"] is not None or cancelled or stopped is not None:
+                        job.on_error(state["error"] or (stopped.err if stopped else Cancelled("cancelled")))
+                    else:
+                        job.on_done(state["result"])
+            finally:
+                if self._running.get(job.kind, (None,))[0] is job:
+                    del self._running[job.kind]
+                nxt = self._waiting.pop(job.kind, None)
+                if nxt is not None and not self._closed:
+                    self._start(nxt)
 
         if job.on_step is not None:
             worker.yielded.connect(on_step)
@@ -119,10 +122,11 @@ class WorkerScheduler:
         worker.start()
 
     def cancel(self, kind: str) -> None:
-        """Cancel the running and waiting job of ``kind``."""
+        """Cancel the running and waiting job of ``kind``; a waiting job hears it (on_error)."""
         job = self._waiting.pop(kind, None)
         if job is not None:
             job.token.cancel()
+            job.on_error(Cancelled("cancelled"))
         if kind in self._running:
             self._running[kind][0].token.cancel()
 

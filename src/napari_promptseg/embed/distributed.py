@@ -191,7 +191,7 @@ def embed_store_distributed_iter(
             except Exception as e:  # noqa: BLE001 - the worker's error, said as one
                 raise WorkerLoadError(f"a worker cannot load {spec.name}: {type(e).__name__}: {e}") from e
             store = create_store(out, ident, arr, axis, window, rgb)
-            todo = [i for i in range(store.n_planes) if not (store._entry(i) / "zarr.json").is_file()]
+            todo = [i for i in range(store.n_planes) if not store.has_flat(i)]
             futures = client.map(_embed_task, todo, plugin=plugin.name, image=str(path), store=str(out),
                                  key=[f"promptseg-plane-{plugin.name[-8:]}-{i}" for i in todo],
                                  retries=retries, pure=False)

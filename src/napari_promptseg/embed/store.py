@@ -85,15 +85,22 @@ class EmbeddingStore(Mapping):
             raise StoreError(f"{self.path} has store version {meta.get('version')}, this version reads "
                              f"{VERSION}: embed it again")
         self.meta, self.device = meta, device
-        self.model: str = meta["model"]
-        self.checkpoint_id: str = meta["checkpoint_id"]
-        self.preprocessing: str = meta["preprocessing"]
-        self.shape = tuple(meta["shape"])
-        self.axis: int = int(meta["axis"])
-        self.rgb: bool = bool(meta["rgb"])
-        self.lead_shape = tuple(meta["lead_shape"])
-        self.plane_shape = tuple(meta["plane_shape"])
-        self.window = None if meta["window"] is None else tuple(float(v) for v in meta["window"])
+        try:
+            self.model: str = str(meta["model"])
+            self.checkpoint_id: str = str(meta["checkpoint_id"])
+            self.preprocessing: str = str(meta["preprocessing"])
+            self.shape = tuple(int(v) for v in meta["shape"])
+            self.axis: int = int(meta["axis"])
+            self.rgb: bool = bool(meta["rgb"])
+            self.lead_shape = tuple(int(v) for v in meta["lead_shape"])
+            self.plane_shape = tuple(int(v) for v in meta["plane_shape"])
+            self.window = None if meta["window"] is None else tuple(float(v) for v in meta["window"])
+        except KeyError as e:
+            raise StoreError(f"{self.path}: its metadata (zarr.json) lacks {e.args[0]!r}; the store is "
+                             "damaged or from another program: embed it again") from None
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"{self.path}: its metadata (zarr.json) is damaged ({e}): "
+                             "embed it again") from None
         self.n_planes = int(np.prod(self.lead_shape)) if self.lead_shape else 1
 
     def __repr__(self) -> str:
@@ -114,18 +121,23 @@ class EmbeddingStore(Mapping):
         idx = tuple(int(i) for i in np.unravel_index(flat, self.lead_shape))
         return idx[0] if len(idx) == 1 else idx
 
-    def _entry(self, flat: int) -> Path:
+    def entry_path(self, flat: int) -> Path:
+        """The folder of the plane with flat index ``flat`` (it may not exist yet)."""
         return self.path / "planes" / str(flat)
+
+    def has_flat(self, flat: int) -> bool:
+        """Whether the plane with flat index ``flat`` is stored (a whole entry: renamed into place)."""
+        return (self.entry_path(flat) / "zarr.json").is_file()
 
     def __contains__(self, index) -> bool:
         try:
-            return (self._entry(self._flat(index)) / "zarr.json").is_file()
+            return self.has_flat(self._flat(index))
         except KeyError:
             return False
 
     def __getitem__(self, index) -> Embedding:
         flat = self._flat(index)
-        path = self._entry(flat)
+        path = self.entry_path(flat)
         if not (path / "zarr.json").is_file():
             raise KeyError(f"plane {index!r} is not in the store yet (run `promptseg embed` again "
                            "to complete it)")
@@ -150,7 +162,7 @@ class EmbeddingStore(Mapping):
     def key(self, index) -> str | None:
         """The pixel key (:func:`~napari_promptseg.embed.cache.embedding_key`) of a stored plane."""
         try:
-            meta = json.loads((self._entry(self._flat(index)) / "zarr.json").read_text())
+            meta = json.loads((self.entry_path(self._flat(index)) / "zarr.json").read_text())
         except (OSError, ValueError):
             return None
         return meta.get("attributes", {}).get("key")
@@ -186,7 +198,7 @@ class EmbeddingStore(Mapping):
             raise StoreError(f"plane {index!r} of the image differs from the one embedded in "
                              f"{self.path}: the store was made for other pixels (or another window)")
         try:
-            return read_entry(self._entry(self._flat(index)), None, model.device)
+            return read_entry(self.entry_path(self._flat(index)), None, model.device)
         except Exception as e:  # noqa: BLE001 - a damaged plane is reported as what it is
             raise StoreError(f"plane {index!r} of {self.path} is damaged ({e}); delete it and embed "
                              "again") from None
@@ -229,7 +241,7 @@ def create_store(path: Path, model, arr, axis: int, window, rgb: bool) -> Embedd
 def embed_plane(store: EmbeddingStore, model, arr, flat: int, dtype: str = DEFAULT_DTYPE) -> bool:
     """Embed plane ``flat`` of ``arr`` into ``store`` unless it is there; True if it computed.
     Safe to run in several processes at once (the last rename wins, entries are equal)."""
-    final = store._entry(flat)
+    final = store.entry_path(flat)
     if (final / "zarr.json").is_file():
         return False
     idx = tuple(int(i) for i in np.unravel_index(flat, store.lead_shape)) if store.lead_shape else ()
@@ -257,7 +269,11 @@ def embed_store_iter(model, image, path: str | Path, axis: int = 0, *,
     ``(done, total)``. Resumable: planes already stored are skipped. window: the intensity window
     (default: the stack's, :func:`~napari_promptseg.core.image.stack_window`, as ``ps.propagate``
     uses); planes: flat plane indices to embed (default all). A bad image, axis or a store made
-    for other pixels or another model raises :class:`StoreError` at the call, before any work."""
+    for other pixels or another model raises :class:`StoreError` at the call, before any work.
+    model: a loaded model or a registry name."""
+    from napari_promptseg.models import as_model
+
+    model = as_model(model)
     lead_axes, _, rgb = plane_layout(tuple(image.shape), axis, rgb)
     if window is None:
         window = stack_window(image, rgb, lead_axes)

@@ -357,5 +357,8 @@ def _sample(image, target: int = 1 << 18) -> np.ndarray:
 
 
 def embed_tiles(model, image, contrast_limits=None, **kwargs) -> TiledEmbedding:
-    """A :class:`TiledEmbedding` of ``image`` (nothing is embedded until a prompt needs it)."""
-    return TiledEmbedding(model, image, contrast_limits, **kwargs)
+    """A :class:`TiledEmbedding` of ``image`` (nothing is embedded until a prompt needs it);
+    model: a loaded model or a registry name."""
+    from napari_promptseg.models import as_model
+
+    return TiledEmbedding(as_model(model), image, contrast_limits, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from napari_promptseg.models.base import PromptableModel
@@ -40,11 +41,20 @@ def load_model(
     return build_model(spec, read_state_dict(path), checkpoint_id, dev)
 
 
+_BY_NAME: dict[str, PromptableModel] = {}  # registry models loaded by as_model, by name
+_LOCK = threading.Lock()
+
+
 def as_model(model) -> PromptableModel:
     """``model`` itself when it is loaded; a registry name or :class:`ModelSpec` is loaded with
-    :func:`load_model` (cached weights, or a download). TypeError for anything else."""
+    :func:`load_model` (cached weights, or a download) once per process and kept for the next
+    call. TypeError for anything else."""
     if isinstance(model, (str, ModelSpec)):
-        return load_model(model)
+        spec = model if isinstance(model, ModelSpec) else get_spec(model)
+        with _LOCK:
+            if spec.name not in _BY_NAME:
+                _BY_NAME[spec.name] = load_model(spec)
+            return _BY_NAME[spec.name]
     if isinstance(model, PromptableModel) or (hasattr(model, "embed") and hasattr(model, "predict")):
         return model
     raise TypeError(f"model must be a loaded model (ps.load_model) or a registry name such as 'vit_b', "

@@ -55,7 +55,9 @@ def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, 
     from napari_promptseg.core.image import to_rgb_uint8
     from napari_promptseg.embed.cache import embed_cached
     from napari_promptseg.embed.tiles import TiledEmbedding, wants_tiles
+    from napari_promptseg.models import as_model
 
+    model = as_model(model)
     p = check_params(params, model)
     if tiles not in (True, False, "auto"):
         raise ValueError(f"tiles must be True, False or 'auto', got {tiles!r}")
