@@ -90,6 +90,7 @@ def test_point_in_points_layer_gives_the_mask_under_it(env, qtbot):
     assert preview(w).dtype == np.uint8 and preview(w).max() == 1  # uint8 (fast to draw) until id 256
     assert env.model.calls[-1]["multimask"] and env.model.calls[-1]["mask_input"] is None
     assert "0.90" in w.status.text()
+    assert w.model_combo.currentText() == "components"  # a model outside the registry: its own name
 
 
 def test_scale_and_translate_of_the_image_are_respected(make_napari_viewer, qtbot):

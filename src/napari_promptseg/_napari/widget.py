@@ -367,7 +367,8 @@ class PromptSegWidget(QWidget):
             self.loader.load(model, checkpoint, device or self._device())
             return
         self.loader.drop()  # a load still running must not replace this model
-        set_items(self.model_combo, items(self.model_combo), model.name)
+        names = items(self.model_combo)  # a model outside the registry is listed by its own name
+        set_items(self.model_combo, names if model.name in names else [*names, model.name], model.name)
         found = self.bridge.store_beside(model) if self.session.embeddings_store is None else None
         said = use_model(self.session, model, found)  # a store beside the image's file, made by it
         self._sync_method()
