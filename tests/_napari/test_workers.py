@@ -76,3 +76,36 @@ def test_cancelling_a_kind_tells_its_waiting_job(qtbot):
     qtbot.waitUntil(lambda: len(ends) == 2, timeout=5000)
     assert ends[1][0] == "error"  # the running one ends as cancelled
     scheduler.close()
+
+
+def test_close_waits_for_the_running_jobs_to_stop(qtbot):
+    """A worker still running when a script exits emits into deleted Qt objects and aborts the
+    process (closing a viewer while a plane embeds): close() returns once the cancelled work
+    stopped."""
+    import threading
+    import time
+
+    from napari_promptseg.core.cancel import check_cancelled
+
+    events, started = [], threading.Event()
+
+    def work():
+        started.set()
+        for _ in range(500):  # stops at its next check once cancelled
+            check_cancelled()
+            time.sleep(0.01)
+        events.append("not cancelled")
+
+    def slow_end():
+        started.set()
+        time.sleep(0.3)  # work that does not check: close still waits for it
+        events.append("ended")
+
+    scheduler = WorkerScheduler()
+    scheduler(Job("embed", work, lambda r: None, lambda e: None))
+    scheduler(Job("decode", slow_end, lambda r: None, lambda e: None))
+    qtbot.waitUntil(started.is_set, timeout=5000)
+    t0 = time.perf_counter()
+    scheduler.close()
+    assert events == ["ended"]  # both stopped before close returned; the first by its cancel check
+    assert time.perf_counter() - t0 < 5

@@ -15,7 +15,10 @@ from napari.qt.threading import create_worker
 from napari_promptseg.core.cancel import Cancelled, cancel_scope
 from napari_promptseg.session.jobs import Job
 
-__all__ = ["WorkerScheduler"]
+__all__ = ["WorkerScheduler", "CLOSE_WAIT_MS"]
+
+#: how long closing waits for cancelled jobs to stop (ms)
+CLOSE_WAIT_MS = 10_000
 
 
 class _Stopped:
@@ -130,12 +133,20 @@ class WorkerScheduler:
         if kind in self._running:
             self._running[kind][0].token.cancel()
 
-    def close(self) -> None:
-        """Cancel every job; their results are dropped."""
+    def close(self, wait_ms: int = CLOSE_WAIT_MS) -> None:
+        """Cancel every job (their results are dropped) and wait up to ``wait_ms`` for the running
+        ones to stop: a worker still running when a script's interpreter exits emits into deleted
+        Qt objects and aborts the process. Cancelled work stops at its next check (an encoder at
+        its next block), so this is short."""
+        from qtpy.QtCore import QThreadPool
+
         self._closed = True
         for job in self._waiting.values():
             job.token.cancel()
         self._waiting.clear()
-        for job, worker in self._running.values():
+        running = list(self._running.values())
+        for job, worker in running:
             job.token.cancel()
             worker.quit()
+        if running:
+            QThreadPool.globalInstance().waitForDone(int(wait_ms))
