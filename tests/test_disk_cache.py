@@ -383,3 +383,38 @@ def test_float16_storage_keeps_masks(tmp_path, tiny_model):
         ious = np.array(_parity_ious(model, DiskCache(tmp_path / model.name), seed=0))
         assert len(ious) >= 150, model.name
         assert ious.min() >= 0.99, (model.name, ious.min())
+
+
+@pytest.mark.parametrize("oom", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")])
+def test_out_of_memory_while_reading_keeps_a_valid_entry_and_reaches_the_caller(tmp_path, monkeypatch, oom):
+    """Running out of memory (host or device) while reading is not corruption: the entry stays and
+    the error is the caller's, for the cache and for an embeddings store alike."""
+    import napari_promptseg.embed.disk_cache as dc
+    import napari_promptseg.embed.store as st
+
+    img, _ = blob_image()
+    model = ComponentModel()
+    disk = DiskCache(tmp_path / "cache")
+    key = embedding_key(model, to_rgb_uint8(img, WINDOW))
+    embed_cached(model, img, WINDOW, disk=disk)
+    assert key in disk
+
+    def oom_read(*args, **kwargs):
+        raise oom
+
+    monkeypatch.setattr(dc, "read_entry", oom_read)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)  # no "unusable, deleting it"
+        with pytest.raises(type(oom)):
+            disk.get(key)
+    assert key in disk
+    monkeypatch.undo()
+    assert disk.get(key) is not None  # still valid
+    stack = np.stack([img, img])
+    list(ps.embed_store_iter(model, stack, tmp_path / "s.zarr", window=WINDOW))
+    store = ps.open_embeddings(tmp_path / "s.zarr")
+    monkeypatch.setattr(st, "read_entry", oom_read)
+    with pytest.raises(type(oom)):  # not a StoreError telling the user to delete the plane
+        store[0]
+    with pytest.raises(type(oom)):
+        store.embedding_for(0, model, img)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_promptseg.core.results import Embedding
-from napari_promptseg.embed.entry import DEFAULT_DTYPE, EntryError, read_entry, write_entry
+from napari_promptseg.embed.entry import DEFAULT_DTYPE, EntryError, read_entry, resource_error, write_entry
 
 __all__ = ["DiskCache", "CacheWarning", "default_max_bytes"]
 
@@ -124,7 +124,9 @@ class DiskCache:
                 return None
             try:
                 emb = read_entry(path, key, device, model)
-            except Exception as e:  # noqa: BLE001 - a cache never fails its caller
+            except Exception as e:  # noqa: BLE001 - a cache never fails its caller, but for memory
+                if resource_error(e):
+                    raise  # a valid entry that did not fit in memory: kept
                 error = e
                 continue
             try:

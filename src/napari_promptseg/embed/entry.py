@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_promptseg.core.results import Embedding
 
-__all__ = ["FORMAT_VERSION", "DEFAULT_DTYPE", "EntryError", "read_entry", "write_entry"]
+__all__ = ["FORMAT_VERSION", "DEFAULT_DTYPE", "EntryError", "read_entry", "write_entry", "resource_error"]
 
 #: bump when the layout or the meaning of the stored arrays changes: older entries are then
 #: reported and recomputed
@@ -30,6 +30,15 @@ _F16_MAX = float(np.finfo(np.float16).max)
 
 class EntryError(Exception):
     """An entry that is not usable: another format or version, another key or model, a bad checksum."""
+
+
+def resource_error(err: BaseException) -> bool:
+    """Whether ``err`` is the machine's, not the entry's: out of memory on the host or the device
+    (torch's out-of-memory errors are RuntimeErrors that say so). Such an entry is valid: it is
+    kept, and the error goes to the caller."""
+    if isinstance(err, MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
 def _digest(arr: np.ndarray) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 from napari_promptseg.core.image import image_plane, stack_window, to_rgb_uint8
 from napari_promptseg.core.results import Embedding
 from napari_promptseg.embed.cache import embedding_key
-from napari_promptseg.embed.entry import DEFAULT_DTYPE, read_entry, write_entry
+from napari_promptseg.embed.entry import DEFAULT_DTYPE, read_entry, resource_error, write_entry
 
 __all__ = ["StoreError", "EmbeddingStore", "open_embeddings", "embed_store_iter", "plane_layout",
            "store_lead_axes", "create_store", "embed_plane"]
@@ -144,6 +144,8 @@ class EmbeddingStore(Mapping):
         try:
             return read_entry(path, None, self.device)
         except Exception as e:  # noqa: BLE001 - a damaged plane is reported as what it is
+            if resource_error(e):
+                raise  # out of memory: the plane is fine
             raise StoreError(f"plane {index!r} of {self.path} is damaged ({e}); delete {path} and "
                              "embed again") from None
 
@@ -200,6 +202,8 @@ class EmbeddingStore(Mapping):
         try:
             return read_entry(self.entry_path(self._flat(index)), None, model.device)
         except Exception as e:  # noqa: BLE001 - a damaged plane is reported as what it is
+            if resource_error(e):
+                raise  # out of memory: the plane is fine
             raise StoreError(f"plane {index!r} of {self.path} is damaged ({e}); delete it and embed "
                              "again") from None
 
