@@ -429,3 +429,27 @@ def test_a_failed_autosave_job_is_reported():
     s.annotation_store.save = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
     sch.run("autosave")
     assert "autosave failed (disk full)" in s.statuses[-1]
+
+
+def test_a_failing_candidates_job_is_said_not_swallowed():
+    """J's other masks are prepared in a job after the decode; its error reaches the status line
+    (it was ignored), and J still works."""
+    import dataclasses
+
+    img, _ = blob_image()
+    said, kinds = [], []
+
+    def scheduler(job):
+        kinds.append(job.kind)
+        if job.kind == "candidates":  # the fault: this job's work fails
+            job = dataclasses.replace(job, work=lambda: (_ for _ in ()).throw(RuntimeError("no memory")))
+        run_now(job)
+
+    s = AnnotationSession(ComponentModel(), img, scheduler=scheduler, autosave=False)
+    s.events.status.connect(said.append)
+    s.add_point((25, 30))
+    assert "candidates" in kinds
+    assert any("candidate masks could not be prepared (RuntimeError: no memory)" in t for t in said), said
+    before = dict(s.choices)
+    s.next_mask()
+    assert s.choices != before  # J still cycles

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from napari_promptseg.session.jobs import Job, run_now
+from napari_promptseg.session.jobs import Cancelled, Job, run_now
 from napari_promptseg.session.planes import (
     ObjectDecode,
     Plane,
@@ -264,7 +264,13 @@ class Decoder:
         preds = [q for q in preds if len(offered(q, q.best)) > 1]
         if preds and self.schedule is not run_now:  # J's other masks, computed before J is pressed
             self.schedule(Job("candidates", lambda: [q.mask(i) for q in preds for i in offered(q, q.best)],
-                              lambda _: None, lambda _: None))
+                              lambda _: None, self._candidates_failed))
+
+    def _candidates_failed(self, err: BaseException) -> None:
+        """A failed precomputation of J's masks is said (J computes them again when pressed)."""
+        if not isinstance(err, Cancelled):
+            self.status(f"the other candidate masks could not be prepared ({type(err).__name__}: {err}); "
+                        "J computes them when pressed.")
 
     def next_mask(self, plane: Plane) -> None:
         """J on ``plane``: show the next candidate mask (by score) of each ambiguous object, or say
