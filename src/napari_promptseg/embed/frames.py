@@ -11,6 +11,7 @@ import numpy as np
 
 from napari_promptseg.core.image import check_limits, image_plane, stack_window
 from napari_promptseg.core.results import Embedding
+from napari_promptseg.embed.cache import embed_cached
 
 __all__ = ["Frames"]
 
@@ -67,8 +68,6 @@ class Frames:
 
     def embedding(self, k: int) -> Embedding:
         """Plane ``k``'s embedding: from the store, else through the caches, else encoded."""
-        from napari_promptseg.embed.cache import embed_cached
-
         pixels = self.plane(k)
         stored = None if self.store is None else self.store.embedding_for(int(k), self.model, pixels)
         return stored or embed_cached(self.model, pixels, self.window, self.cache, disk=self.disk)

@@ -80,6 +80,7 @@ import numpy as np
 
 from napari_promptseg.core.results import Embedding, SliceResult
 from napari_promptseg.propagation.options import (
+    METHODS,
     PROMPT_STRATEGIES,
     MemoryTracking,
     Options,
@@ -109,8 +110,8 @@ def _legacy_options(model, options, legacy: dict) -> Options | None:
     warnings.warn(f"propagate's keywords {sorted(legacy)} are deprecated: pass options=ps.PromptPropagation"
                   "(...) or ps.MemoryTracking(...)", DeprecationWarning, stacklevel=3)
     method = legacy.pop("method", "auto")
-    if method not in ("auto", "memory", "prompt"):
-        raise ValueError(f"method must be one of ('auto', 'memory', 'prompt'), got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "auto":
         method = default_options(model).method
     if method == "memory":
@@ -248,9 +249,10 @@ def propagate(
     options = check_options(model, _legacy_options(model, options, deprecated))
     memory = isinstance(options, MemoryTracking)
     # the tracker reads a frame ~3 times: keep the last two
-    mem = (EmbeddingCache(2) if cache is None else cache) if memory else cache
+    if memory and cache is None:
+        cache = EmbeddingCache(2)
     frames = Frames(model, stack, axis, contrast_limits=contrast_limits, embeddings=embeddings,
-                    cache=mem, disk=disk)
+                    cache=cache, disk=disk)
     n, plane_shape, embedding_of = frames.n, frames.plane_shape, frames.embedding
     parsed = parse_prompts(prompts, n, plane_shape)
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from napari_promptseg.core.results import Embedding, SliceResult
-from napari_promptseg.propagation.options import check_count
+from napari_promptseg.propagation.options import check_count, check_frame_object
 
 __all__ = ["MemoryTracker", "MEMORY_DTYPE", "TrackStats"]
 
@@ -167,17 +167,14 @@ class MemoryTracker:
         return sorted(ks)
 
     def _check(self, k: int, obj: int) -> tuple[int, int]:
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k < self.n_frames:
-            raise ValueError(f"frame index {k!r} is out of range for {self.n_frames} frames")
-        if not isinstance(obj, (int, np.integer)) or isinstance(obj, bool) or obj < 1:
-            raise ValueError(f"object ids must be positive integers, got {obj!r}")
-        if int(k) not in self.source.pinned:
-            self.source.pinned[int(k)] = self.source.embedding(int(k))
-        idx = self.state["obj_id_to_idx"].get(int(obj))
-        tracked = None if idx is None else self.state["frames_tracked_per_obj"][idx].get(int(k))
+        k, obj = check_frame_object(k, obj, self.n_frames)
+        if k not in self.source.pinned:
+            self.source.pinned[k] = self.source.embedding(k)
+        idx = self.state["obj_id_to_idx"].get(obj)
+        tracked = None if idx is None else self.state["frames_tracked_per_obj"][idx].get(k)
         if tracked is not None:  # a correction: re-tracking goes on in the direction k was tracked
-            self._corrected[int(k)] = bool(tracked["reverse"])
-        return int(k), int(obj)
+            self._corrected[k] = bool(tracked["reverse"])
+        return k, obj
 
     def _mask_of(self, obj: int, video_res_masks: torch.Tensor) -> np.ndarray:
         i = self.state["obj_ids"].index(obj)

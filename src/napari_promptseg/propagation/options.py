@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PromptPropagation", "MemoryTracking", "PROMPT_STRATEGIES", "default_options", "check_count"]
+__all__ = ["PromptPropagation", "MemoryTracking", "PROMPT_STRATEGIES", "default_options", "check_count",
+           "check_frame_object", "METHODS"]
 
 #: How the previous slice's mask prompts the next slice:
 #: ``"box"``: its bounding box; ``"box+logits"``: the box and the previous low-res logits as
@@ -20,6 +21,9 @@ __all__ = ["PromptPropagation", "MemoryTracking", "PROMPT_STRATEGIES", "default_
 #: pixel; ``"box+point+logits"``: all three; ``"point"``: the point alone (three candidate masks,
 #: the best-scoring one); ``"point+logits"``: the point and the logits (one mask).
 PROMPT_STRATEGIES = ("box", "box+logits", "box+point", "box+point+logits", "point", "point+logits")
+
+#: the methods by name: ``"auto"`` (memory when the model has one), ``"memory"``, ``"prompt"``
+METHODS = ("auto", "memory", "prompt")
 
 
 def check_count(name: str, v, low: int) -> int | None:
@@ -29,6 +33,15 @@ def check_count(name: str, v, low: int) -> int | None:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
         raise ValueError(f"{name} must be an integer >= {low} or None, got {v!r}")
     return int(v)
+
+
+def check_frame_object(k, obj, n_frames: int) -> tuple[int, int]:
+    """``(frame, object id)`` as ints; ValueError unless ``0 <= k < n_frames`` and ``obj >= 1``."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_frames:
+        raise ValueError(f"frame index {k!r} is out of range for {n_frames} frames")
+    if isinstance(obj, bool) or not isinstance(obj, (int, np.integer)) or obj < 1:
+        raise ValueError(f"object ids must be positive integers, got {obj!r}")
+    return int(k), int(obj)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from napari_promptseg.core.results import SliceResult
-from napari_promptseg.propagation.options import MemoryTracking, Options, check_options
+from napari_promptseg.propagation.options import MemoryTracking, Options, check_frame_object, check_options
 from napari_promptseg.propagation.prompt_method import PromptPropagator
 from napari_promptseg.propagation.seeds import check_seeds
 from napari_promptseg.segmentation.prompted import decode_prompt
@@ -79,18 +79,11 @@ class Tracker:
             return sorted(self._memory.object_ids)
         return sorted({o for objs in self._seeds.values() for o in objs} | set(self._absent))
 
-    def _check(self, k, obj) -> tuple[int, int]:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.n_frames:
-            raise ValueError(f"frame index {k!r} is out of range for {self.n_frames} frames")
-        if isinstance(obj, bool) or not isinstance(obj, (int, np.integer)) or obj < 1:
-            raise ValueError(f"object ids must be positive integers, got {obj!r}")
-        return int(k), int(obj)
-
     def add_prompt(self, frame: int, obj: int, points=None, labels=None, box=None) -> np.ndarray:
         """Prompt object ``obj`` on ``frame`` with points ``(N, 2)`` (row, col), labels ``(N,)``
         (1 object, 0 background; default all 1) and/or a box ``(row0, col0, row1, col1)``; it
         replaces the object's earlier prompt there. Returns the object's ``(H, W)`` bool mask."""
-        k, o = self._check(frame, obj)
+        k, o = check_frame_object(frame, obj, self.n_frames)
         if self._memory is not None:
             m = self._memory.add_points(k, o, points, labels, box)
         else:
@@ -103,7 +96,7 @@ class Tracker:
         """Prompt object ``obj`` on ``frame`` with an ``(H, W)`` bool mask (e.g. painted labels).
         An empty mask says the object is not on that frame: tracking stops there. Returns the
         mask kept (SAM 2: the mask as its memory holds it)."""
-        k, o = self._check(frame, obj)
+        k, o = check_frame_object(frame, obj, self.n_frames)
         m = np.asarray(mask, bool)
         if m.shape != self.frames.plane_shape:
             raise ValueError(f"mask of shape {m.shape} does not match the frames {self.frames.plane_shape}")
@@ -135,7 +128,7 @@ class Tracker:
                                                 stop_after=self.options.stop_after)
             return self._keep(steps)
         if start is not None:
-            self._check(start, 1)
+            check_frame_object(start, 1, self.n_frames)
         if not any(self._seeds.values()):
             raise ValueError("no prompts: add_prompt or add_mask on some frame first")
         seeds, shape = check_seeds({k: v for k, v in self._seeds.items() if v}, self.n_frames)

@@ -18,6 +18,7 @@ Plane indices are tuples of the leading axes (``()`` for 2D); coordinates ``(row
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from napari_promptseg.session.labels import CommitLog
 from napari_promptseg.session.planes import Plane, Prompt, image_shape, prompts_json, with_prompt
 from napari_promptseg.session.preview import Preview
 from napari_promptseg.session.propagation import Propagator
-from napari_promptseg.session.settings import CommitSettings, PropagationSettings, changed, split_changes
+from napari_promptseg.session.settings import CommitSettings, PropagationSettings, split_changes
 from napari_promptseg.session.text import status_line
 
 __all__ = ["AnnotationSession", "SessionEvents"]
@@ -325,7 +326,7 @@ class AnnotationSession:
         ``min_score``, ``min_overlap``, ``stop_after``, ``overwrite``); a bad value raises here
         and changes nothing."""
         current = {PropagationSettings: self.propagation_settings, CommitSettings: self.commit_settings}
-        new = {g: changed(current[g], c) for g, c in split_changes(changes).items()}
+        new = {g: replace(current[g], **c) for g, c in split_changes(changes).items()}  # validated
         self.propagation_settings = new.get(PropagationSettings, self.propagation_settings)
         self.commit_settings = new.get(CommitSettings, self.commit_settings)
 

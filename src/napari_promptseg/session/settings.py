@@ -6,9 +6,10 @@ replaces the groups these names belong to; a bad value raises there, not later i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from napari_promptseg.propagation.options import (
+    METHODS,
     MemoryTracking,
     Options,
     PromptPropagation,
@@ -18,8 +19,6 @@ from napari_promptseg.propagation.options import (
 
 __all__ = ["PropagationSettings", "CommitSettings", "METHODS"]
 
-#: what P may use: ``"auto"`` (memory when the model has one and planes are not tiled), or one
-METHODS = ("auto", "memory", "prompt")
 _PROMPT = PromptPropagation()
 
 
@@ -90,7 +89,3 @@ def split_changes(changes: dict) -> dict[type, dict]:
         out.setdefault(names[k], {})[k] = v
     return out
 
-
-def changed(current, changes: dict):
-    """``current`` with ``changes`` (validated: a bad value raises, ``current`` is kept)."""
-    return replace(current, **changes)
