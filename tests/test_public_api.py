@@ -142,3 +142,32 @@ def test_a_store_with_damaged_metadata_says_so(tmp_path):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ps.StoreError, match="damaged"):
         ps.open_embeddings(tmp_path / "s.zarr")
+
+
+def test_segment_on_a_huge_lazy_image_reads_windows_not_the_slide():
+    """A slide more than 4 tiles long is tiled: only the windows the prompts need are read."""
+    from napari_promptseg.embed.tiles import wants_tiles
+    from napari_promptseg.segmentation.prompted import EmptyMaskError
+
+    full = np.full((1400, 1400), 1000, np.uint16)
+    full[600:630, 700:730] = 30000
+
+    class Lazy:  # a zarr-like array that refuses to be read whole
+        shape, dtype, ndim = full.shape, full.dtype, 2
+        biggest = 0
+
+        def __getitem__(self, key):
+            out = full[key]
+            Lazy.biggest = max(Lazy.biggest, out.size)
+            return out
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("the whole slide was read")
+
+    model = ComponentModel()
+    assert wants_tiles(model, full.shape)
+    labels = ps.segment(model, Lazy(), [{"box": [598, 698, 632, 732]}], contrast_limits=(1000, 30000))
+    assert labels.shape == full.shape and labels[615, 715] == 1 and labels.sum() == 30 * 30
+    assert 0 < Lazy.biggest < full.size // 4
+    with pytest.raises(EmptyMaskError):
+        ps.segment(model, full, [{"points": [[100, 100]]}])

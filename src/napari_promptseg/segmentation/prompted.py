@@ -14,9 +14,13 @@ import numpy as np
 from napari_promptseg.core.image import check_limits
 from napari_promptseg.core.results import Embedding
 
-__all__ = ["PROMPT_KEYS", "check_prompt_dict", "object_prompts", "decode_prompt", "segment"]
+__all__ = ["PROMPT_KEYS", "EmptyMaskError", "check_prompt_dict", "object_prompts", "decode_prompt", "segment"]
 
 PROMPT_KEYS = ("points", "labels", "box")
+
+
+class EmptyMaskError(ValueError):
+    """A valid prompt whose best mask is empty (it is not on an object)."""
 
 
 def check_prompt_dict(d, where: str) -> Mapping:
@@ -55,7 +59,7 @@ def decode_prompt(model, emb: Embedding, d: Mapping, where: str) -> np.ndarray:
         raise ValueError(f"{where}: {e}") from None
     mask = np.array(pred.mask(pred.best), bool)
     if not mask.any():
-        raise ValueError(f"{where}: the prompt gave an empty mask; move it onto the object")
+        raise EmptyMaskError(f"{where}: the prompt gave an empty mask; move it onto the object")
     return mask
 
 
@@ -116,13 +120,12 @@ def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[floa
         view = labels[None]
 
         def embedding_of(_k: int):
-            pixels = np.asarray(arr)
-            emb = store.embedding_for((), model, pixels) if store is not None else None
+            emb = store.embedding_for((), model, np.asarray(arr)) if store is not None else None
             if emb is not None:
                 return emb
-            if wants_tiles(model, pixels.shape[:2]):
-                return embed_tiles(model, pixels, window)  # only the tiles the prompts need
-            return model.embed(pixels, contrast_limits=window)
+            if wants_tiles(model, arr.shape[:2]):  # reads only the windows the prompts need
+                return embed_tiles(model, arr, window)
+            return model.embed(np.asarray(arr), contrast_limits=window)
 
     for k in sorted(per_plane):
         where = f"plane {k}" if stack else "the image"
@@ -134,8 +137,8 @@ def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[floa
         for oid, d in items:
             try:
                 m = decode_prompt(model, emb, d, f"{where}, object {oid}" if stack else f"object {oid}")
-            except ValueError as e:
-                if skip_empty and "empty mask" in str(e):
+            except EmptyMaskError:
+                if skip_empty:
                     continue
                 raise
             m &= ~taken
