@@ -109,3 +109,63 @@ def test_close_waits_for_the_running_jobs_to_stop(qtbot):
     scheduler.close()
     assert events == ["ended"]  # both stopped before close returned; the first by its cancel check
     assert time.perf_counter() - t0 < 5
+
+
+def test_autosave_jobs_all_run_in_order_and_are_never_cancelled(qtbot):
+    """A newer autosave (e.g. the next image's) used to replace the waiting one and cancel(kind)
+    dropped it: each holds commits that are then never saved."""
+    import threading
+
+    gate, ran, ends = threading.Event(), [], []
+    scheduler = WorkerScheduler()
+
+    def save(name, wait=False):
+        def run():
+            if wait:
+                gate.wait(5)
+            ran.append(name)
+            return name
+        return run
+
+    for name in ("first", "second", "third"):
+        scheduler(Job("autosave", save(name, wait=name == "first"), ends.append,
+                      lambda e: ends.append(("error", e))))
+    scheduler.cancel("autosave")
+    gate.set()
+    qtbot.waitUntil(lambda: len(ends) == 3, timeout=5000)
+    assert ran == ends == ["first", "second", "third"]
+    scheduler.close()
+
+
+def test_close_runs_a_waiting_autosave_and_waits_for_the_running_one(qtbot):
+    import threading
+    import time
+
+    started, ran = threading.Event(), []
+
+    def slow():
+        started.set()
+        time.sleep(0.2)
+        ran.append("running")
+
+    scheduler = WorkerScheduler()
+    scheduler(Job("autosave", slow, lambda r: None, lambda e: None))
+    scheduler(Job("autosave", lambda: ran.append("waiting"), lambda r: None, lambda e: None))
+    qtbot.waitUntil(started.is_set, timeout=5000)
+    scheduler.close()
+    assert sorted(ran) == ["running", "waiting"]  # neither was dropped
+
+
+def test_a_failed_job_is_shown_in_napari_notifications(qtbot, monkeypatch):
+    shown, ends = [], []
+    monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+
+    def fail():
+        raise MemoryError("no memory for the encoder")
+
+    scheduler = WorkerScheduler()
+    scheduler(Job("embed", fail, ends.append, ends.append, label="embedding plane 3"))
+    qtbot.waitUntil(lambda: bool(ends), timeout=5000)
+    assert isinstance(ends[0], MemoryError)
+    assert shown == ["promptseg: embedding plane 3 failed: MemoryError: no memory for the encoder"]
+    scheduler.close()

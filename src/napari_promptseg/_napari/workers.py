@@ -2,10 +2,13 @@
 napari's (superqt) thread workers.
 
 Per job kind at most one runs and only the newest waits (rapid edits never queue up; a waiting
-job that is replaced is cancelled). Results come back on the UI thread through the workers'
-signals; the session drops stale ones. Labelled jobs get a napari progress bar. ``close()``
-cancels everything: an encoder stops at its next block, so closing returns at once, and napari's
-quit (which quits and awaits every worker) does not wait for a whole embedding either.
+job that is replaced is cancelled), except the kinds in :data:`~napari_promptseg.session.jobs.
+QUEUED_KINDS` (autosave): those all run in order and are never cancelled. Results come back on the
+UI thread through the workers' signals; the session drops stale ones. Labelled jobs get a napari
+progress bar. A job that fails (not cancelled) is also shown in napari's notifications. ``close()``
+cancels everything else (an encoder stops at its next block, so closing returns at once, and
+napari's quit, which quits and awaits every worker, does not wait for a whole embedding either) and
+waits for a running autosave.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from napari.qt.threading import create_worker
 
 from napari_promptseg.core.cancel import Cancelled, cancel_scope
-from napari_promptseg.session.jobs import Job
+from napari_promptseg.session.jobs import QUEUED_KINDS, Job
 
 __all__ = ["WorkerScheduler", "CLOSE_WAIT_MS"]
 
@@ -34,18 +37,20 @@ class WorkerScheduler:
 
     def __init__(self) -> None:
         self._running: dict[str, tuple[Job, object]] = {}
-        self._waiting: dict[str, Job] = {}
+        self._waiting: dict[str, list[Job]] = {}  # one job per kind, several for QUEUED_KINDS
         self._closed = False
 
     def __call__(self, job: Job) -> None:
         if self._closed:
             return
         if job.kind in self._running:
-            old = self._waiting.pop(job.kind, None)
-            if old is not None:
-                old.token.cancel()
-                old.on_error(Cancelled("replaced by newer work"))
-            self._waiting[job.kind] = job
+            waiting = self._waiting.setdefault(job.kind, [])
+            if job.kind not in QUEUED_KINDS:
+                for old in waiting:
+                    old.token.cancel()
+                    old.on_error(Cancelled("replaced by newer work"))
+                waiting.clear()
+            waiting.append(job)
             return
         self._start(job)
 
@@ -53,10 +58,10 @@ class WorkerScheduler:
     def busy(self) -> bool:
         """True while a job on the image runs or waits (a model load in the background is not one:
         see :meth:`running`)."""
-        return any(k != "load" for k in (*self._running, *self._waiting))
+        return any(k != "load" for k in (*self._running, *(k for k, w in self._waiting.items() if w)))
 
     def running(self, kind: str) -> bool:
-        return kind in self._running or kind in self._waiting
+        return kind in self._running or bool(self._waiting.get(kind))
 
     def _start(self, job: Job) -> None:
         from napari.utils import progress
@@ -106,15 +111,18 @@ class WorkerScheduler:
                     stopped = state["result"] if isinstance(state["result"], _Stopped) else None
                     cancelled = worker.abort_requested or job.token.cancelled  # a result not to apply
                     if state["error"] is not None or cancelled or stopped is not None:
-                        job.on_error(state["error"] or (stopped.err if stopped else Cancelled("cancelled")))
+                        err = state["error"] or (stopped.err if stopped else Cancelled("cancelled"))
+                        job.on_error(err)
+                        if not isinstance(err, Cancelled):
+                            _notify(job, err)
                     else:
                         job.on_done(state["result"])
             finally:
                 if self._running.get(job.kind, (None,))[0] is job:
                     del self._running[job.kind]
-                nxt = self._waiting.pop(job.kind, None)
-                if nxt is not None and not self._closed:
-                    self._start(nxt)
+                waiting = self._waiting.get(job.kind)
+                if waiting and not self._closed:
+                    self._start(waiting.pop(0))
 
         if job.on_step is not None:
             worker.yielded.connect(on_step)
@@ -125,9 +133,11 @@ class WorkerScheduler:
         worker.start()
 
     def cancel(self, kind: str) -> None:
-        """Cancel the running and waiting job of ``kind``; a waiting job hears it (on_error)."""
-        job = self._waiting.pop(kind, None)
-        if job is not None:
+        """Cancel the running and waiting job of ``kind``; a waiting job hears it (on_error).
+        Jobs of :data:`QUEUED_KINDS` (autosave) are never cancelled."""
+        if kind in QUEUED_KINDS:
+            return
+        for job in self._waiting.pop(kind, []):
             job.token.cancel()
             job.on_error(Cancelled("cancelled"))
         if kind in self._running:
@@ -141,12 +151,27 @@ class WorkerScheduler:
         from qtpy.QtCore import QThreadPool
 
         self._closed = True
-        for job in self._waiting.values():
-            job.token.cancel()
+        for kind, waiting in self._waiting.items():
+            for job in waiting:
+                if kind in QUEUED_KINDS:  # never dropped: saved here, on the caller's thread
+                    try:
+                        job.compute()  # its result is not applied: the session is closed
+                    except Exception as err:  # noqa: BLE001 - closing goes on; the user is told
+                        _notify(job, err)
+                else:
+                    job.token.cancel()
         self._waiting.clear()
         running = list(self._running.values())
         for job, worker in running:
-            job.token.cancel()
-            worker.quit()
+            if job.kind not in QUEUED_KINDS:  # a running autosave finishes (waited for below)
+                job.token.cancel()
+                worker.quit()
         if running:
             QThreadPool.globalInstance().waitForDone(int(wait_ms))
+
+
+def _notify(job: Job, err: BaseException) -> None:
+    """A failed job in napari's notifications (the status line has the session's own words)."""
+    from napari.utils.notifications import show_error
+
+    show_error(f"promptseg: {job.label or job.kind} failed: {type(err).__name__}: {err}")

@@ -11,7 +11,11 @@ from typing import Any
 
 from napari_promptseg.core.cancel import Cancelled, CancelToken, cancel_scope
 
-__all__ = ["Job", "run_now", "Cancelled"]
+__all__ = ["Job", "run_now", "Cancelled", "QUEUED_KINDS"]
+
+#: kinds whose jobs all run, one after another, and are never cancelled by a newer job of the
+#: kind or by ``cancel(kind)``: a dropped autosave job would lose commits
+QUEUED_KINDS = frozenset({"autosave"})
 
 
 @dataclass(eq=False)
@@ -54,7 +58,9 @@ class Job:
 
 
 def run_now(job: Job) -> None:
-    """The synchronous scheduler (scripts, notebooks, tests without a viewer)."""
+    """The synchronous scheduler (scripts, notebooks, tests without a viewer). A failed job's
+    ``on_error`` runs (the session tidies up and sets its status line), then the error is raised
+    to the caller: in a script nothing else would show it. A cancelled job only hears it."""
     try:
         if job.on_step is not None:
             for item in job.iterate():
@@ -62,7 +68,10 @@ def run_now(job: Job) -> None:
             result = None
         else:
             result = job.compute()
-    except (Cancelled, Exception) as err:  # noqa: BLE001 - reported through on_error
+    except Cancelled as err:
         job.on_error(err)
         return
+    except Exception as err:
+        job.on_error(err)
+        raise
     job.on_done(result)
