@@ -276,3 +276,187 @@ def test_survives_sigkill_mid_save(tmp_path, kill_after, delay):
     assert all(r["planes"] == [[r["commit"] % Z]] for r in recs)
     assert len(recs) <= last + 3
     assert json.loads((root / "meta.json").read_text())["shape"] == [Z, 256, 256]
+
+
+# nothing dropped: failed saves are retried, flush, image switch (issue 28) ------------------------
+def _flaky(store, fails=1, error="disk full"):
+    """Make ``store.save`` raise OSError(``error``) ``fails`` times, then save; returns the calls."""
+    real, calls = store.save, []
+
+    def save(*a, **k):
+        calls.append(a[0].keys())
+        if len(calls) <= fails:
+            raise OSError(error)
+        return real(*a, **k)
+
+    store.save = save
+    return calls
+
+
+def _saved_planes(store):
+    return sorted(store.load()[2])
+
+
+def test_a_failed_save_keeps_its_commits_and_the_next_save_writes_them():
+    from tests.test_session_risks import session, two_bars_stack
+
+    s = session(two_bars_stack(6))
+    store = s.annotation_store
+    _flaky(store)
+    s.set_plane((1,))
+    s.add_point((15, 40))
+    assert s.commit() == (1,)
+    said = s.statuses[-1]
+    assert not store.exists()
+    s.set_plane((3,))
+    s.add_point((40, 40))
+    assert s.commit() == (2,)  # this save writes the failed commit first, then its own
+    assert "failed" not in s.statuses[-1]
+    assert [(r["op"], r["ids"], r["planes"]) for r in store.records()] == [
+        ("commit", [1], [[1]]), ("commit", [2], [[3]])]
+    assert _saved_planes(store) == [(1,), (3,)]
+    assert not s._labels._queue
+    # what the failure said: what was not saved, that it is tried again, what to do meanwhile
+    assert "autosave failed (disk full)" in said and "1 commit on 1 plane" in said
+    assert "tried again" in said and "File > Save" in said
+
+
+def test_a_failed_autosave_job_keeps_its_planes_for_the_next_save():
+    from tests.test_session_risks import propagated_through_40_planes
+
+    s, sch = propagated_through_40_planes()
+    s.commit()
+    _flaky(s.annotation_store)
+    sch.run("autosave")
+    said = s.statuses[-1]
+    s.undo()  # 40 planes wait now with the undo's: saved in a job again, not on this thread
+    assert not s.annotation_store.exists()
+    sch.run_all("autosave")
+    assert [r["op"] for r in s.annotation_store.records()] == ["commit", "undo"]
+    assert _saved_planes(s.annotation_store) == []  # the undo emptied them again
+    assert "autosave failed (disk full): 1 commit on 40 planes" in said
+
+
+def test_flush_saves_everything_queued_and_says_what_it_could_not():
+    from tests.test_session_risks import propagated_through_40_planes
+
+    s, sch = propagated_through_40_planes()
+    s.commit()  # 40 planes: queued for a job
+    store = s.annotation_store
+    assert not store.exists()
+    calls = _flaky(store)
+    problem = s._labels.flush()
+    assert "autosave failed (disk full): 1 commit on 40 planes not in the autosave" in problem
+    assert "tried again" not in problem and "File > Save" in problem
+    assert s._labels.flush() is None  # the queue was kept: this flush saves it
+    assert len(calls) == 2 and _saved_planes(store) == [(k,) for k in range(40)]
+    sch.run_all("autosave")  # the job finds nothing left to save
+    assert [r["op"] for r in store.records()] == ["commit"]
+    assert s._labels.flush() is None
+
+
+def test_a_running_autosave_job_and_a_flush_do_not_race():
+    import threading
+
+    from tests.test_session_risks import propagated_through_40_planes
+
+    s, sch = propagated_through_40_planes()
+    s.commit()
+    store = s.annotation_store
+    real, entered, go, saves = store.save, threading.Event(), threading.Event(), []
+
+    def slow_save(planes, record, **kw):
+        saves.append(sorted(planes))
+        entered.set()
+        go.wait(10)
+        real(planes, record, **kw)
+
+    store.save = slow_save
+    job = sch.pop("autosave")
+    worker = threading.Thread(target=job.compute)  # as in a worker thread
+    worker.start()
+    assert entered.wait(10)
+    flushed = []
+    flusher = threading.Thread(target=lambda: flushed.append(s._labels.flush()))
+    flusher.start()
+    flusher.join(0.3)
+    assert flusher.is_alive()  # waits for the job's save instead of saving the same commit again
+    go.set()
+    worker.join(10)
+    flusher.join(10)
+    assert flushed == [None] and len(saves) == 1
+    assert [r["op"] for r in store.records()] == ["commit"]
+
+
+def test_switching_images_flushes_the_old_images_queue():
+    from tests.test_session_risks import propagated_through_40_planes, two_bars_stack
+
+    s, sch = propagated_through_40_planes()
+    s.commit()  # its autosave job has not run when the image changes
+    old = s.annotation_store
+    s.set_image(two_bars_stack(40) + 7)
+    assert s.annotation_store is not old
+    assert _saved_planes(old) == [(k,) for k in range(40)]
+    assert [r["op"] for r in old.records()] == ["commit"]
+    sch.run_all("autosave")  # the old job, if it still runs, saves nothing twice
+    assert [r["op"] for r in old.records()] == ["commit"]
+
+
+def test_switching_images_says_what_the_old_image_did_not_save():
+    from tests.test_session_risks import propagated_through_40_planes, two_bars_stack
+
+    s, sch = propagated_through_40_planes()
+    s.commit()
+    _flaky(s.annotation_store, fails=10)
+    s.set_image(two_bars_stack(40) + 7)
+    assert any("previous image's autosave failed (disk full)" in t and "File > Save" in t
+               for t in s.statuses)
+
+
+# the summary of an earlier session: from the journal, in a job ------------------------------------
+def test_summary_is_read_from_the_journal_without_reading_a_plane(tmp_path, monkeypatch):
+    store = AnnotationStore(tmp_path / "s")
+    kw = {"shape": (4, 6, 6), "dtype": np.uint16}
+    a, b = np.zeros((6, 6), np.uint16), np.zeros((6, 6), np.uint16)
+    a[0, :3], a[1, :2], b[4:, 4:] = 1, 2, 3
+    store.save({(0,): a, (1,): a}, {"op": "commit", "ids": [1, 2]}, **kw)
+    store.save({(2,): b}, {"op": "commit", "ids": [3]}, **kw)
+    store.save({(3,): b}, {"op": "commit", "ids": [3]}, **kw)
+    store.save({(3,): np.zeros((6, 6), np.uint16)}, {"op": "undo", "ids": [3]}, **kw)
+    assert store.records()[0]["plane_ids"] == [[1, 2], [1, 2]]
+
+    def no_plane_reads(*a, **k):
+        raise AssertionError("a plane was read")
+
+    monkeypatch.setattr(AnnotationStore, "load", no_plane_reads)
+    monkeypatch.setattr(np, "load", no_plane_reads)
+    assert store.summary().startswith("3 commits, 1 undo, 3 labels on 3 planes, last saved ")
+    # a journal written before the ids were journaled: the planes are counted from the folder
+    lines = [json.loads(raw) for raw in (store.root / "journal.jsonl").read_text().splitlines()]
+    old = "".join(json.dumps({k: v for k, v in r.items() if k != "plane_ids"}) + "\n" for r in lines)
+    (store.root / "journal.jsonl").write_text(old)
+    assert store.summary().startswith("3 commits, 1 undo, labels on 3 planes, last saved ")
+
+
+def test_the_summary_is_read_in_a_job_and_offered_when_it_comes():
+    from napari_promptseg.session import AnnotationSession
+    from tests.component_model import ComponentModel
+    from tests.test_session_risks import ManualScheduler, session, two_bars_stack
+
+    stack = two_bars_stack(4)
+    s = session(stack)
+    s.add_point((15, 40))
+    s.commit()
+    sch, offered = ManualScheduler(), []
+    s2 = AnnotationSession(ComponentModel(), stack, scheduler=sch)
+    s2.events.restorable.connect(offered.append)
+    assert [j.kind for j in sch.jobs if j.kind == "summary"] == ["summary"]
+    assert offered == []  # nothing read on the caller's thread
+    sch.run("summary")
+    assert len(offered) == 1 and offered[0].startswith("1 commit, 1 label on 1 plane")
+
+    s3 = AnnotationSession(ComponentModel(), stack, scheduler=sch)
+    s3.events.restorable.connect(offered.append)
+    s3.set_image(stack + 1)  # another image before the summary came back: not offered for it
+    sch.run_all("summary")
+    assert len(offered) == 1

@@ -443,7 +443,10 @@ def test_a_failing_candidates_job_is_said_not_swallowed():
         kinds.append(job.kind)
         if job.kind == "candidates":  # the fault: this job's work fails
             job = dataclasses.replace(job, work=lambda: (_ for _ in ()).throw(RuntimeError("no memory")))
-        run_now(job)
+        try:
+            run_now(job)  # raises to the caller after on_error (a script sees it)
+        except RuntimeError:
+            assert job.kind == "candidates"
 
     s = AnnotationSession(ComponentModel(), img, scheduler=scheduler, autosave=False)
     s.events.status.connect(said.append)
@@ -453,3 +456,45 @@ def test_a_failing_candidates_job_is_said_not_swallowed():
     before = dict(s.choices)
     s.next_mask()
     assert s.choices != before  # J still cycles
+
+
+def test_a_script_sees_a_decoder_error_and_the_status_line_says_it():
+    """Without a viewer (the default synchronous scheduler) a failing decode raises to the caller
+    after the session has said it: before, add_point returned as if nothing had happened."""
+    img, _ = blob_image()
+    model = ComponentModel()
+    s = AnnotationSession(model, img, autosave=False)
+    said = []
+    s.events.status.connect(said.append)
+
+    def out_of_memory(*a, **k):
+        raise MemoryError("no memory for the decoder")
+
+    model.predict = out_of_memory
+    with pytest.raises(MemoryError, match="no memory for the decoder"):
+        s.add_point((25, 30))
+    assert said and "no memory for the decoder" in said[-1], said
+
+
+def test_a_script_sees_an_encoder_error():
+    img, _ = blob_image()
+    model = ComponentModel()
+
+    def out_of_memory(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.embed = out_of_memory
+    with pytest.raises(RuntimeError, match="out of memory"):
+        AnnotationSession(model, img, autosave=False)
+
+
+def test_closing_saves_what_autosave_has_queued():
+    """close() used to drop the queue of a big commit whose autosave job had not run (a viewer
+    closed right after committing a propagation)."""
+    s, sch = propagated_through_40_planes()
+    s.commit()
+    assert not s.annotation_store.exists()  # its job waits
+    store = s.annotation_store
+    s.close()
+    _, _, planes = store.load()
+    assert sorted(planes) == [(k,) for k in range(40)]

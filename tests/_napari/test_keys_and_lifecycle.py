@@ -139,7 +139,7 @@ def test_autosave_is_offered_when_the_image_is_opened_again(make_napari_viewer, 
     w.commit()
     viewer.close()
     viewer2, _, w2 = open_widget(make_napari_viewer, qtbot, stack.copy())
-    assert w2.restore_button.isVisible() or not w2.restore_button.isHidden()
+    qtbot.waitUntil(lambda: not w2.restore_button.isHidden(), timeout=10000)  # the summary is a job
     assert "autosaved" in w2.status.text() or w2.session.annotation_store.exists()
     qtbot.mouseClick(w2.restore_button, Qt.LeftButton)
     assert np.asarray(viewer2.layers["promptseg labels"].data[0, 15, 40]) == 1

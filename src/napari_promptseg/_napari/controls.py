@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 from napari_promptseg._napari import layers as L
 from napari_promptseg._napari.keys import KEYS
 from napari_promptseg.models.registry import REGISTRY
-from napari_promptseg.session.settings import PropagationSettings
+from napari_promptseg.session.settings import CommitSettings, PropagationSettings
 
 __all__ = ["LOCAL_CHECKPOINT", "METHODS", "NEW_LABELS", "BUTTONS", "SCOPES", "EVERYTHING_PARAMS",
            "setup_ui", "items", "set_items", "timer", "values",
@@ -69,6 +69,11 @@ def setup_ui(w: QWidget) -> None:
                                "store beside the image's file is used by itself")
     w.labels_combo = QComboBox()
     w.overwrite_check = QCheckBox("overwrite other objects")
+    w.undo_spin = _tip(QSpinBox(), "memory kept for undo (U); the oldest steps go beyond it")
+    w.undo_spin.setRange(1, 65536)
+    w.undo_spin.setSingleStep(64)
+    w.undo_spin.setSuffix(" MB")
+    w.undo_spin.setValue(int(CommitSettings.undo_mb))
     w.negative_check = QCheckBox("negative points (N)")
     w.object_spin = _tip(QSpinBox(), "new points and boxes belong to this object; O starts a new one")
     w.object_spin.setRange(1, 2**31 - 1)
@@ -107,8 +112,8 @@ def _lay_out(w: QWidget) -> None:
     form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
     rows = (("image", w.image_combo), ("model", w.model_combo), ("device", w.device_combo),
             (None, _row(w.load_button, w.embeddings_button)), ("commit to", w.labels_combo),
-            ("", w.overwrite_check), ("object", w.object_spin), ("", w.negative_check),
-            ("propagate along", w.axis_combo), ("track with", w.method_combo),
+            ("", w.overwrite_check), ("undo memory", w.undo_spin), ("object", w.object_spin),
+            ("", w.negative_check), ("propagate along", w.axis_combo), ("track with", w.method_combo),
             ("stop after missing frames", w.stop_after_spin),
             ("stop below score", w.min_score_spin), ("stop below overlap", w.min_overlap_spin))
     for label, field in rows:  # no label: the row spans the form's width
@@ -205,7 +210,9 @@ def set_values(spins: dict, new: dict) -> None:
 def axis_choices(labels: list) -> tuple[list[str], str | None]:
     """The axis box's items for the image's leading axes (their viewer ``labels``) and the one
     chosen by default: z, else t, else the last."""
-    names = [f"{lab} (axis {i})" for i, lab in enumerate(labels)]
+    # napari's default labels are the axes' negative indices ("-3"): say "axis 0" for those
+    names = [f"axis {i}" if str(lab).lstrip("-").isdigit() else f"{lab} (axis {i})"
+             for i, lab in enumerate(labels)]
     low = [str(lab).lower() for lab in labels]
     default = next((low.index(k) for k in ("z", "t", "time", "frame") if k in low), len(labels) - 1)
     return names, (names[default] if names else None)

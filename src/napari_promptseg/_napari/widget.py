@@ -99,6 +99,7 @@ class PromptSegWidget(QWidget):
         self.negative_check.toggled.connect(self.bridge.set_negative)
         self.object_spin.valueChanged.connect(lambda v: v != s.current_object and s.select_object(v))
         self.overwrite_check.toggled.connect(lambda v: s.configure(overwrite=bool(v)))
+        self.undo_spin.valueChanged.connect(lambda v: s.configure(undo_mb=float(v)))
         self.min_score_spin.valueChanged.connect(lambda v: s.configure(min_score=float(v)))
         self.min_overlap_spin.valueChanged.connect(lambda v: s.configure(min_overlap=float(v)))
         self.restore_button.clicked.connect(self.restore_autosave)

@@ -5,7 +5,8 @@ the full content of the planes that changed; opening the same image again (same 
 :func:`~napari_promptseg.core.hashing.image_key`) offers to restore with
 :meth:`AnnotationStore.load`. A store folder holds ``meta.json`` (shape, dtype, format version),
 ``planes/plane_<i>_<j>.npz`` (plane index (i, j); ``plane.npz`` in 2D) and ``journal.jsonl``
-(one json record per save). Each plane is written to a temporary file in the same folder,
+(one json record per save, with the planes it wrote and the label ids on each, so that
+:meth:`AnnotationStore.summary` reads no plane). Each plane is written to a temporary file in the same folder,
 fsynced and renamed over the old one (an all-zero plane is stored by deleting its file); only
 then is the journal line appended and fsynced. A kill at any instant leaves each plane in its
 previous or its new state; torn journal lines are skipped.
@@ -125,8 +126,9 @@ class AnnotationStore:
 
         planes: {plane index (the leading axes of ``shape``, ``()`` in 2D): (H, W) array};
         record: json-able dict (numpy values are converted), stored with the plane list under
-        ``"planes"``; shape, dtype: of the whole labels array. The meta is (re)written when it
-        is missing or its dtype differs; a different shape raises ValueError.
+        ``"planes"`` and the ids on each of those planes under ``"plane_ids"``; shape, dtype: of
+        the whole labels array. The meta is (re)written when it is missing or its dtype differs;
+        a different shape raises ValueError.
         """
         shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
         if len(shape) < 2:
@@ -159,7 +161,9 @@ class AnnotationStore:
                 path.unlink(missing_ok=True)
         _fsync_dir(self.root / "planes")
         _fsync_dir(self.root)
-        line = json.dumps({**record, "planes": [list(i) for i in checked]}, default=_json_default)
+        line = json.dumps({**record, "planes": [list(i) for i in checked],
+                           "plane_ids": [np.unique(a[a != 0]).tolist() for a in checked.values()]},
+                          default=_json_default)
         with open(self._journal, "a+b") as f:
             f.seek(0, os.SEEK_END)
             if f.tell() > 0:
@@ -178,23 +182,24 @@ class AnnotationStore:
 
     def records(self) -> list[dict]:
         """The journal, oldest first; lines torn by a crash are skipped."""
+        return list(self._iter_records())
+
+    def _iter_records(self):
         try:
             data = self._journal.read_bytes()
         except OSError:
-            return []
-        out = []
+            return
         for raw in data.split(b"\n"):
             try:
                 rec = json.loads(raw)
             except ValueError:
                 continue  # empty, or torn by a crash
             if isinstance(rec, dict):
-                out.append(rec)
-        return out
+                yield rec
 
     def exists(self) -> bool:
         """Whether there is something to restore (at least one journal record)."""
-        return bool(self.records())
+        return next(self._iter_records(), None) is not None
 
     def load(self) -> tuple[tuple[int, ...], np.dtype, dict[tuple[int, ...], np.ndarray]]:
         """(shape, dtype, {plane index: (H, W) array}) of every non-empty stored plane.
@@ -228,21 +233,54 @@ class AnnotationStore:
         return shape, dtype, planes
 
     def summary(self) -> str:
-        """One line for a restore dialog, e.g. "12 commits, 7 labels on 3 planes, last saved ..."."""
-        ops = Counter(str(r.get("op", "save")) for r in self.records())
+        """One line for a restore dialog, e.g. "12 commits, 7 labels on 3 planes, last saved ...",
+        read from the journal and the meta only: no plane is read (a store written before the
+        journal listed each plane's ids says "labels on N planes")."""
+        recs = self.records()
+        ops = Counter(str(r.get("op", "save")) for r in recs)
         parts = [_n(n, op) for op, n in ops.items()] or ["nothing saved"]
         try:
-            planes = self.load()[2]
-            ids = set().union(*(np.unique(p).tolist() for p in planes.values())) - {0}
-            parts.append(f"{_n(len(ids), 'label')} on {_n(len(planes), 'plane')}")
+            self._read_meta()
         except ValueError:
             parts.append("labels unreadable")
+        else:
+            latest = _plane_ids(recs)  # each save stored its planes whole: the last record is the truth
+            if all(ids is not None for ids in latest.values()):
+                on = [set(ids) for ids in latest.values() if ids]
+                parts.append(f"{_n(len(set().union(*on)), 'label')} on {_n(len(on), 'plane')}")
+            else:
+                parts.append(f"labels on {_n(len(self._plane_names()), 'plane')}")
         try:
             mtime = self._journal.stat().st_mtime
             parts.append(f"last saved {time.strftime('%Y-%m-%d %H:%M', time.localtime(mtime))}")
         except OSError:
             pass
         return ", ".join(parts)
+
+    def _plane_names(self) -> list[str]:
+        """The names of the stored (non-empty) plane files."""
+        try:
+            return [n for n in os.listdir(self.root / "planes") if _PLANE.fullmatch(n)]
+        except OSError:
+            return []
+
+
+def _plane_ids(records: list[dict]) -> dict[str, list | None]:
+    """{plane index (as json): the ids its last record says it holds (None: not said, a record of
+    an older version)}."""
+    latest: dict[str, list | None] = {}
+    for r in records:
+        planes, ids = r.get("planes"), r.get("plane_ids")
+        if not isinstance(planes, list):
+            continue
+        if not (isinstance(ids, list) and len(ids) == len(planes)):
+            ids = [None] * len(planes)
+        for p, i in zip(planes, ids):
+            try:
+                latest[json.dumps(p)] = [int(v) for v in i] if isinstance(i, list) else None
+            except (TypeError, ValueError):
+                latest[json.dumps(p)] = None
+    return latest
 
 
 def _n(n: int, word: str) -> str:

@@ -63,7 +63,8 @@ class AnnotationSession:
         self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
         self.current_object = 1
         self._view: Preview | None = None
-        self._labels = CommitLog(scheduler, self._status)  # the target labels, undo/redo, autosave
+        # the target labels, undo/redo (bounded in bytes), autosave
+        self._labels = CommitLog(scheduler, self._status, lambda: self.commit_settings.undo_bytes)
         self._decoder = Decoder(scheduler, lambda: (self.model, self.stack), self._show, self._status,
                                self.describe)  # prompts, decodes (newest wins), objects refined from paint
         self._closed = False
@@ -101,18 +102,25 @@ class AnnotationSession:
         note = self._attach(embeddings)
         self._reset_state()
         self._view = Preview(shape, len(self._lead), self.events.preview_reset.emit)
-        self._labels = CommitLog(self._schedule, self._status)
+        unsaved = self._labels.flush()  # the old image's queued autosaves, before its log goes
+        self._labels = CommitLog(self._schedule, self._status, lambda: self.commit_settings.undo_bytes)
         self.events.preview_reset.emit(self.preview)
         self.events.current_object.emit(self.current_object)
         self._restart_embeddings()
         if note:
             self._status(note)
         if self.autosave_enabled:
-            earlier, problem = self._labels.open_store_for(image, rgb, source_path)
+            log = self._labels
+
+            def offer(summary: str) -> None:  # read in a job: the image may have changed since
+                if self._labels is log and not self._closed:
+                    self.events.restorable.emit(summary)
+
+            problem = log.open_store_for(image, rgb, source_path, offer)
             if problem:
                 self._status(problem)
-            elif earlier:
-                self.events.restorable.emit(earlier)
+        if unsaved:
+            self._status(f"the previous image's {unsaved}")
 
     def forget_image(self) -> None:
         """The image is gone (e.g. its layer was removed): stop its work, drop its embeddings."""
@@ -323,12 +331,15 @@ class AnnotationSession:
 
     def configure(self, **changes) -> None:
         """Change settings by name (:mod:`~napari_promptseg.session.settings`: ``method``,
-        ``min_score``, ``min_overlap``, ``stop_after``, ``overwrite``); a bad value raises here
-        and changes nothing."""
+        ``min_score``, ``min_overlap``, ``stop_after``, ``overwrite``, ``undo_mb``); a bad value
+        raises here and changes nothing. A smaller ``undo_mb`` applies at once (the status line
+        says when undo steps go)."""
         current = {PropagationSettings: self.propagation_settings, CommitSettings: self.commit_settings}
         new = {g: replace(current[g], **c) for g, c in split_changes(changes).items()}  # validated
         self.propagation_settings = new.get(PropagationSettings, self.propagation_settings)
         self.commit_settings = new.get(CommitSettings, self.commit_settings)
+        if "undo_mb" in changes and (note := self._labels.trim_history()):
+            self._status(note)
 
     def setting_applies(self, name: str) -> bool:
         """Whether propagation setting ``name`` changes what P does with this model."""
@@ -492,9 +503,14 @@ class AnnotationSession:
         self._everything.cancel()
 
     def close(self) -> None:
-        """Stop every job (an encoder stops at its next block); the session is done."""
+        """Stop every job (an encoder stops at its next block) and save what autosave has queued
+        (a commit is never lost by closing; a failed save is said in the status line); the session
+        is done."""
         self._cancel_jobs()
         self._embedder.close()
         self._decoder.close()
+        problem = self._labels.flush()
+        if problem:
+            self._status(problem)
         self._closed = True
 

@@ -1,12 +1,15 @@
 """The session's settings: typed option groups, validated when made or changed.
 
-``AnnotationSession.configure(overwrite=True, min_score=0.8, method="prompt", stop_after=4)``
+``AnnotationSession.configure(overwrite=True, undo_mb=1024, min_score=0.8, method="prompt", stop_after=4)``
 replaces the groups these names belong to; a bad value raises there, not later in a worker.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 from napari_promptseg.propagation.options import (
     METHODS,
@@ -64,15 +67,33 @@ class PropagationSettings:
                 "min_score": used == "prompt", "min_overlap": used == "prompt"}[name]
 
 
+#: bytes in one MB of the undo memory setting
+MB = 2**20
+
+
 @dataclass(frozen=True)
 class CommitSettings:
-    """What K does. overwrite: a commit replaces other objects' pixels (default: it keeps them)."""
+    """What K does, and what it keeps for U. overwrite: a commit replaces other objects' pixels
+    (default: it keeps them); undo_mb: the most memory (MB, 2**20 bytes) the undo history of one
+    labels target holds; past it the oldest steps can no longer be undone (the last commit always
+    can)."""
 
     overwrite: bool = False
+    undo_mb: float = 512
 
     def __post_init__(self) -> None:
         if not isinstance(self.overwrite, bool):
             raise TypeError(f"overwrite must be True or False, got {self.overwrite!r}")
+        v = self.undo_mb
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (
+                math.isfinite(v) and v > 0):
+            raise ValueError(f"undo_mb must be a number of megabytes > 0, got {v!r}")
+        object.__setattr__(self, "undo_mb", float(v))
+
+    @property
+    def undo_bytes(self) -> int:
+        """:attr:`undo_mb` in bytes."""
+        return int(self.undo_mb * MB)
 
 
 GROUPS = (PropagationSettings, CommitSettings)
