@@ -63,8 +63,8 @@ def add_points_layer(viewer, image_layer):
     with warnings.catch_warnings():  # "looks like categorical": it is, on purpose
         warnings.filterwarnings("ignore", "Feature 'label' looks like categorical", RuntimeWarning)
         layer = _add_points(viewer, image_layer, pd)
-    layer.feature_defaults["label"] = 1
-    layer.feature_defaults["object"] = 1
+    # set whole: the layer's current colour follows (it showed red, negative, before the first point)
+    layer.feature_defaults = {"label": 1, "object": 1}
     layer.mode = "add"
     return layer
 

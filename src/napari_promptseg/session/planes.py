@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_promptseg.core.geometry import extent
 from napari_promptseg.core.prompts import Prompt
 
 __all__ = ["Plane", "Prompt", "ObjectDecode", "PlaneDecode", "signature", "merge_prompts",
@@ -117,23 +118,51 @@ def offered(pred, chosen: int) -> list[int]:
     return [k for k in order if k in (order[0], chosen) or pred.scores[k] >= MIN_CANDIDATE_SCORE]
 
 
-def compose(decoded: PlaneDecode | None, propagated: np.ndarray | None, shape, dtype=np.uint32) -> np.ndarray:
+def compose(decoded: PlaneDecode | None, propagated: np.ndarray | None, shape, dtype=np.uint32,
+            window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """A plane's preview ``(H, W)``: decoded objects by id (earlier objects win where they
     overlap), then the propagated objects that are not decoded here, where nothing else is. An
     object decoded as absent (negative points only) removes its propagated mask from the plane.
-    dtype: of the result; it must hold every id (see :func:`top_id`)."""
-    out = np.zeros(shape, dtype)
+    dtype: of the result; it must hold every id (see :func:`top_id`). window: ``(row0, col0,
+    row1, col1)`` (ends exclusive): compose only that part of the plane and return it."""
+    r0, c0, r1, c1 = window if window is not None else (0, 0, *shape)
+    sl = (slice(r0, r1), slice(c0, c1))
+    out = np.zeros((r1 - r0, c1 - c0), dtype)
     here: set[int] = set()
     if decoded is not None:
         for oid, d in decoded.objects.items():
             here.add(oid)
             m = d.mask
             if m is not None:
-                out[np.asarray(m, bool) & (out == 0)] = oid
+                out[np.asarray(m[sl], bool) & (out == 0)] = oid
     if propagated is not None:
-        rest = np.where(np.isin(propagated, list(here)), 0, propagated) if here else propagated
+        prop = propagated[sl]
+        rest = np.where(np.isin(prop, list(here)), 0, prop) if here else prop
         out = np.where(out == 0, rest, out).astype(dtype, copy=False)
     return out
+
+
+Box = tuple[int, int, int, int]
+
+
+def content_box(decoded: PlaneDecode | None, propagated: np.ndarray | None) -> Box | None:
+    """``(row0, col0, row1, col1)`` (ends exclusive) around everything :func:`compose` would
+    write on a plane, or None when it writes nothing."""
+    masks = [d.mask for d in (decoded.objects.values() if decoded is not None else ()) if d.mask is not None]
+    if propagated is not None:
+        masks.append(propagated != 0)
+    extents = (extent(m) for m in masks)
+    return union_box(*((r0, c0, r1 + 1, c1 + 1) for r0, c0, r1, c1 in filter(None, extents)))
+
+
+def union_box(*boxes: Box | None) -> Box | None:
+    """The smallest ``(row0, col0, row1, col1)`` box (ends exclusive) around ``boxes``; None
+    entries are skipped; None when there is none."""
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    b = np.array(boxes)
+    return int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max())
 
 
 def top_id(decoded: PlaneDecode | None, propagated: np.ndarray | None) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from napari_promptseg.labels.write import lazy_labels
-from napari_promptseg.session.planes import Plane, PlaneDecode, compose, top_id
+from napari_promptseg.session.planes import Plane, PlaneDecode, compose, content_box, top_id, union_box
 
 __all__ = ["Preview"]
 
@@ -28,6 +28,7 @@ class Preview:
         self.array = np.zeros(shape, np.uint8) if not n_lead else lazy_labels(self.shape, np.uint8)
         self.painted: set[Plane] = set()
         self.written: set[Plane] = set()  # planes ever written (what a wider copy must carry over)
+        self.boxes: dict[Plane, tuple[int, int, int, int] | None] = {}  # where a plane has objects
         self.on_reset = on_reset
 
     def plane(self, p: Plane) -> np.ndarray:
@@ -42,7 +43,16 @@ class Preview:
             propagated = kept if propagated is None else np.where(kept > 0, kept, propagated)
         if top_id(decoded, propagated) > np.iinfo(self.array.dtype).max:
             self._widen()
-        self.array[p if p else ...] = compose(decoded, propagated, self.shape[-2:], self.array.dtype)
+        # only the part that held or will hold objects is composed and written: a decode on a
+        # 16k x 16k slide touches its object's box, not a new 1 GB plane (painted planes: all)
+        h, w = self.shape[-2:]
+        box = content_box(decoded, propagated)
+        window = union_box(self.boxes.get(p), box)
+        if window is not None:
+            r0, c0, r1, c1 = window
+            self.array[(*p, slice(r0, r1), slice(c0, c1))] = compose(
+                decoded, propagated, (h, w), self.array.dtype, window)
+        self.boxes[p] = box
         self.painted.discard(p)
         self.written.add(p)
 
@@ -50,6 +60,7 @@ class Preview:
         """The user painted ``planes``."""
         self.painted.update(planes)
         self.written.update(planes)
+        self.boxes.update({p: (0, 0, *self.shape[-2:]) for p in planes})  # paint may be anywhere
 
     def _widen(self) -> None:
         old = self.array
