@@ -167,5 +167,7 @@ def test_a_failed_job_is_shown_in_napari_notifications(qtbot, monkeypatch):
     scheduler(Job("embed", fail, ends.append, ends.append, label="embedding plane 3"))
     qtbot.waitUntil(lambda: bool(ends), timeout=5000)
     assert isinstance(ends[0], MemoryError)
-    assert shown == ["promptseg: embedding plane 3 failed: MemoryError: no memory for the encoder"]
+    assert len(shown) == 1 and shown[0].startswith(
+        "promptseg: embedding plane 3 failed: out of memory (MemoryError: no memory for the encoder); "
+        "free memory")
     scheduler.close()

@@ -371,7 +371,13 @@ class PromptSegWidget(QWidget):
         names = items(self.model_combo)  # a model outside the registry is listed by its own name
         set_items(self.model_combo, names if model.name in names else [*names, model.name], model.name)
         found = self.bridge.store_beside(model) if self.session.embeddings_store is None else None
+        stopped = [what for what, running in (("propagation", self.session.propagating),
+                                              ("segment everything", self.session.segmenting_everything))
+                   if running]
         said = use_model(self.session, model, found)  # a store beside the image's file, made by it
+        if stopped:  # the new model's results never mix with a run of the previous one
+            said += (f" The {' and '.join(stopped)} of the previous model was stopped (what it finished "
+                     f"stays); run it again to use {model.name}.")
         self._sync_method()
         set_values(self.everything_spins, model.everything_defaults)  # Meta's, or what these weights need
         self._set_status(said)

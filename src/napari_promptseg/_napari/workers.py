@@ -174,4 +174,6 @@ def _notify(job: Job, err: BaseException) -> None:
     """A failed job in napari's notifications (the status line has the session's own words)."""
     from napari.utils.notifications import show_error
 
-    show_error(f"promptseg: {job.label or job.kind} failed: {type(err).__name__}: {err}")
+    from napari_promptseg.embed.entry import explain_error
+
+    show_error(f"promptseg: {job.label or job.kind} failed: {explain_error(err)}")

@@ -77,7 +77,9 @@ def embed_cached(
 
     Looks in the memory ``cache`` first, then in the ``disk`` cache (loaded onto
     ``model.device``), else encodes; a new embedding is stored in both. A disk cache that cannot
-    be written (full, read-only) is reported with a :class:`CacheWarning` and skipped.
+    be written (full, read-only, removed) is skipped: the embedding is still returned (and kept
+    in ``cache``), and a :class:`CacheWarning` says once per kind of problem what happened and
+    what to do (:meth:`DiskCache.take_problems` has the same lines for a status line).
     """
     rgb = to_rgb_uint8(image, contrast_limits)
     z = model.input_zoom(rgb.shape[:2], zoom)
@@ -88,15 +90,16 @@ def embed_cached(
     if emb is not None:
         return emb
     if disk is not None:
-        emb = disk.get(key, device=model.device, model=model)
+        emb = disk.get(key, device=model.device, model=model, original_size=rgb.shape[:2])
     if emb is None:
         emb = model.embed(rgb, zoom=z if z is not None else "fit")  # uint8 RGB goes in unchanged
         if disk is not None:
             try:
                 disk.put(key, emb)
-            except OSError as e:
-                warnings.warn(f"could not write the embedding to the disk cache {disk.root}: {e}",
-                              CacheWarning, stacklevel=2)
+            except OSError as e:  # full, read-only, removed: said once per kind of problem
+                message = disk.write_failed(e)
+                if message:
+                    warnings.warn(message, CacheWarning, stacklevel=2)
     if cache is not None:
         cache.put(key, emb)
     return emb

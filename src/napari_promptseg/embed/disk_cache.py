@@ -10,7 +10,11 @@ oldest first.
 
 Entries are in :mod:`napari_promptseg.embed.entry`'s format (checksummed arrays): a truncated,
 missing or garbled chunk is detected, reported with a :class:`CacheWarning`, deleted and
-recomputed by the caller.
+recomputed by the caller. An entry that cannot be read for a reason of the machine (permissions,
+an I/O error, too many open files; out of memory is raised) is kept: it is a miss this time.
+A cache that cannot be written (a full disk, a read-only or removed folder) costs only speed: the
+embedding stays in memory and :meth:`DiskCache.write_failed` says once per kind of problem what
+happened and what to do (:meth:`DiskCache.take_problems` hands those lines to a status line).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import errno
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 import warnings
@@ -26,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from napari_promptseg.core.results import Embedding
-from napari_promptseg.embed.entry import DEFAULT_DTYPE, EntryError, read_entry, resource_error, write_entry
+from napari_promptseg.embed.entry import (
+    DEFAULT_DTYPE,
+    EntryError,
+    machine_error,
+    read_entry,
+    resource_error,
+    write_entry,
+)
 
 __all__ = ["DiskCache", "CacheWarning", "default_max_bytes"]
 
@@ -96,6 +108,9 @@ class DiskCache:
             raise ValueError(f"dtype must be 'float16' or 'float32', not {dtype!r}")
         self.dtype = dtype
         self._sizes: dict[str, int] = {}  # entries never change once written: sizes are remembered
+        self._said: set[str] = set()  # kinds of problem said already (each is said once)
+        self._problems: list[str] = []  # said, not yet taken by a view (take_problems)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.root)!r}, max_bytes={self.max_bytes}, dtype={self.dtype!r})"
@@ -110,12 +125,16 @@ class DiskCache:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def get(self, key: str, device: Any = "cpu", model=None) -> Embedding | None:
+    def get(self, key: str, device: Any = "cpu", model=None,
+            original_size: tuple[int, int] | None = None) -> Embedding | None:
         """The embedding stored under ``key`` with tensors on ``device``, or None.
 
         model: when given, an entry made by another model, checkpoint or preprocessing is never
-        returned. An unreadable or inconsistent entry is reported (:class:`CacheWarning`),
-        deleted, and None is returned; an entry evicted meanwhile is simply a miss.
+        returned; original_size: when given, neither is an entry of an image of another size.
+        An unreadable or inconsistent entry is reported (:class:`CacheWarning`), deleted, and
+        None is returned; an entry evicted meanwhile is simply a miss. An entry the machine
+        cannot read now (permissions, I/O) is kept: reported once, None is returned. Out of
+        memory is raised (the entry is kept).
         """
         path = self._path(key)
         error = None
@@ -123,10 +142,15 @@ class DiskCache:
             if not path.is_dir():
                 return None
             try:
-                emb = read_entry(path, key, device, model)
+                emb = read_entry(path, key, device, model, original_size)
             except Exception as e:  # noqa: BLE001 - a cache never fails its caller, but for memory
                 if resource_error(e):
                     raise  # a valid entry that did not fit in memory: kept
+                if machine_error(e):  # the machine's problem, not the entry's: kept, a miss
+                    message = self._problem("read", e)
+                    if message:
+                        warnings.warn(message, CacheWarning, stacklevel=2)
+                    return None
                 error = e
                 continue
             try:
@@ -148,7 +172,8 @@ class DiskCache:
 
     def put(self, key: str, embedding: Embedding) -> None:
         """Store ``embedding`` under ``key`` (atomically; an existing entry is kept), then evict
-        the least recently used entries beyond ``max_bytes`` (never this one)."""
+        the least recently used entries beyond ``max_bytes`` (never this one). Raises OSError
+        when the cache cannot be written (nothing is left behind; :meth:`write_failed` words it)."""
         path = self._path(key)
         if not path.is_dir():
             self.root.mkdir(parents=True, exist_ok=True)
@@ -172,6 +197,29 @@ class DiskCache:
 
     def _write(self, tmp: Path, key: str, emb: Embedding) -> None:
         write_entry(tmp, key, emb, self.dtype)
+
+    # -- problems ----------------------------------------------------------------------------------
+
+    def write_failed(self, err: OSError) -> str | None:
+        """A :meth:`put` failed with ``err``: what happened and what to do, the first time this
+        kind of problem (full, not writable, other) shows; None after (it was said)."""
+        return self._problem("write", err)
+
+    def take_problems(self) -> list[str]:
+        """The problems said since the last call (each kind once), for a status line."""
+        with self._lock:
+            out, self._problems = self._problems, []
+        return out
+
+    def _problem(self, doing: str, err: OSError) -> str | None:
+        kind = f"{doing}:{_problem_kind(err)}"
+        with self._lock:
+            if kind in self._said:
+                return None
+            self._said.add(kind)
+            message = _problem_text(doing, _problem_kind(err), self.root, err)
+            self._problems.append(message)
+        return message
 
     # -- size, eviction --------------------------------------------------------------------------
 
@@ -235,3 +283,38 @@ class DiskCache:
         except OSError:  # gone already, or in use (Windows): leave it
             return
         shutil.rmtree(trash, ignore_errors=True)
+
+
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+_OFF = "PROMPTSEG_EMBED_CACHE_GB=0 turns the disk cache off"
+
+
+def _problem_kind(err: OSError) -> str:
+    if err.errno in _FULL:
+        return "full"
+    if err.errno in _DENIED or isinstance(err, PermissionError):
+        return "denied"
+    if isinstance(err, FileNotFoundError):
+        return "gone"
+    return "other"
+
+
+def _problem_text(doing: str, kind: str, root: Path, err: OSError) -> str:
+    """One line for the user: what happened to the cache at ``root``, what it costs, what to do."""
+    why = f"{type(err).__name__}: {err}"
+    if doing == "read":
+        return (f"a cached embedding in {root} could not be read ({why}): it is kept and the embedding "
+                "is computed instead; check the folder's permissions and the disk.")
+    lost = "embeddings are kept in memory only (opening this image again embeds it again)"
+    if kind == "full":
+        return (f"the disk of the embedding cache {root} is full ({why}): {lost}. Free some space, or "
+                f"set PROMPTSEG_CACHE_DIR to a folder on another disk ({_OFF}).")
+    if kind == "denied":
+        return (f"the embedding cache folder {root} is not writable ({why}): {lost}. Make it writable, "
+                f"or set PROMPTSEG_CACHE_DIR to a writable folder ({_OFF}).")
+    if kind == "gone":
+        return (f"the embedding cache folder {root} was removed while in use ({why}): {lost} for this "
+                "embedding; the folder is made again at the next one.")
+    return (f"the embedding cache {root} could not be written ({why}): {lost}. Check the folder, or set "
+            f"PROMPTSEG_CACHE_DIR to another one ({_OFF}).")

@@ -16,7 +16,8 @@ import numpy as np
 
 from napari_promptseg.core.results import Embedding
 
-__all__ = ["FORMAT_VERSION", "DEFAULT_DTYPE", "EntryError", "read_entry", "write_entry", "resource_error"]
+__all__ = ["FORMAT_VERSION", "DEFAULT_DTYPE", "EntryError", "read_entry", "write_entry", "resource_error",
+           "machine_error", "explain_error"]
 
 #: bump when the layout or the meaning of the stored arrays changes: older entries are then
 #: reported and recomputed
@@ -41,15 +42,35 @@ def resource_error(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
+def machine_error(err: BaseException) -> bool:
+    """Whether reading an entry failed for a reason of the machine, not of the entry: an OSError
+    other than a missing file (no permission, an I/O error, too many open files). Such an entry
+    may be valid: it is kept."""
+    return isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, NotADirectoryError))
+
+
+def explain_error(err: BaseException) -> str:
+    """``err`` in words for a status line: what happened, and for out-of-memory errors what to do
+    (a bare ``MemoryError()`` says nothing by itself)."""
+    text = str(err).strip()
+    said = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    if resource_error(err):
+        return (f"out of memory ({said}); free memory (close other programs or viewers) or use a "
+                "smaller model, smaller images (crop or bin them) or another device, then try again")
+    return text or said
+
+
 def _digest(arr: np.ndarray) -> str:
     import xxhash
 
     return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(arr).data)
 
 
-def read_entry(path: Path, key: str | None, device: Any = "cpu", model=None) -> Embedding:
+def read_entry(path: Path, key: str | None, device: Any = "cpu", model=None,
+               original_size: tuple[int, int] | None = None) -> Embedding:
     """The embedding in the entry folder ``path`` (checked: format, ``key`` unless None, ``model``
-    unless None, every checksum); raises ``EntryError`` (or zarr's errors) when it is unusable."""
+    unless None, the image's ``original_size`` unless None, every checksum); raises
+    ``EntryError`` (or zarr's or the file system's errors) when it is unusable."""
     import zarr
     from zarr.storage import LocalStore
 
@@ -66,23 +87,41 @@ def read_entry(path: Path, key: str | None, device: Any = "cpu", model=None) -> 
         theirs = (meta.get("model"), meta.get("checkpoint_id"), meta.get("preprocessing"))
         if mine != theirs:
             raise EntryError(f"made by {theirs}, not by the requesting model {mine}")
+    try:
+        sizes = {name: tuple(int(v) for v in meta[name]) for name in ("original_size", "input_size")}
+        names = {name: str(meta[name]) for name in ("model", "checkpoint_id", "preprocessing")}
+        features = [(str(f["name"]), str(f["array"]), list(f["shape"]), str(f["stored_dtype"]),
+                     str(f["xxh3"]), f) for f in meta["features"]]
+    except KeyError as e:
+        raise EntryError(f"its metadata lacks {e.args[0]!r} (damaged, or written by another "
+                         "program)") from None
+    except (TypeError, ValueError) as e:
+        raise EntryError(f"its metadata is damaged ({type(e).__name__}: {e})") from None
+    if original_size is not None and sizes["original_size"] != tuple(original_size):
+        raise EntryError(f"it is the embedding of an image of {sizes['original_size']} pixels, "
+                         f"not {tuple(original_size)}")
     feats = {}
-    for f in meta["features"]:
-        arr = group[f["array"]][...]
-        if list(arr.shape) != f["shape"] or str(arr.dtype) != f["stored_dtype"]:
-            raise EntryError(f"feature {f['name']!r} has shape {arr.shape} {arr.dtype}, "
-                           f"expected {tuple(f['shape'])} {f['stored_dtype']}")
-        if _digest(arr) != f["xxh3"]:
-            raise EntryError(f"feature {f['name']!r} fails its checksum (truncated or garbled chunk)")
-        feats[f["name"]] = _restore(arr, f, device)
+    for name, array, shape, stored_dtype, digest, f in features:
+        arr = group[array][...]
+        if list(arr.shape) != shape or str(arr.dtype) != stored_dtype:
+            raise EntryError(f"feature {name!r} has shape {arr.shape} {arr.dtype}, "
+                             f"expected {tuple(shape)} {stored_dtype}")
+        if _digest(arr) != digest:
+            raise EntryError(f"feature {name!r} fails its checksum (truncated or garbled chunk)")
+        try:
+            feats[name] = _restore(arr, f, device)
+        except (KeyError, AttributeError, TypeError) as e:
+            raise EntryError(f"the metadata of feature {name!r} is damaged "
+                             f"({type(e).__name__}: {e})") from None
     return Embedding(
-        model=str(meta["model"]),
-        checkpoint_id=str(meta["checkpoint_id"]),
-        preprocessing=str(meta["preprocessing"]),
-        original_size=tuple(int(v) for v in meta["original_size"]),
-        input_size=tuple(int(v) for v in meta["input_size"]),
+        model=names["model"],
+        checkpoint_id=names["checkpoint_id"],
+        preprocessing=names["preprocessing"],
+        original_size=sizes["original_size"],
+        input_size=sizes["input_size"],
         features=feats,
     )
+
 
 def _restore(arr: np.ndarray, f: dict, device):
     if f["kind"] == "numpy":

@@ -29,7 +29,7 @@ import numpy as np
 from napari_promptseg.core.image import image_plane, stack_window, to_rgb_uint8
 from napari_promptseg.core.results import Embedding
 from napari_promptseg.embed.cache import embedding_key
-from napari_promptseg.embed.entry import DEFAULT_DTYPE, read_entry, resource_error, write_entry
+from napari_promptseg.embed.entry import DEFAULT_DTYPE, machine_error, read_entry, resource_error, write_entry
 
 __all__ = ["StoreError", "EmbeddingStore", "open_embeddings", "embed_store_iter", "plane_layout",
            "store_lead_axes", "create_store", "embed_plane"]
@@ -141,13 +141,22 @@ class EmbeddingStore(Mapping):
         if not (path / "zarr.json").is_file():
             raise KeyError(f"plane {index!r} is not in the store yet (run `promptseg embed` again "
                            "to complete it)")
+        return self._read(index, path, self.device)
+
+    def _read(self, index, path: Path, device) -> Embedding:
+        """The plane at ``path``; :class:`StoreError` saying what happened and what to do."""
         try:
-            return read_entry(path, None, self.device)
+            return read_entry(path, None, device)
         except Exception as e:  # noqa: BLE001 - a damaged plane is reported as what it is
             if resource_error(e):
                 raise  # out of memory: the plane is fine
-            raise StoreError(f"plane {index!r} of {self.path} is damaged ({e}); delete {path} and "
-                             "embed again") from None
+            if machine_error(e):  # no permission, an I/O error: the plane may be fine
+                raise StoreError(f"plane {index!r} of the embeddings store {self.path} could not be read "
+                                 f"({type(e).__name__}: {e}); check the folder's permissions and the "
+                                 "disk, then try again") from None
+            raise StoreError(f"plane {index!r} of the embeddings store {self.path} is damaged ({e}); "
+                             f"delete {path} and run `promptseg embed` again (it embeds the missing "
+                             "planes only)") from None
 
     def __iter__(self) -> Iterator:
         root = self.path / "planes"
@@ -181,7 +190,8 @@ class EmbeddingStore(Mapping):
                              f"{model.checkpoint_id[:12]}): load that model or embed again")
         if tuple(shape) != self.shape:
             raise StoreError(f"the store {self.path} was made for an image of shape {self.shape}, not "
-                             f"{tuple(shape)}: it belongs to other pixels")
+                             f"{tuple(shape)}: it belongs to other pixels; open that image, or embed "
+                             "this one into another store (`promptseg embed`)")
         if axis is not None and len(self.shape) - self.rgb > 2:
             spatial = len(self.shape) - (1 if self.rgb else 0)
             if axis % spatial != self.axis:
@@ -198,14 +208,9 @@ class EmbeddingStore(Mapping):
         key = embedding_key(model, rgb, model.input_zoom(rgb.shape[:2]))
         if key != stored:
             raise StoreError(f"plane {index!r} of the image differs from the one embedded in "
-                             f"{self.path}: the store was made for other pixels (or another window)")
-        try:
-            return read_entry(self.entry_path(self._flat(index)), None, model.device)
-        except Exception as e:  # noqa: BLE001 - a damaged plane is reported as what it is
-            if resource_error(e):
-                raise  # out of memory: the plane is fine
-            raise StoreError(f"plane {index!r} of {self.path} is damaged ({e}); delete it and embed "
-                             "again") from None
+                             f"{self.path}: the store was made for other pixels (or another window); "
+                             "embed this image into another store (`promptseg embed`)")
+        return self._read(index, self.entry_path(self._flat(index)), model.device)
 
 
 def open_embeddings(path: str | Path, device: Any = "cpu") -> EmbeddingStore:

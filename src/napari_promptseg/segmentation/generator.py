@@ -15,6 +15,7 @@ import numpy as np
 
 from napari_promptseg.core.geometry import extent, mask_boxes
 from napari_promptseg.models.generator_defaults import GENERATOR_DEFAULTS, SAM2_ONLY
+from napari_promptseg.models.triton_guard import guard_triton
 
 __all__ = ["MaskRecord", "Everything", "EverythingStep", "Candidates", "check_params", "point_grids",
            "nms", "batch_count", "decode_batch", "cleanup", "to_result", "follows_sam2"]
@@ -108,6 +109,7 @@ def point_grids(p: dict) -> list[np.ndarray]:
             raise ValueError(f"point_grids has {len(grids)} grids; crop_n_layers="
                              f"{p['crop_n_layers']} needs {int(p['crop_n_layers']) + 1}")
         return grids
+    guard_triton()  # segment_anything pulls in torchvision -> triton: a crash beside napari's OpenGL
     from segment_anything.utils.amg import build_all_layer_point_grids
 
     xy = build_all_layer_point_grids(int(p["points_per_side"]), int(p["crop_n_layers"]),

@@ -94,7 +94,7 @@ class AnnotationSession:
         embeddings: an embeddings store for this image (see :meth:`use_embeddings`), taken into
         use before anything is embedded; a store used before is dropped."""
         shape = image_shape(image, rgb)
-        self._cancel_jobs()
+        self._cancel_jobs("another image was opened")
         self.image, self.rgb, self.window = image, rgb, window
         self._lead, self._plane_shape = shape[:-2], shape[-2:]
         self._embedder.forget()
@@ -134,7 +134,7 @@ class AnnotationSession:
         with this model (see :meth:`use_embeddings`), taken into use before anything is embedded."""
         self.model = model
         notes = [self._embedder.drop_unfit_store(model), self._attach(embeddings)]
-        self._restart_embeddings()
+        self._restart_embeddings("the model changed")
         for note in filter(None, notes):
             self._status(note)
 
@@ -145,7 +145,7 @@ class AnnotationSession:
         if window != self.window:
             self.window = window
             if self._embedder.store is None:
-                self._restart_embeddings()
+                self._restart_embeddings("the intensity window changed")
 
     def use_embeddings(self, store=None) -> bool:
         """Read the planes of a precomputed embeddings store (``ps.open_embeddings`` or its
@@ -170,8 +170,8 @@ class AnnotationSession:
         """The :class:`~napari_promptseg.embed.store.EmbeddingStore` planes are read from, or None."""
         return self._embedder.store
 
-    def _restart_embeddings(self) -> None:
-        self._cancel_jobs()
+    def _restart_embeddings(self, why: str | None = None) -> None:
+        self._cancel_jobs(why)
         if self.model is None or self.image is None:
             self._embedder.stop()
             self._status("choose a model: the image is embedded as soon as one is loaded." if self.image
@@ -497,9 +497,9 @@ class AnnotationSession:
         if not self._closed:
             self.events.status.emit(text)
 
-    def _cancel_jobs(self) -> None:
+    def _cancel_jobs(self, why: str | None = None) -> None:
         self._decoder.cancel()  # a commit or propagation waiting for these decodes is off
-        self.cancel_propagation()
+        self._propagation.cancel(why)
         self._everything.cancel()
 
     def close(self) -> None:

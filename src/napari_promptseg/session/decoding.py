@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from napari_promptseg.embed.entry import explain_error
 from napari_promptseg.session.jobs import Cancelled, Job, run_now
 from napari_promptseg.session.planes import (
     ObjectDecode,
@@ -234,7 +235,8 @@ class Decoder:
                 return
             self.pending = None
             self.waiting.clear()  # a commit or propagation waiting for these masks is off
-            self.status(f"could not decode the prompts: {err}. Commit and propagate use what is shown.")
+            self.status(f"could not decode the prompts: {explain_error(err).rstrip('.')}. "
+                        "Commit and propagate use what is shown.")
 
         self.pending = Job("decode", lambda: decode(model, stack, todo), done, failed)
         if stack.tiled:
@@ -311,7 +313,7 @@ class Decoder:
             if not self.closed and gen == self.gen:
                 self.pending = None
                 self.waiting.clear()
-                self.status(f"refine failed: {err}")
+                self.status(f"refine failed: {explain_error(err)}")
 
         self.pending = Job("decode", lambda: refine(model, stack.get(p), painted, prompts), done, failed)
         self.schedule(self.pending)

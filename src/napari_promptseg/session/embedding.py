@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from napari_promptseg.embed.cache import EmbeddingCache
+from napari_promptseg.embed.entry import explain_error
 from napari_promptseg.session.jobs import Job
 from napari_promptseg.session.planes import Plane, fmt
 
@@ -163,13 +164,14 @@ class PlaneEmbedder:
                 if why:
                     self.on_status(f"{why}; plane {fmt(plane) or '(2D)'} was embedded with the model "
                                    "instead.")
+            self.say_disk_problems()
             self.resume()
 
         def failed(err: BaseException) -> None:
             if job is self._job:
                 self._job = None
             if not self._closed and stack is self.stack and not job.token.cancelled:
-                self.on_status(f"could not embed plane {fmt(plane) or '(2D)'}: {err}")
+                self.on_status(f"could not embed plane {fmt(plane) or '(2D)'}: {explain_error(err)}")
 
         job = Job("embed", lambda: stack.get(plane), done, failed, label=label)
         job.plane = plane
@@ -177,6 +179,14 @@ class PlaneEmbedder:
             self._job.token.cancel()  # a prefetch gives way to the plane shown
         self._job = job
         self.schedule(job)
+
+    def say_disk_problems(self) -> None:
+        """Tell the user what went wrong with the disk cache since the last time (a full disk, a
+        read-only or removed folder: each kind once; the embeddings stay in memory)."""
+        take = getattr(self.disk, "take_problems", None)
+        if take is not None and not self._closed:
+            for text in take():
+                self.on_status(text)
 
     def resume(self) -> None:
         """Prefetch the next plane in the direction of the last move, if nothing else runs."""

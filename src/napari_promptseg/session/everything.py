@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_promptseg.core.cancel import CancelToken
+from napari_promptseg.embed.entry import explain_error
 from napari_promptseg.segmentation.generator import batch_count, check_params
 from napari_promptseg.segmentation.link3d import link_plane
 from napari_promptseg.session.jobs import Job
@@ -68,6 +69,9 @@ class EverythingRunner:
         """Segment every object on ``planes`` of ``stack`` (their embeddings are reused or made)
         into ``target`` (zeros, the image's shape). params: :data:`~napari_promptseg.segmentation.everything.
         EVERYTHING_DEFAULTS` names; checked here, before any work."""
+        from napari_promptseg.models.triton_guard import guard_triton
+
+        guard_triton()  # the generator imports segment_anything -> torchvision -> triton: see there
         check_params(dict(params))  # a bad parameter fails now, with its name
         self.cancel()
         run = self.run = EverythingRun(list(planes), target)
@@ -120,8 +124,10 @@ class EverythingRunner:
             if run is self.run:
                 self.run = None
                 self.progress(1, 1)
-                self.status(f"segment everything stopped after {len(run.done)} of {len(run.planes)} planes."
-                            if run.token.cancelled else f"segment everything failed: {err}")
+                done = f" after {len(run.done)} of {len(run.planes)} planes"
+                kept = f"{done} (those stay in its labels)" if run.done else ""
+                self.status(f"segment everything stopped{done}." if run.token.cancelled
+                            else f"segment everything failed{kept}: {explain_error(err).rstrip('.')}.")
             self.finished()
 
         self.status(f"segmenting everything on {len(run.planes)} plane{'s' * (len(run.planes) > 1)}…")

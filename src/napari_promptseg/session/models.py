@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from napari_promptseg.core.cancel import Cancelled, check_cancelled
+from napari_promptseg.embed.entry import explain_error
 from napari_promptseg.models.base import PromptableModel
 from napari_promptseg.models.registry import ModelSpec, get_spec
 from napari_promptseg.session.jobs import Job
@@ -155,7 +156,8 @@ class ModelLoader:
         def failed(err: BaseException) -> None:
             if job is self.job:
                 self.job = None
-                self.on_status(f"could not load {label}: {'cancelled' if job.token.cancelled else err}")
+                self.on_status(f"could not load {label}: "
+                               f"{'cancelled' if job.token.cancelled else explain_error(err)}")
 
         self.drop()
         job = self.job = Job("load", lambda: load_steps(name, checkpoint, device), done, failed, step,

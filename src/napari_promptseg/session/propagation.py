@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_promptseg.core.cancel import CancelToken
+from napari_promptseg.embed.entry import explain_error
 from napari_promptseg.propagation.api import propagate_iter
 from napari_promptseg.session.jobs import Job
 from napari_promptseg.session.planes import Plane, PlaneStore, masks_of
@@ -118,7 +119,9 @@ class Propagator:
                 self.run = None
                 self.progress(run.total, run.total)
                 if not run.token.cancelled:
-                    self.status(f"propagation failed: {err}")
+                    kept = " the planes done stay in the preview;" if run.done else ""
+                    self.status(f"propagation failed: {explain_error(err).rstrip('.')}.{kept} P propagates "
+                                "again.")
             self.finished()  # prefetching may resume
 
         def work():
@@ -136,10 +139,13 @@ class Propagator:
         self.planes.clear()
         self.ids.clear()
 
-    def cancel(self) -> None:
-        """Stop the running propagation; the planes it finished stay."""
+    def cancel(self, why: str | None = None) -> None:
+        """Stop the running propagation (``why``: said in the status line, e.g. "the model
+        changed"); the planes it finished stay, and no later step of it is shown."""
         run, self.run = self.run, None
         if run is not None:
             run.token.cancel()
             self.progress(run.total, run.total)
+            self.status(f"propagation stopped{f' ({why})' if why else ''}: the planes it finished stay in "
+                        "the preview; P propagates again.")
             self.finished()
