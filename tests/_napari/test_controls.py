@@ -23,3 +23,13 @@ def test_the_points_layer_shows_the_positive_colour_before_the_first_point(make_
     assert points.current_face_color == "lime" == layers.POSITIVE
     points.add([10, 10])
     assert list(points.features["label"]) == [1]
+
+
+def test_the_device_box_says_where_auto_put_the_model(make_napari_viewer, qtbot, demo_model):
+    import numpy as np
+
+    from tests._napari.test_keys_and_lifecycle import open_widget, settle
+
+    _, _, w = open_widget(make_napari_viewer, qtbot, np.zeros((64, 64), np.uint16), demo_model)
+    assert w.device_combo.itemText(0) == "auto (cpu)" and w._device() == "auto"
+    settle(qtbot, w)

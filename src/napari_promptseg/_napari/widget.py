@@ -380,6 +380,8 @@ class PromptSegWidget(QWidget):
                      f"stays); run it again to use {model.name}.")
         self._sync_method()
         set_values(self.everything_spins, model.everything_defaults)  # Meta's, or what these weights need
+        # "auto" says where it put the model (cpu, cuda, mps)
+        self.device_combo.setItemText(0, f"auto ({torch_device_type(model.device)})")
         self._set_status(said)
 
     def _loaded(self, model) -> None:
@@ -387,7 +389,7 @@ class PromptSegWidget(QWidget):
             self.set_model(model)
 
     def _device(self) -> str:
-        return self.device_combo.currentText()
+        return self.device_combo.currentText().split(" ")[0]  # "auto (cpu)" -> "auto"
 
     def _on_model_chosen(self, *args) -> None:
         """A local model loads at once; a download waits for 'Load model' (it can be gigabytes)."""
@@ -404,3 +406,8 @@ class PromptSegWidget(QWidget):
                 return
             name, checkpoint = None, path  # the architecture is read from the file, in the worker
         self.loader.load(name, checkpoint, self._device())
+
+
+def torch_device_type(device) -> str:
+    """``"cpu"``, ``"cuda"`` or ``"mps"`` of a torch device or its name (``"cuda:1"`` -> ``"cuda"``)."""
+    return str(getattr(device, "type", device)).split(":")[0]
