@@ -219,3 +219,20 @@ def test_opening_a_500_plane_2048px_zarr_stack_costs_little_memory(make_napari_v
     assert w.session.preview_plane((250,))[200, 500] == 1
     assert w.session.preview.nchunks_initialized == 1
     assert layer.data is z
+
+
+def test_h_on_the_canvas_marks_where_the_object_ends_and_p_stops_there(make_napari_viewer, qtbot):
+    """Issue 29: the user's word wins, through the real key on the canvas."""
+    viewer, _, w = open_widget(make_napari_viewer, qtbot, two_bars_stack(10))
+    viewer.dims.set_point(0, 2)
+    qtbot.waitUntil(lambda: w.ready, timeout=10000)
+    w.bridge.points_layer.add([[2, 15, 40]])
+    settle(qtbot, w)
+    viewer.dims.set_point(0, 7)
+    press(qtbot, viewer, Qt.Key_H)
+    assert "object 1 ends before plane 7" in w.status.text()
+    press(qtbot, viewer, Qt.Key_P)
+    settle(qtbot, w)
+    preview = np.asarray(w.bridge.preview_layer.data)
+    assert [k for k in range(10) if (preview[k] == 1).any()] == list(range(7))
+    assert w.buttons["mark_end"].isEnabled()

@@ -38,7 +38,8 @@ METHODS = {"memory (SAM 2)": "memory", "prompt (box + mask)": "prompt"}  # label
 NEW_LABELS = "(new) " + L.LABELS_NAME
 BUTTONS = [("commit", "Commit (K)"), ("clear", "Clear (Q)"), ("next_mask", "Next mask (J)"),
            ("new_object", "New object (O)"), ("undo", "Undo (U)"), ("redo", "Redo (Shift-U)"),
-           ("refine_from_preview", "Refine (G)"), ("propagate", "Propagate (P)"), ("cancel", "Cancel")]
+           ("refine_from_preview", "Refine (G)"), ("propagate", "Propagate (P)"),
+           ("mark_end", "Ends here (H)"), ("cancel", "Cancel")]
 SCOPES = {"this plane": "plane", "every plane along the axis": "line"}  # label -> session scope
 #: segment-everything parameters shown: name -> (label, default, minimum, maximum, tooltip)
 EVERYTHING_PARAMS = {

@@ -24,6 +24,8 @@ KEYS = {
     "U": ("undo", "undo the last commit"),
     "Shift-U": ("redo", "redo"),
     "P": ("propagate", "propagate through the stack"),
+    # H, a key napari leaves free (its X, E and B are taken): "halt here"
+    "H": ("mark_end", "the current object ends here: absent from this plane, P stops before it"),
     # Shift-E, not E: napari's E is the labels eraser and the shapes ellipse, which stay theirs
     "Shift-E": ("segment_everything", "segment everything into a new labels layer"),
 }

@@ -166,6 +166,11 @@ class PromptSegWidget(QWidget):
         self.bridge.sync_plane()  # the plane shown now, whatever the dims events said so far
         self.session.propagate(self.propagation_axis)
 
+    def mark_end(self) -> None:
+        """H: the current object ends here (it is absent from the displayed plane; again: unmark)."""
+        self.bridge.sync_plane()
+        self.session.mark_end()
+
     def segment_everything(self) -> None:
         """Every object on the displayed plane (or every plane along the axis) into a new labels layer."""
         self.bridge.sync_plane()
@@ -357,6 +362,7 @@ class PromptSegWidget(QWidget):
         set_items(self.axis_combo, *axis_choices(list(self.viewer.dims.axis_labels)[-(n + 2):][:n]))
         self.axis_combo.setEnabled(n > 1)
         self.buttons["propagate"].setEnabled(n > 0)
+        self.buttons["mark_end"].setEnabled(n > 0)
         self.scope_combo.setEnabled(n > 0)
 
     # ---------------------------------------------------------------- model

@@ -30,7 +30,17 @@ from napari_promptseg.session.events import SessionEvents
 from napari_promptseg.session.everything import EverythingRunner, scope_of
 from napari_promptseg.session.jobs import Job, run_now
 from napari_promptseg.session.labels import CommitLog
-from napari_promptseg.session.planes import Plane, Prompt, image_shape, prompts_json, with_prompt
+from napari_promptseg.session.planes import (
+    Plane,
+    Prompt,
+    fmt,
+    image_shape,
+    placed,
+    present,
+    prompts_json,
+    with_marks,
+    with_prompt,
+)
 from napari_promptseg.session.preview import Preview
 from napari_promptseg.session.propagation import Propagator
 from napari_promptseg.session.settings import CommitSettings, PropagationSettings, split_changes
@@ -62,6 +72,7 @@ class AnnotationSession:
         self._embedder.paused = lambda: self._propagation.run is not None or self._everything.run is not None
         self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
         self.current_object = 1
+        self._placed, self._marks = {}, {}  # prompts placing objects; end marks {plane: {object id}}
         self._view: Preview | None = None
         # the target labels, undo/redo (bounded in bytes), autosave
         self._labels = CommitLog(scheduler, self._status, lambda: self.commit_settings.undo_bytes)
@@ -223,12 +234,38 @@ class AnnotationSession:
 
     def set_prompts(self, prompts: Mapping[Plane, Mapping[int, Prompt]]) -> None:
         """Replace all prompts (the napari bridge calls this when a prompt layer changes); only
-        the objects whose prompts changed are decoded again."""
-        planned = self._decoder.replace(prompts)
+        the objects whose prompts changed are decoded again. End marks (:meth:`mark_end`) stay."""
+        self._placed = placed(prompts)
+        planned = self._decoder.replace(with_marks(self._placed, self._marks))
         changed = sorted(planned[0])
         if changed:
             self.active = self.plane if self.plane in changed else changed[-1]
         self._decoder.request(planned=planned)
+
+    def mark_end(self, plane: Plane | None = None, obj: int | None = None) -> bool:
+        """"The object ends here": object ``obj`` (default: the current one) is absent from
+        ``plane`` (default: the displayed one); the plane shows none of it and a propagation stops
+        before it. Marking it again takes the mark away; a positive point or a box of the object
+        on the plane does too. Returns True when the plane is marked now."""
+        if not self._lead:
+            self._status("an end mark needs a z-stack or a time series; this image is 2D.")
+            return False
+        plane = self.plane if plane is None else tuple(plane)
+        obj = self.current_object if obj is None else int(obj)
+        there = self._placed.get(plane, {}).get(obj)
+        if obj not in self._marks.get(plane, ()) and there is not None and present(there):
+            self._status(f"object {obj} has a positive point or a box on plane {fmt(plane)}: delete them "
+                         "first to mark its end there.")
+            return False
+        marks = self._marks.setdefault(plane, set())
+        marked = obj not in marks
+        (marks.add if marked else marks.discard)(obj)
+        self.set_prompts(self._placed)
+        marked = obj in self._marks.get(plane, ())
+        where = fmt(plane) or "(2D)"
+        self._status(f"object {obj} ends before plane {where}: P stops it there (H again: unmark)." if marked
+                     else f"object {obj} is no longer marked absent from plane {where}.")
+        return marked
 
     def add_point(self, rc, positive: bool = True, plane: Plane | None = None,
                   obj: int | None = None) -> None:
@@ -317,8 +354,8 @@ class AnnotationSession:
             self._status("propagating as soon as the newest prompts are decoded…")
             return True
         options = self.propagation_settings.options_for(self.model, self._tiled)
-        return self._propagation.start(self.model, self.stack, self.plane, int(axis), self._decoder.prompts,
-                                      self.preview_plane, options)
+        return self._propagation.start(self.model, self.stack, self.plane, int(axis), self._placed,
+                                      self.preview_plane, options, self._marks)
 
     @property
     def _tiled(self) -> bool:
@@ -475,6 +512,7 @@ class AnnotationSession:
         return set(d.decoded) | set(self._propagation.planes) | set(d.kept) | self._view.painted
 
     def _reset_state(self) -> None:
+        self._placed, self._marks = {}, {}  # prompts placing objects; end marks {plane: {object id}}
         self._decoder.reset()
         self._propagation.clear()
         if self._view is not None:

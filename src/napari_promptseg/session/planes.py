@@ -85,6 +85,34 @@ def present(obj: Prompt) -> bool:
     return obj.box is not None or bool((obj.labels == 1).any())
 
 
+_ABSENT = Prompt(np.zeros((0, 2)), np.zeros(0, np.int32))  # no point, no box: the object is not here
+
+
+def placed(prompts: Mapping[Plane, Mapping[int, Prompt]]) -> dict[Plane, dict[int, Prompt]]:
+    """``prompts`` without the empty ones (no point, no box: what an end mark adds)."""
+    out = {p: {o: q for o, q in objs.items() if len(q.points) or q.box is not None}
+           for p, objs in prompts.items()}
+    return {p: objs for p, objs in out.items() if objs}
+
+
+def with_marks(prompts: Mapping[Plane, Mapping[int, Prompt]], marks: dict[Plane, set[int]]) -> dict[
+        Plane, dict[int, Prompt]]:
+    """``prompts`` plus, for each end mark (``{plane: {object id}}``: "the object is absent here"),
+    an empty prompt, unless the object has a positive point or a box on that plane: that mark is
+    the user's newer word and is dropped from ``marks`` (in place)."""
+    out = {p: dict(objs) for p, objs in prompts.items()}
+    for p, objs in list(marks.items()):
+        for o in sorted(objs):
+            cur = out.get(p, {}).get(o)
+            if cur is not None and present(cur):
+                objs.discard(o)
+            else:
+                out.setdefault(p, {})[o] = cur if cur is not None else _ABSENT
+        if not objs:
+            del marks[p]
+    return out
+
+
 @dataclass
 class ObjectDecode:
     """What one object's prompts on one plane decoded to."""

@@ -39,6 +39,14 @@ class PropagationRun:
     visited: set[int] = field(default_factory=set)  # planes this run wrote (or must keep)
     done: int = 0
     total: int = 0
+    stops: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # object -> (slice, why)
+
+    def stops_text(self) -> str:
+        """Where and why each object's fronts stopped: ``"object 1 stopped at 3 (contrast) and 17
+        (extent)"``; "" when none did."""
+        said = [f"object {o} stopped at {' and '.join(f'{k} ({why})' for k, why in sorted(ks))}"
+                for o, ks in sorted(self.stops.items())]
+        return "; ".join(said)
 
     def plane_of(self, k: int) -> Plane:
         idx = list(self.here)
@@ -76,14 +84,21 @@ class Propagator:
         self.run: PropagationRun | None = None
 
     def start(self, model, stack, here: Plane, axis: int, prompted: Iterable[Plane],
-              preview: Callable[[Plane], np.ndarray], options) -> bool:
+              preview: Callable[[Plane], np.ndarray], options,
+              marks: Mapping[Plane, Iterable[int]] | None = None) -> bool:
         """Propagate from the ``prompted`` planes on the line along ``axis`` through ``here``, from
         their ``preview(plane)`` (``(H, W)`` ids), with ``options`` (``ps.PromptPropagation`` or
-        ``ps.MemoryTracking``). False: no seed."""
+        ``ps.MemoryTracking``); marks: ``{plane: object ids}`` the user marked absent there (the
+        fronts of those objects stop before it; other objects pass). False: no seed."""
         line = set(stack.line(here, axis))
         previews = {p[axis]: preview(p) for p in prompted if p in line}
         self.cancel()
         seeds, absent = seeds_and_absent(previews)
+        for p, objs in (marks or {}).items():  # the user's end marks: absent there, for those objects
+            if p in line:
+                for o in objs:
+                    if o in absent:
+                        absent[o] = sorted({*absent[o], p[axis]})
         if not seeds:
             self.status("prompt an object on at least one plane of this line of the stack first.")
             return False
@@ -96,6 +111,8 @@ class Propagator:
             if run is not self.run:
                 return
             p = run.plane_of(res.index)
+            for o, why in res.stopped.items():
+                run.stops.setdefault(o, []).append((res.index, why))
             self.planes[p] = run.merge(res.index, res.masks, self.planes.get(p), shape, self.blocked(p))
             self.show([p])
             run.done, run.total = res.done, max(res.total, 1)
@@ -110,8 +127,9 @@ class Propagator:
             stale = [p for p in left if self.planes.pop(p, None) is not None]  # an earlier run's
             self.show(stale)
             self.progress(run.total, run.total)
-            self.status("propagation done: check the planes, correct any plane with points and press P "
-                        "again; K commits.")
+            stops = run.stops_text()
+            self.status(f"propagation done{f' ({stops})' if stops else ''}: check the planes, correct any "
+                        "plane with points (H: the object ends here) and press P again; K commits.")
             self.finished()
 
         def failed(err: BaseException) -> None:
