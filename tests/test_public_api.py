@@ -22,6 +22,7 @@ def test_public_names_are_few_grouped_and_importable():
         assert getattr(ps, name) is not None, name
     assert ps.AnnotationSession.__module__.startswith("napari_promptseg.session")
     assert ps.MemoryTracker.__module__ == "napari_promptseg.propagation.memory"
+    assert ps.find.__module__ == "napari_promptseg.segmentation.find"  # SAM 3 concept prompts
 
 
 def test_segment_2d_one_mask_per_object_and_a_lower_id_keeps_its_pixels():

@@ -12,6 +12,7 @@ Importing this package is light (no torch, no Qt): napari reads our manifest at 
 >>> tracker = ps.Tracker(model, video); tracker.add_prompt(0, obj=1, points=[[40, 60]])
 >>> for step in tracker.propagate(): ...             # correct any frame, propagate again
 >>> found = ps.segment_everything(model, image)      # .labels (H, W) int32, .objects
+>>> found = ps.find("sam3", image, text="nucleus")   # every instance of a concept (SAM 3)
 >>> tiled = ps.embed_tiles(model, huge_image)        # tiles at the model's scale, on demand
 >>> for done, total in ps.embed_store_iter(model, stack, "stack.zarr"): ...   # resumable
 >>> labels = ps.propagate(model, stack, seeds, embeddings=ps.open_embeddings("stack.zarr"))
@@ -36,6 +37,7 @@ from napari_promptseg.propagation.api import propagate, propagate_iter  # light:
 from napari_promptseg.propagation.options import MemoryTracking, PromptPropagation
 from napari_promptseg.propagation.tracker import Tracker
 from napari_promptseg.segmentation.everything import Everything, segment_everything, segment_everything_iter
+from napari_promptseg.segmentation.find import find
 from napari_promptseg.segmentation.prompted import segment
 
 if TYPE_CHECKING:
@@ -50,7 +52,7 @@ __all__ = [
     # what they return
     "Embedding", "Prediction", "SliceResult", "Everything",
     # segmentation
-    "segment", "segment_everything", "segment_everything_iter",
+    "segment", "segment_everything", "segment_everything_iter", "find",
     # embeddings: huge images, caches, stores
     "embed_tiles", "DiskCache", "embed_store_iter", "open_embeddings", "StoreError",
     # z-stacks and videos

@@ -1,5 +1,6 @@
 """What the models and propagation return: :class:`Embedding` (per image), :class:`Prediction`
-(per prompt) and :class:`SliceResult` (per propagated slice)."""
+(per prompt), :class:`SliceResult` (per propagated slice) and :class:`Found` (the instances of a
+concept, :func:`napari_promptseg.find`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Embedding", "RegionEmbedding", "Prediction", "SliceResult"]
+__all__ = ["Embedding", "RegionEmbedding", "Prediction", "SliceResult", "FoundObject", "Found"]
 
 
 @dataclass
@@ -154,7 +155,9 @@ class SliceResult:
     processed so far (this one included); total: upper bound of the slices to process (it only
     decreases, as objects stop); direction: +1 (forward pass) or -1 (backward pass); sources:
     object id -> the seed slice its mask was propagated from; stopped: object id -> why its front
-    stopped here (``"score"``, ``"area"`` or ``"overlap"``).
+    stopped here: the prompt method's rule (``"score"``, ``"area"``, ``"overlap"``, ``"contrast"``,
+    ``"extent"``, ``"neighbour"``; ``PromptPropagation.stops``), or ``"absent"`` (SAM 2's object
+    score, ``MemoryTracking.stop_after``).
     """
 
     index: int
@@ -165,3 +168,44 @@ class SliceResult:
     direction: int = 1
     sources: dict[int, int] = field(default_factory=dict)
     stopped: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FoundObject:
+    """One instance of a concept: ``mask`` ``(H, W)`` bool; ``score`` its probability (detection
+    times presence); ``box`` ``(row0, col0, row1, col1)`` in image pixels, as the model predicted
+    it (not the mask's extent)."""
+
+    mask: np.ndarray
+    score: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass
+class Found:
+    """The instances of a concept in one image (:func:`napari_promptseg.find`).
+
+    objects: :class:`FoundObject` by decreasing score; shape: ``(H, W)`` of the image;
+    threshold: the score above which objects were kept.
+    """
+
+    objects: list[FoundObject]
+    shape: tuple[int, int]
+    threshold: float = 0.5
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``(N,)`` float32 scores, decreasing."""
+        return np.array([o.score for o in self.objects], np.float32)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(H, W)`` int32: object ``i`` (0-based in :attr:`objects`) has id ``i + 1``; where
+        objects overlap, the higher-scored one keeps the pixel; 0 is background."""
+        out = np.zeros(self.shape, np.int32)
+        for i in range(len(self.objects) - 1, -1, -1):
+            out[self.objects[i].mask] = i + 1
+        return out

@@ -83,12 +83,13 @@ def read_state_dict(path: str | Path) -> dict:
 
 def spec_for_state(state: dict, path: str | Path = "the checkpoint") -> ModelSpec:
     """The first registry entry whose architecture fits ``state`` (read from ``path``): SAM by
-    its encoder width, SAM 2 by its Hiera width and depth. :class:`WeightsError` naming ``path``
-    and the known models when none does."""
+    its encoder width, SAM 2 by its Hiera width and depth, SAM 3 by Meta's ``detector.*`` layout.
+    :class:`WeightsError` naming ``path`` and the known models when none does."""
     from napari_promptseg.models.sam.model import arch_of
     from napari_promptseg.models.sam2.model import sam2_arch_of
 
-    arch = sam2_arch_of(state) or arch_of(state)
+    sam3 = any(k.startswith("detector.") for k in state)  # no sam3 import: it is an optional extra
+    arch = "sam3" if sam3 else (sam2_arch_of(state) or arch_of(state))
     spec = next((s for s in REGISTRY.values() if arch is not None and s.arch == arch), None)
     if spec is not None:
         return spec
@@ -97,7 +98,8 @@ def spec_for_state(state: dict, path: str | Path = "the checkpoint") -> ModelSpe
     elif any(k in state for k in _ENCODER_KEYS):
         found = "its image encoder has a size no known architecture has"
     else:
-        found = "it is not a SAM or SAM 2 checkpoint (no image_encoder.*patch_embed.proj.weight)"
+        found = ("it is not a SAM or SAM 2 checkpoint (no image_encoder.*patch_embed.proj.weight) nor a "
+                 "SAM 3 one (no detector.*)")
     known = ", ".join(f"{s.name} ({s.arch})" for s in REGISTRY.values())
     raise WeightsError(f"no known model fits checkpoint {path}: {found}. Known models: {known}")
 

@@ -14,6 +14,7 @@ __all__ = ["ModelSpec", "REGISTRY", "BACKENDS", "DEMO_MODEL", "get_spec", "list_
 BACKENDS: dict[str, str] = {
     "sam": "napari_promptseg.models.sam.model:build_sam_model",
     "sam2": "napari_promptseg.models.sam2.model:build_sam2_model",
+    "sam3": "napari_promptseg.models.sam3.model:build_sam3_model",
 }
 
 
@@ -21,7 +22,9 @@ BACKENDS: dict[str, str] = {
 class ModelSpec:
     """Description of one checkpoint.
 
-    ``known_hash`` is in pooch's ``"algorithm:hexdigest"`` form (``sha256:…``, ``xxh128:…``).
+    ``known_hash`` is in pooch's ``"algorithm:hexdigest"`` form (``sha256:…``, ``xxh128:…``);
+    for a file on the Hugging Face Hub (``url`` ``https://huggingface.co/<repo>/resolve/<rev>/<file>``,
+    downloaded with the user's token, verified by the hub) it is ``"hf:<repo>/<file>"``.
     ``arch`` names the network configuration inside the family's backend (e.g. ``"vit_b"``).
     ``size_mb`` is the download size in megabytes (10**6 bytes), approximate.
     ``pixel_scale``: see :attr:`~.base.PromptableModel.pixel_scale`. ``everything``: segment-everything
@@ -63,6 +66,7 @@ _EBI = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
 _FB = "https://dl.fbaipublicfiles.com/segment_anything"
 _FB2 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 _OURS = "BSD-3-Clause"
+_SAM3 = "SAM License (Meta)"
 
 #: the model whose weights ship inside the package (offline default; docs/model_card_promptseg_demo.md)
 DEMO_MODEL = "promptseg_demo"
@@ -119,6 +123,12 @@ REGISTRY: dict[str, ModelSpec] = {
                   package_file="models/data/promptseg_demo.pt", pixel_scale=1.0,
                   # its IoU head scores good nuclei masks ~0.7-0.85: Meta's 0.88 / 0.95 keep a third as many
                   everything=(("pred_iou_thresh", 0.7), ("stability_score_thresh", 0.85))),
+        # Gated: the user requests access on the Hub page and logs in (`hf auth login`).
+        ModelSpec("sam3", "sam3", "sam3", "https://huggingface.co/facebook/sam3/resolve/main/sam3.pt",
+                  "hf:facebook/sam3/sam3.pt", 3450, "848M",
+                  "SAM 3: finds every instance of a concept, by a noun phrase or example boxes "
+                  "(ps.find). Gated on Hugging Face: request access at "
+                  "https://huggingface.co/facebook/sam3. Heavy: ~30 s per image on a CPU.", _SAM3),
     ]
 }
 

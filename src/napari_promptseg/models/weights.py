@@ -8,6 +8,10 @@ forbids any network access (clusters, air-gapped machines).
 
 Weights that ship inside the package (``ModelSpec.package_file``, the demo model) are read in
 place: never downloaded, available offline, checked against the registry hash once per process.
+
+Weights on the Hugging Face Hub (SAM 3, gated) go through ``huggingface_hub.hf_hub_download`` with
+the user's token (``hf auth login`` or ``HF_TOKEN``) into the Hub's own cache, which checks them;
+``PROMPTSEG_OFFLINE=1`` then reads that cache only.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from napari_promptseg.models.registry import DEMO_MODEL, REGISTRY, ModelSpec
 
 __all__ = [
     "WeightsError", "cache_dir", "weights_path", "fetch_weights", "ProgressCallback", "packaged_path",
-    "available_locally", "default_model_name",
+    "available_locally", "default_model_name", "hf_location",
 ]
 
 ProgressCallback = Callable[[int, int], None]
@@ -144,6 +148,54 @@ def _manual_hint(spec: ModelSpec, path: Path) -> str:
     )
 
 
+_HF = "https://huggingface.co/"
+
+
+def hf_location(spec: ModelSpec) -> tuple[str, str, str] | None:
+    """``(repo_id, revision, filename)`` when ``spec``'s weights are on the Hugging Face Hub."""
+    if not spec.url.startswith(_HF) or "/resolve/" not in spec.url:
+        return None
+    repo, rest = spec.url[len(_HF):].split("/resolve/", 1)
+    revision, filename = rest.split("/", 1)
+    return repo, revision, filename
+
+
+def _hf_hint(spec: ModelSpec, repo: str) -> str:
+    return (f"request access at https://huggingface.co/{repo} and log in with `hf auth login` "
+            f"(or set HF_TOKEN), or pass checkpoint='/path/to/{spec.url.rsplit('/', 1)[-1]}' to "
+            "load_model")
+
+
+def _fetch_hf(spec: ModelSpec) -> Path:
+    """Download ``spec``'s file from the Hugging Face Hub with the user's token (the Hub's cache)."""
+    repo, revision, filename = hf_location(spec)
+    try:
+        import huggingface_hub
+        from huggingface_hub import errors
+    except ImportError as err:
+        raise WeightsError(f"model {spec.name!r} is downloaded from the Hugging Face Hub, which needs "
+                           'huggingface_hub: pip install "napari-promptseg[sam3]"') from err
+    offline = os.environ.get("PROMPTSEG_OFFLINE", "") not in ("", "0")
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo_id=repo, filename=filename, revision=revision,
+                                                    local_files_only=offline))
+    except errors.GatedRepoError as err:
+        raise WeightsError(f"the weights of model {spec.name!r} are gated on Hugging Face and this "
+                           f"account has no access to {repo} (or is not logged in): "
+                           + _hf_hint(spec, repo)) from err
+    except errors.RepositoryNotFoundError as err:  # what the Hub answers without a valid token
+        raise WeightsError(f"Hugging Face refused {repo} for model {spec.name!r} (not logged in, or "
+                           "no access): " + _hf_hint(spec, repo)) from err
+    except errors.LocalEntryNotFoundError as err:
+        why = "PROMPTSEG_OFFLINE is set" if offline else "huggingface.co could not be reached (offline?)"
+        raise WeightsError(f"model {spec.name!r} is not in the Hugging Face cache and {why}; "
+                           + _hf_hint(spec, repo)) from err
+    except (errors.HfHubHTTPError, OSError) as err:
+        raise WeightsError(f"download of model {spec.name!r} from {spec.url} failed "
+                           f"({err.__class__.__name__}: {err}); try again, or "
+                           + _hf_hint(spec, repo)) from err
+
+
 def fetch_weights(
     spec: ModelSpec,
     progress: bool | ProgressCallback = True,
@@ -157,6 +209,8 @@ def fetch_weights(
     """
     if spec.packaged:
         return _check_packaged(spec)
+    if hf_location(spec) is not None:
+        return _fetch_hf(spec)
     import pooch
     import requests
 

@@ -1,0 +1,1 @@
+"""SAM 3 backend: concept prompts (a noun phrase and/or exemplar boxes) on images, on Meta's ``sam3``."""

@@ -1,0 +1,91 @@
+"""Running Meta's ``sam3`` code on a CPU or MPS device, scoped to our own calls.
+
+Meta's package (0.1.4) creates some tensors on CUDA unconditionally: the sine position encoding
+precomputes its cache with ``torch.zeros(..., device="cuda")`` (``PositionEmbeddingSine``), the
+detector's decoder precomputes its box-bias coordinates with ``device="cuda"``
+(``TransformerDecoder.__init__``), and the geometry encoder pins a small tensor with
+``Tensor.pin_memory()`` before moving it to the boxes' device (``SequenceGeometryEncoder._encode_boxes``),
+which needs CUDA. :func:`on_device` is a ``torch.overrides.TorchFunctionMode`` entered only around
+our calls into that code: inside it, a ``device="cuda"`` argument of a torch function becomes the
+model's device and ``pin_memory()`` is a no-op when that device is not CUDA. Torch function modes
+are thread-local and popped on exit, so nothing leaks into the user's process.
+
+Importing Meta's ``sam3.model_builder`` also switches TF32 matmuls on globally when an Ampere GPU
+is present (``_setup_tf32``): :func:`import_sam3` restores those flags after the import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["on_device", "import_sam3", "bpe_vocabulary"]
+
+_BPE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+class _KeepOnDevice(TorchFunctionMode):
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") == "pin_memory":
+            return args[0]  # only reached off CUDA (see on_device): pinning needs a CUDA driver
+        dev = kwargs.get("device")
+        if dev is not None and torch.device(dev).type == "cuda":
+            kwargs = {**kwargs, "device": self.device}
+        return func(*args, **kwargs)
+
+
+def on_device(device) -> contextlib.AbstractContextManager:
+    """A context in which Meta's hard-coded CUDA tensors land on ``device`` (nothing on CUDA)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return contextlib.nullcontext()
+    return _KeepOnDevice(dev)
+
+
+def import_sam3():
+    """Import Meta's ``sam3`` (a clear ImportError when missing), keeping torch's TF32 flags."""
+    from napari_promptseg.models.triton_guard import guard_triton
+
+    guard_triton()
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        import sam3.model_builder  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "SAM 3 models need Meta's `sam3` package and the CLIP vocabulary of `open_clip_torch`: "
+            'pip install "napari-promptseg[sam3]"'
+        ) from err
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    import sam3
+
+    return sam3
+
+
+def bpe_vocabulary() -> Path:
+    """The CLIP BPE vocabulary SAM 3's tokenizer reads. Meta's wheel does not ship it
+    (``sam3/../assets`` is missing); ``open_clip_torch`` ships the same file."""
+    import importlib.util
+
+    found = importlib.util.find_spec("open_clip")
+    for folder in (found.submodule_search_locations or []) if found else []:
+        path = Path(folder) / _BPE
+        if path.is_file():
+            return path
+    import sam3
+
+    path = Path(sam3.__file__).parent.parent / "assets" / _BPE  # where Meta's builder looks
+    if path.is_file():
+        return path
+    raise ImportError(
+        f"SAM 3's text tokenizer needs the CLIP vocabulary {_BPE}, which Meta's sam3 wheel lacks; "
+        'install open_clip_torch (pip install "napari-promptseg[sam3]"), which ships it'
+    )

@@ -1,0 +1,94 @@
+"""Find every instance of a concept in an image: SAM 3's promptable concept segmentation.
+
+A concept is a short noun phrase (``text="nucleus"``), example boxes around instances
+(``exemplars``), counter-example boxes (``negative``), or a phrase plus boxes. The model returns a
+mask and a score for every instance it finds; :func:`find` keeps those above ``threshold``. The
+image is embedded once (through the memory / disk caches when given) and every further prompt on
+it reuses that embedding: refining the boxes costs one pass of SAM 3's detector heads.
+
+Coordinates are ours: boxes ``(row0, col0, row1, col1)`` in image pixels, corners in any order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_promptseg.core.prompts import _box
+from napari_promptseg.core.results import Embedding, Found, FoundObject
+
+__all__ = ["find", "concept_boxes"]
+
+
+def concept_boxes(exemplars, negative, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(boxes (N, 4), labels (N,) bool)``: validated ``(row0, col0, row1, col1)`` boxes with
+    ``row0 <= row1``, ``col0 <= col1``, clipped to the image (positives first, then negatives)."""
+    boxes, labels = [], []
+    for name, given, label in (("exemplars", exemplars, True), ("negative", negative, False)):
+        if given is None:
+            continue
+        arr = np.asarray(given, np.float64)
+        if arr.size and arr.ndim == 1:
+            arr = arr[None]
+        if arr.size == 0:
+            continue
+        if arr.ndim != 2 or arr.shape[1] != 4:
+            raise ValueError(f"{name} must be boxes (row0, col0, row1, col1): shape (N, 4), got {arr.shape}")
+        for i, b in enumerate(arr):
+            try:
+                boxes.append(_box(b, shape))
+            except ValueError as e:
+                raise ValueError(f"{name}[{i}]: {e}") from None
+            labels.append(label)
+    return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, bool)
+
+
+def find(model, image_or_embedding, text: str | None = None, exemplars=None, negative=None,
+         threshold: float = 0.5, *, contrast_limits=None, cache=None, disk=None) -> Found:
+    """Every instance of a concept in an image, by a noun phrase and/or example boxes (SAM 3).
+
+    model: a loaded SAM 3 model or its registry name (``"sam3"``); image_or_embedding: an image
+    ``(H, W)`` or ``(H, W, 3|4)`` of any real dtype (windowed as for every model:
+    ``contrast_limits``, default robust percentiles) or ``model.embed(image)``'s embedding (reuse it
+    for several prompts). text: a short noun phrase (``"nucleus"``, ``"mitotic cell"``); exemplars /
+    negative: boxes ``(row0, col0, row1, col1)`` around instances / around things that are not
+    instances, in image pixels; give a text, boxes, or both. threshold: keep objects scoring above
+    it (0..1). cache / disk: an :class:`~napari_promptseg.embed.cache.EmbeddingCache` /
+    :class:`~napari_promptseg.DiskCache` for the image's embedding.
+
+    Returns a :class:`~napari_promptseg.core.results.Found`: ``.objects`` (``mask``, ``score``,
+    ``box``) by decreasing score and ``.labels`` ``(H, W)`` int32.
+    """
+    from napari_promptseg.embed.cache import embed_cached
+    from napari_promptseg.models import as_model
+
+    model = as_model(model)
+    if not getattr(model, "supports_concepts", False):
+        raise TypeError(f"model {model.name!r} cannot find concepts; use a SAM 3 model: "
+                        "ps.load_model('sam3')")
+    if text is not None:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string (a noun phrase), got {type(text).__name__}")
+        text = text.strip()
+        if not text:
+            raise ValueError("text is empty: give a noun phrase, or None with exemplar boxes")
+    try:
+        thr = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
+    if not 0.0 <= thr <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    if isinstance(image_or_embedding, Embedding):
+        emb = image_or_embedding
+    else:
+        emb = embed_cached(model, image_or_embedding, contrast_limits, cache=cache, disk=disk)
+    shape = tuple(int(v) for v in emb.original_size)
+    boxes, labels = concept_boxes(exemplars, negative, shape)
+    if text is None and not len(boxes):
+        raise ValueError("nothing to find: give text (a noun phrase), exemplars (boxes), or both")
+    scores, pred_boxes, logits = model.detect(emb, text, boxes, labels)
+    keep = np.flatnonzero(scores > thr)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    masks = model.upscale(logits[keep.tolist()], shape) if len(keep) else np.zeros((0, *shape), bool)
+    objects = [FoundObject(mask=m, score=float(scores[i]), box=tuple(float(v) for v in pred_boxes[i]))
+               for m, i in zip(masks, keep, strict=True)]
+    return Found(objects=objects, shape=shape, threshold=thr)
