@@ -1,8 +1,9 @@
 """Parity with Meta's ``Sam3Processor`` on identical random weights.
 
 Two architectures: ``sam3_tiny_336`` (Meta's parts composed smaller: a 2-block ViT on a 336 input,
-a 1-layer text encoder, Meta's full-size detector heads; ~1.5 min in all) and the full 840 M-parameter
-``sam3`` (~4-10 min on 2 cores; ``PROMPTSEG_SAM3_FULL=1 pytest -k full``). Meta's builder has no smaller configuration of its own.
+a 1-layer text encoder, Meta's full-size detector heads; ~1.5 min in all) and the full 840
+M-parameter ``sam3`` (~4-10 min on 2 cores; ``PROMPTSEG_SAM3_FULL=1 pytest -k full``). Meta's
+builder has no smaller configuration of its own.
 
 A session fixture per architecture builds Meta's image model with random weights, runs every case
 through Meta's processor, saves the weights in Meta's checkpoint format (``{"model": {"detector.*",
