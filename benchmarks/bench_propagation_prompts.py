@@ -239,7 +239,7 @@ def main() -> None:
                 for s, m in keys:
                     kw = {} if m is None else {"box_margin": m}
                     opts = ps.PromptPropagation(strategy=s, **kw, **thresholds)
-                    out = ps.propagate(model, img, prompts, opts, cache=cache)
+                    out = ps.propagate(model, img, prompts, options=opts, cache=cache)
                     res.setdefault((at, s, m, kind), []).extend(score(out, truth, where))
             for ref in refs:
                 lab = true_box_labels(model, img, truth, cache, ref[1])

@@ -294,33 +294,54 @@ def test_reopening_a_stack_uses_the_disk_cache(make_napari_viewer, qtbot):
 
 @pytest.mark.slow
 def test_stack_demo_with_the_trained_model_end_to_end(make_napari_viewer, qtbot):
-    """The z-stack sample, the packaged demo model, one click on the middle plane, P, K."""
+    """The realistic z-stack sample (haze, a PSF longer in z, noise, scale (2, 1, 1)), the packaged
+    demo model, one click on a nucleus' middle plane, P (the default stop rules with the layer's
+    voxel size), K: the mask stops near where the nucleus ends."""
     from scipy import ndimage as ndi
 
     from napari_promptseg._napari.demo import open_demo
-    from napari_promptseg.sample import STACK_SCALE, nuclei_stack
+    from napari_promptseg.training.fluorescence3d import sample_stack
 
     viewer = make_napari_viewer()
     w = open_demo(viewer, model="promptseg_demo", stack=True)
     qtbot.waitUntil(lambda: w.ready, timeout=60000)
-    _, truth = nuclei_stack()
+    _, truth, scale = sample_stack()
     layer = viewer.layers["nuclei stack"]
-    assert tuple(layer.scale) == STACK_SCALE and w.session.plane == (16,)
-    # the nucleus with the largest area on the middle plane; click its interior-most pixel
-    ids, areas = np.unique(truth[16][truth[16] > 0], return_counts=True)
-    target = int(ids[np.argmax(areas)])
-    dist = ndi.distance_transform_edt(truth[16] == target)
-    r, c = np.unravel_index(np.argmax(dist), dist.shape)
-    click(w.bridge.points_layer, (16 * STACK_SCALE[0], r, c))
-    settle(qtbot, w, timeout=60000)
+    assert tuple(layer.scale) == tuple(scale) and w.session.scale == tuple(scale)
+    # the nucleus with the largest area in the stack; click its interior-most pixel on its middle plane
+    ids, sizes = np.unique(truth[truth > 0], return_counts=True)
+    target = int(ids[np.argmax(sizes)])
     obj = truth == target
-    assert iou(preview(w)[16] > 0, obj[16]) >= 0.6
+    zs = np.flatnonzero(obj.any(axis=(1, 2)))
+    z = int(zs[len(zs) // 2])
+    viewer.dims.set_point(0, z * scale[0])
+    qtbot.waitUntil(lambda: w.session.plane == (z,), timeout=10000)
+    dist = ndi.distance_transform_edt(obj[z])
+    r, c = np.unravel_index(np.argmax(dist), dist.shape)
+    click(w.bridge.points_layer, (z * scale[0], r, c))
+    settle(qtbot, w, timeout=60000)
+    assert iou(preview(w)[z] > 0, obj[z]) >= 0.6
     w.propagate()
     wait_propagation(qtbot, w, timeout=120000)
     got = preview(w) > 0
-    planes = obj.any(axis=(1, 2))
-    assert got.any(axis=(1, 2))[planes].mean() >= 0.7  # most of the nucleus' planes are reached
+    reached = got.any(axis=(1, 2))
+    assert reached[zs].mean() >= 0.7  # most of the nucleus' planes are reached
+    assert reached.sum() <= len(zs) + 2  # and it stops near its ends: not on through the haze
     assert iou(got, obj) >= 0.5
+    assert "object 1 stopped at" in w.status.text()  # where and why its fronts stopped
     w.commit()
     lab = labels(w)
     assert set(np.unique(lab)) == {0, 1} and (lab == 1).sum() == got.sum()
+
+
+def test_voxel_size_from_the_layer():
+    """The layer's scale reaches the session; napari's default (all 1 pixel) is unknown; a time
+    axis is NaN (its spacing is not a length: the extent stop rule does not apply there)."""
+    from napari.layers import Image
+
+    from napari_promptseg._napari.layers import voxel_size
+
+    assert voxel_size(Image(np.zeros((3, 8, 8)))) is None
+    assert voxel_size(Image(np.zeros((3, 8, 8)), scale=(2, 1, 1))) == (2.0, 1.0, 1.0)
+    t = voxel_size(Image(np.zeros((3, 8, 8)), scale=(5, 0.5, 0.5), units=("s", "um", "um")))
+    assert np.isnan(t[0]) and t[1:] == (0.5, 0.5)

@@ -38,7 +38,8 @@ def test_click_then_p_tracks_a_video_with_memory_and_a_correction_retracks(
     w.set_model(sam2_model)
     assert w.method_combo.isEnabled() and w.method_combo.currentText() == "memory (SAM 2)"
     assert not w.min_score_spin.isEnabled()  # the prompt method's limits do not apply
-    assert w.stop_after_spin.isEnabled() and w.stop_after_spin.text() == "never"
+    # the default: a track ends where its object does
+    assert w.stop_after_spin.isEnabled() and w.stop_after_spin.value() == 1
     w.stop_after_spin.setValue(4)
     assert w.session.propagation_settings.stop_after == 4
     w.stop_after_spin.setValue(0)

@@ -55,7 +55,7 @@ class LayerBridge:
         self._clear_prompt_layers()  # the session starts the new image without prompts
         found = self.store_beside(self.session.model, data.shape, layer.rgb)
         self.session.set_image(data, rgb=layer.rgb, window=self.window(), source_path=source,
-                               embeddings=found)
+                               embeddings=found, scale=L.voxel_size(layer))
         target = self.target_layer
         if target is not None and target in self.viewer.layers and (
                 level0_shape(target) == L.image_plane_shape(layer)):

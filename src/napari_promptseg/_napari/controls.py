@@ -84,9 +84,12 @@ def setup_ui(w: QWidget) -> None:
     _tip(w.method_combo, "memory: SAM 2 tracks each object with its memory of the frames seen so far; "
          "prompt: each plane is prompted with the previous plane's mask (box + mask logits), for SAM models")
     w.stop_after_spin = _tip(QSpinBox(), "memory tracking: stop an object after this many frames in a row "
-                             "without it (SAM 2's occlusion score); never: track to the end")
+                             "without it (SAM 2's object score; 1: a track ends where its object "
+                             "does, e.g. a nucleus' end in a z-stack); never: track to the end (an "
+                             "object hidden for a while in a video is found again)")
     w.stop_after_spin.setRange(0, 10**6)
     w.stop_after_spin.setSpecialValueText("never")
+    w.stop_after_spin.setValue(PropagationSettings.stop_after or 0)
     w.min_score_spin = _spin(PropagationSettings.min_score,
                              "stop an object when its predicted IoU falls below this")
     w.min_overlap_spin = _spin(PropagationSettings.min_overlap, "stop an object when its mask overlaps "

@@ -42,6 +42,20 @@ def source_path(layer) -> str | None:
     return getattr(getattr(layer, "source", None), "path", None)
 
 
+def voxel_size(image_layer) -> tuple[float, ...] | None:
+    """The image layer's voxel size over its non-channel axes for the session (``set_image(scale=)``):
+    its ``scale``, NaN along axes whose unit is a time; None when every axis is 1 pixel (napari's
+    default: the voxel size is unknown, e.g. a video or a stack opened without metadata)."""
+    scale = [float(v) for v in image_layer.scale]
+    units = list(getattr(image_layer, "units", ()) or ())
+    if all(v == 1 for v in scale) and all(str(u) == "pixel" for u in units):
+        return None
+    for i, u in enumerate(units[:len(scale)]):
+        if "[time]" in str(getattr(u, "dimensionality", "")):
+            scale[i] = float("nan")
+    return tuple(scale)
+
+
 def image_plane_shape(image_layer) -> tuple[int, ...]:
     """Shape of the image layer's data without the RGB(A) channel axis (level 0 if multiscale)."""
     data = image_layer.data[0] if image_layer.multiscale else image_layer.data

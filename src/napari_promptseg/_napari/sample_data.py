@@ -14,11 +14,14 @@ def nuclei_sample():
 
 
 def nuclei_stack_sample():
-    """A 32 x 256 x 320 uint16 z-stack of nuclei, planes 2 pixels apart (scale (2, 1, 1))."""
-    from napari_promptseg.sample import STACK_SCALE, nuclei_stack
+    """A 32 x 160 x 192 uint16 fluorescence z-stack of nuclei as a microscope records it: planes 2
+    pixel widths apart (scale (2, 1, 1)), a point-spread function longer along z, out-of-focus
+    haze, shot noise, bright and dim nuclei, some above others
+    (:func:`napari_promptseg.training.fluorescence3d.sample_stack`)."""
+    from napari_promptseg.training.fluorescence3d import sample_stack
 
-    image, _ = nuclei_stack()
-    return [(image, {"name": "nuclei stack", "colormap": "gray", "scale": STACK_SCALE}, "image")]
+    image, _, scale = sample_stack()
+    return [(image, {"name": "nuclei stack", "colormap": "gray", "scale": scale}, "image")]
 
 
 def nuclei_timelapse_sample():

@@ -1,5 +1,10 @@
 """The `promptseg segment`, `propagate` and `everything` commands (argparse namespaces in, exit
-codes out). Bad input raises :class:`~.io.UsageError` (one line, exit code 2)."""
+codes out). Bad input raises :class:`~.io.UsageError` (one line, exit code 2).
+
+A ``.zarr`` output is written plane by plane (block by block for a tiled 2D image) into a zarr
+array on disk, so memory stays bounded by a few planes however large the input; a ``.tif`` output
+is built in memory (the whole labels) and written at the end (:func:`~napari_promptseg.io.labels_output`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import numpy as np
 
 from napari_promptseg.cli.errors import UsageError
 from napari_promptseg.core.image import stack_window
-from napari_promptseg.io import SUFFIXES, check_labels_path, guess_rgb, read_image, write_labels
+from napari_promptseg.io import SUFFIXES, LabelPlanes, check_labels_path, guess_rgb, labels_output, read_image
 
 __all__ = ["spec_of", "say_download", "load_model", "run_segment", "run_propagate", "run_everything",
            "everything_params"]
@@ -66,6 +71,22 @@ def _plane(image, axis: int, k: int) -> np.ndarray:
     return np.asarray(image[(slice(None),) * axis + (k,)])
 
 
+def _ids(labels, axis: int | None, k: int = 0) -> set[int]:
+    """The ids on plane ``k`` across ``axis`` of ``labels`` (None: a 2D array), read in bands of
+    rows (about 4M pixels each), never a whole huge plane at once."""
+    rows = [d for d in range(labels.ndim) if d != axis][0]
+    width = int(np.prod([labels.shape[d] for d in range(labels.ndim) if d not in (axis, rows)]))
+    band = max(1, (1 << 22) // max(1, width))
+    found: set[int] = set()
+    for r0 in range(0, labels.shape[rows], band):
+        key: list = [slice(None)] * labels.ndim
+        key[rows] = slice(r0, r0 + band)
+        if axis is not None:
+            key[axis] = k
+        found.update(np.unique(np.asarray(labels[tuple(key)])).tolist())
+    return found
+
+
 def _window(args, image, rgb: bool, spatial: int, axis: int):
     if args.window:
         return tuple(args.window)
@@ -106,24 +127,27 @@ def run_segment(args) -> int:
     for k in prompts:
         if not 0 <= k < n:
             raise UsageError(f"{args.prompts}: plane {k} is outside the image's {n} planes (axis {axis})")
-    try:
-        labels = ps.segment(model, image, prompts if spatial == 3 else prompts[0], axis=axis,
-                            contrast_limits=window, embeddings=store, skip_empty=True)
-    except ps.StoreError as e:
-        raise UsageError(str(e)) from None
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"{args.prompts}: {e}") from None
-    view = np.moveaxis(labels, axis, 0) if spatial == 3 else labels[None]
-    empty = 0
-    for k in sorted(prompts):
-        found = set(np.unique(view[k]).tolist())
-        for oid in sorted(prompts[k]):
-            if oid not in found:
-                where = f"plane {k}, object {oid}" if spatial == 3 else f"object {oid}"
-                print(f"promptseg segment: {where}: the prompt gave an empty mask: skipped", file=sys.stderr)
-                empty += 1
-    write_labels(out_path, labels)
-    n_obj = len(np.unique(labels)) - 1
+    shape = tuple(image.shape[:3] if spatial == 3 else image.shape[:2])
+    planes_axis = axis if spatial == 3 else None
+    with labels_output(out_path, shape, axis=planes_axis) as labels:
+        try:
+            ps.segment(model, image, prompts if spatial == 3 else prompts[0], axis=axis,
+                       contrast_limits=window, embeddings=store, skip_empty=True, out=labels)
+        except ps.StoreError as e:
+            raise UsageError(str(e)) from None
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{args.prompts}: {e}") from None
+        empty, ids = 0, set()
+        for k in sorted(prompts):  # only the prompted planes hold labels
+            found = _ids(labels, planes_axis, k)
+            ids |= found
+            for oid in sorted(prompts[k]):
+                if oid not in found:
+                    where = f"plane {k}, object {oid}" if spatial == 3 else f"object {oid}"
+                    print(f"promptseg segment: {where}: the prompt gave an empty mask: skipped",
+                          file=sys.stderr)
+                    empty += 1
+    n_obj = len(ids - {0})
     print(f"{out_path}: {n_obj} object(s) on {len(prompts)} plane(s)"
           + (f"; {empty} prompt(s) gave no mask" if empty else ""))
     return 0
@@ -154,20 +178,26 @@ def run_propagate(args) -> int:
         bars[0].n = done
         bars[0].refresh()
 
-    try:
-        labels = ps.propagate(model, image, prompts, axis=axis, contrast_limits=window,
-                              embeddings=store, progress=progress, method=args.method)
-    except ps.StoreError as e:
-        raise UsageError(str(e)) from None
-    except ValueError as e:
-        raise UsageError(f"{args.prompts}: {e}") from None
-    finally:
-        for bar in bars:
-            bar.close()
-    write_labels(out_path, labels)
-    per_plane = (np.moveaxis(labels, axis, 0).reshape(labels.shape[axis], -1) > 0).any(1)
-    print(f"{out_path}: {len(np.unique(labels)) - 1} object(s) on {int(per_plane.sum())} of "
-          f"{labels.shape[axis]} planes")
+    n = image.shape[axis]
+    with labels_output(out_path, tuple(image.shape[:3]), axis=axis) as labels:
+        try:
+            options = {"auto": None, "prompt": ps.PromptPropagation(), "memory": ps.MemoryTracking()}
+            ps.propagate(model, image, prompts, axis=axis, options=options[args.method],
+                         contrast_limits=window, embeddings=store, progress=progress, out=labels)
+        except ps.StoreError as e:
+            raise UsageError(str(e)) from None
+        except ValueError as e:
+            raise UsageError(f"{args.prompts}: {e}") from None
+        finally:
+            for bar in bars:
+                bar.close()
+        ids: set[int] = set()
+        filled = 0
+        for k in range(n):  # the summary, one plane at a time
+            found = _ids(labels, axis, k)
+            ids |= found
+            filled += bool(found - {0})
+    print(f"{out_path}: {len(ids - {0})} object(s) on {filled} of {n} planes")
     return 0
 
 
@@ -231,26 +261,27 @@ def run_everything(args) -> int:
             image = read_image(f)
             rgb, spatial, axis = _layout(image, args.axis)
             window = _window(args, image, rgb, spatial, axis)
-            if spatial == 2:
-                labels = ps.segment_everything(model, np.asarray(image), contrast_limits=window,
-                                               **params).labels
-                n_obj = int(labels.max(initial=0))
-            else:
-                n = image.shape[axis]
-                labels = np.zeros(image.shape[:3], np.int32)
-                view = np.moveaxis(labels, axis, 0)
-                prev, next_id = None, 1
-                for k in tqdm(range(n), desc=f.name, unit="plane", file=sys.stderr, leave=False):
-                    found = ps.segment_everything(model, _plane(image, axis, k), contrast_limits=window,
-                                                  **params).labels
-                    view[k], next_id = link_plane(prev, found, next_id)
-                    prev = view[k]
-                n_obj = next_id - 1
+            shape = tuple(image.shape[:spatial])
+            with labels_output(target, shape, axis=axis if spatial == 3 else None) as labels:
+                if spatial == 2:  # a huge image is tiled: read tile by tile, labels block by block
+                    found = ps.segment_everything(model, image, contrast_limits=window, out=labels,
+                                                  **params)
+                    n_obj = len(found.objects)
+                else:
+                    planes = LabelPlanes(labels, axis)
+                    prev, next_id = None, 1
+                    for k in tqdm(range(shape[axis]), desc=f.name, unit="plane", file=sys.stderr,
+                                  leave=False):
+                        found = ps.segment_everything(model, _plane(image, axis, k), contrast_limits=window,
+                                                      **params).labels
+                        plane, next_id = link_plane(prev, found, next_id)
+                        planes.write(k, plane)
+                        prev = plane
+                    n_obj = next_id - 1
         except (UsageError, ValueError) as e:
             print(f"promptseg everything: {f}: {e}", file=sys.stderr)
             failed += 1
             continue
-        write_labels(target, labels)
         done += 1
         print(f"{f} -> {target}: {n_obj} object(s)")
     if skipped:

@@ -2,7 +2,9 @@
 
 What ``ps.propagate``, ``ps.segment`` on a stack and :class:`~napari_promptseg.Tracker` share:
 the stack's layout checks, its intensity window (or an embeddings store's), and the embedding of
-plane ``k`` read from the store, the caches, or the encoder, one plane read at a time.
+plane ``k`` read from the store, the caches, or the encoder, one plane read at a time. Nothing is
+read when a :class:`Frames` is made: the window is computed (from sampled planes) at first use,
+so callers check the rest of their input before any pixel is read.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from napari_promptseg.core.results import Embedding
 from napari_promptseg.embed.cache import embed_cached
 
 __all__ = ["Frames"]
+
+_UNSET = object()
 
 
 class Frames:
@@ -27,7 +31,8 @@ class Frames:
     disk: an ``EmbeddingCache`` / ``DiskCache`` for the planes embedded here.
 
     Attributes: ``n`` planes of ``plane_shape`` ``(H, W)``; ``spatial``: the stack's shape
-    without its channel axis; ``window``.
+    without its channel axis; :attr:`window`. Only one plane of the stack is read at a time
+    (:meth:`plane`), and only the sampled planes for the window.
     """
 
     def __init__(self, model, stack, axis: int = 0, *, contrast_limits=None, embeddings=None,
@@ -56,11 +61,19 @@ class Frames:
             if contrast_limits is not None and tuple(check_limits(contrast_limits)) != store.window:
                 raise StoreError(f"contrast_limits {contrast_limits} differ from the store's window "
                                  f"{store.window}: leave contrast_limits out to use the store")
-            self.store, self.window = store, store.window
+            self.store, self._window = store, store.window
         elif contrast_limits is not None:
-            self.window = check_limits(contrast_limits)
-        else:  # None for uint8: passes unchanged
-            self.window = stack_window(arr, arr.ndim == 4, (self.axis,))
+            self._window = check_limits(contrast_limits)
+        else:  # computed at first use
+            self._window = _UNSET
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """The intensity window of every plane: the store's, ``contrast_limits``, or the stack's
+        robust percentiles from up to 16 sampled planes (read at first use; None for uint8)."""
+        if self._window is _UNSET:
+            self._window = stack_window(self.array, self.array.ndim == 4, (self.axis,))
+        return self._window
 
     def plane(self, k: int) -> np.ndarray:
         """Plane ``k``: ``(H, W)`` or ``(H, W, 3|4)`` (only its pixels are read)."""

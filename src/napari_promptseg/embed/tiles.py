@@ -236,7 +236,12 @@ class TiledEmbedding(RegionEmbedding):
 
         mask_input: logits of an earlier prediction of this tiled image (decoded again in that
         prediction's window). A mask reaching an inner window edge is decoded again in a window
-        around it (:attr:`grow` times at most)."""
+        around it (:attr:`grow` times at most).
+
+        Memory: ``pred.masks`` and ``pred.mask(i)`` are whole-image arrays (made on request, the
+        :class:`Prediction` contract); on a huge image use ``pred.region`` (the window,
+        ``(row0, col0, row1, col1)``, ends exclusive) and ``pred.window_mask(i)`` (that window's
+        pixels) instead, as ``ps.segment`` does to paste each object into its labels."""
         pts = None if points is None else np.asarray(points, np.float64).reshape(-1, 2)
         lab = None if labels is None else np.asarray(labels).reshape(-1)
         if pts is not None and lab is None:
@@ -313,11 +318,15 @@ class _TiledPrediction(Prediction):
         """Candidate ``i`` inside :attr:`region` only."""
         return self.inner.mask(i)
 
-    def _paste(self, indices):
+    def _paste(self, indices) -> list[np.ndarray]:
+        """One whole-image ``(H, W)`` mask per index, each pasted from its window on its own (no
+        ``(K, H, W)`` block: ``pred.mask(i)`` makes one plane, only ``pred.masks`` stacks K)."""
         r0, c0, r1, c1 = self.region
-        out = np.zeros((len(indices), *self.shape), bool)
-        for k, i in enumerate(indices):
-            out[k, r0:r1, c0:c1] = self.inner.mask(i)
+        out = []
+        for i in indices:
+            m = np.zeros(self.shape, bool)
+            m[r0:r1, c0:c1] = self.inner.mask(i)
+            out.append(m)
         return out
 
 

@@ -28,7 +28,10 @@ Stopping (per object and front, :class:`~napari_promptseg.PromptPropagation`): t
 on a slice is dropped and its front stops when the predicted IoU score < ``min_score``, the
 mask's area < ``min_area`` pixels (the object
 vanished), or its IoU with the object's mask on the previous slice < ``min_overlap`` (it jumped to
-something else). Stopped objects are listed in :attr:`SliceResult.stopped` with the reason.
+something else); with the image planes (``ps.propagate`` passes them) also by the rules of
+:mod:`~napari_promptseg.propagation.stops` that read the image: the mask's contrast, the
+object's plausible extent, a prompted neighbour above or below (``stops=`` chooses the rules).
+Stopped objects are listed in :attr:`SliceResult.stopped` with the reason.
 
 Overlaps: each pixel belongs to one object, so objects never bleed into each other.
 
@@ -90,6 +93,7 @@ from napari_promptseg.propagation.options import (
 )
 from napari_promptseg.propagation.prompt_method import PromptPropagator
 from napari_promptseg.propagation.seeds import check_seeds, parse_prompts, seed_masks, seed_tracker
+from napari_promptseg.propagation.stops import axis_spacing
 
 __all__ = ["propagate_iter", "propagate", "PROMPT_STRATEGIES"]
 
@@ -155,6 +159,8 @@ def propagate_iter(
     options: Options | None = None,
     *,
     absent: Mapping[int, Iterable[int]] | None = None,
+    planes: Callable[[int], np.ndarray] | None = None,
+    spacing: float | None = None,
     **deprecated,
 ) -> Iterator[SliceResult]:
     """Propagate the seed masks through ``n_slices`` slices; yield one :class:`SliceResult` per
@@ -169,10 +175,15 @@ def propagate_iter(
     prompts; forward from the earliest seed, then backward); None: the model's default (memory
     for SAM 2). absent: ``{object id: slice indices}`` where the object is known not to be (e.g. a
     slice the user annotated without it): its fronts stop before those slices and never run past
-    them (memory: SAM 2 is told "no object" there).
+    them (memory: SAM 2 is told "no object" there). planes: slice index -> its pixels, for the
+    prompt method's image stop rules (None: they do not apply); spacing: the distance between
+    slices in pixel widths (None: unknown, the extent rule does not apply), see
+    :mod:`~napari_promptseg.propagation.stops`.
 
     Input errors raise ``ValueError`` / ``TypeError`` here, before anything is computed; a seed
-    whose shape differs from the embeddings' raises at the first slice.
+    whose shape differs from the embeddings' raises at the first slice. It keeps no labels array
+    (memory: the current fronts' masks, not the stack's): write each slice's masks where they go,
+    as :func:`propagate` does into its ``out``, plane by plane.
     """
     options = check_options(model, _legacy_options(model, options, deprecated))
     clean, shape = check_seeds(seeds, n_slices)
@@ -185,7 +196,7 @@ def propagate_iter(
             for oid, m in sorted(clean[k].items()):
                 tracker.add_mask(k, oid, m)
         return _tracked(tracker, options, _add_absent(tracker, absent, n))
-    return PromptPropagator(model, embedding_of, n, clean, shape, options, absent).run()
+    return PromptPropagator(model, embedding_of, n, clean, shape, options, absent, planes, spacing).run()
 
 
 def propagate(
@@ -201,6 +212,8 @@ def propagate(
     absent: Mapping[int, Iterable[int]] | None = None,
     progress: Callable[[int, int], None] | None = None,
     embeddings=None,
+    out=None,
+    scale=None,
     **deprecated,
 ) -> np.ndarray:
     """Segment objects through a z-stack or a video from prompts on some of its slices / frames.
@@ -223,7 +236,9 @@ def propagate(
 
     options: :class:`~napari_promptseg.PromptPropagation` or
     :class:`~napari_promptseg.MemoryTracking` (None: memory tracking for SAM 2 models, else
-    prompts); absent: see :func:`propagate_iter`.
+    prompts); absent: see :func:`propagate_iter`. scale: the voxel size over the stack's 3
+    non-channel axes (napari's layer ``scale``, e.g. ``(2, 1, 1)`` for planes 2 pixel widths
+    apart; None: unknown): the prompt method's extent rule needs it.
 
     Intensities: ONE window for the whole stack, ``contrast_limits`` or robust percentiles of the
     stack (:func:`~napari_promptseg.core.image.stack_window`, the same default as embeddings
@@ -238,11 +253,24 @@ def propagate(
     are embedded; a store made for other pixels or another model raises
     :class:`~napari_promptseg.StoreError`.
 
-    Returns an int32 labels array shaped like ``stack`` without its channel axis; the seed slices
-    hold the seed masks, the other slices the propagated masks (0 = background).
+    out: where to write the labels instead of a new array: a writable integer array-like shaped
+    like ``stack`` without its channel axis (a zarr array, a numpy array or ``np.memmap``, a napari
+    Labels layer's data; not a dask array, which cannot be written in place), dtype wide enough
+    for the object ids (int32 / uint32). It is written one ``(H, W)`` plane across ``axis`` at a
+    time, and only the planes the seeds and the fronts reach: each such plane is read, the objects'
+    pixels are set to their ids, and it is written back; every other pixel and plane keeps what
+    ``out`` held (pass a zero-filled array for the result without ``out``). So with a zarr ``out``
+    memory stays bounded by a few planes however long the stack. A wrong shape or dtype, a
+    read-only array or ids the dtype cannot hold raise ``ValueError`` / ``TypeError`` before any
+    pixel is read.
+
+    Returns ``out`` when given, else a new int32 labels array shaped like ``stack`` without its
+    channel axis; the seed slices hold the seed masks, the other slices the propagated masks
+    (0 = background).
     """
     from napari_promptseg.embed.cache import EmbeddingCache
     from napari_promptseg.embed.frames import Frames
+    from napari_promptseg.io import LabelPlanes, check_labels_out
     from napari_promptseg.models import as_model
 
     model = as_model(model)
@@ -252,12 +280,15 @@ def propagate(
     if memory and cache is None:
         cache = EmbeddingCache(2)
     frames = Frames(model, stack, axis, contrast_limits=contrast_limits, embeddings=embeddings,
-                    cache=cache, disk=disk)
+                    cache=cache, disk=disk)  # reads no pixel yet
     n, plane_shape, embedding_of = frames.n, frames.plane_shape, frames.embedding
     parsed = parse_prompts(prompts, n, plane_shape)
-
-    out = np.zeros(frames.spatial, np.int32)
-    view = frames.labels_view(out)
+    if out is None:
+        target = np.zeros(frames.spatial, np.int32)
+    else:
+        top = max((oid for objs in parsed.values() for oid in objs), default=0)
+        target = check_labels_out(out, frames.spatial, max_id=top)
+    planes = LabelPlanes(target, frames.axis)
     if memory:
         from napari_promptseg.propagation.memory import MemoryTracker
 
@@ -267,23 +298,31 @@ def propagate(
     else:
         seeds = seed_masks(model, embedding_of, parsed)
         for k, objs in seeds.items():
+            plane = planes.read(k)
             for oid, m in objs.items():
-                view[k][m] = oid
-        steps = propagate_iter(model, embedding_of, n, seeds, options, absent=absent)
+                plane[m] = oid
+            planes.write(k, plane)
+        steps = propagate_iter(model, embedding_of, n, seeds, options, absent=absent, planes=frames.plane,
+                               spacing=axis_spacing(scale, frames.axis))
     for res in steps:
-        if memory:  # each pixel to one object; what an earlier pass wrote stays where none is now
-            new = np.zeros(plane_shape, np.int32)
-            for oid, m in sorted(res.masks.items()):
-                new[m & (new == 0)] = oid
-            view[res.index] = np.where(new > 0, new, view[res.index])
-        else:
-            for oid, m in res.masks.items():
-                view[res.index][m] = oid
+        if res.masks:
+            plane = planes.read(res.index)
+            if memory:  # each pixel to one object; what an earlier pass wrote stays where none is now
+                new = np.zeros(plane_shape, np.int32)
+                for oid, m in sorted(res.masks.items()):
+                    new[m & (new == 0)] = oid
+                plane = np.where(new > 0, new, plane).astype(plane.dtype, copy=False)
+            else:
+                for oid, m in res.masks.items():
+                    plane[m] = oid
+            planes.write(res.index, plane)
         if progress is not None:
             progress(res.done, res.total)
     if memory:  # prompted slices hold the prompts' masks; a lower id keeps a pixel
         for k, objs in seeds.items():
-            view[k][np.isin(view[k], list(objs))] = 0
+            plane = planes.read(k)
+            plane[np.isin(plane, list(objs))] = 0
             for oid, m in sorted(objs.items(), reverse=True):
-                view[k][m] = oid
-    return out
+                plane[m] = oid
+            planes.write(k, plane)
+    return target

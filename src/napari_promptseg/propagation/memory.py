@@ -325,6 +325,8 @@ class MemoryTracker:
                     if missing[oid] >= stop_after:
                         stopped.add(oid)
                         newly[oid] = "absent"
+                if score <= 0 and k not in out_dict["cond_frame_outputs"]:
+                    continue  # absent here (SAM 2 empties such a mask itself; no mask, no claim)
                 low.append(pred)
                 live.append(oid)
             masks: dict[int, np.ndarray] = {}

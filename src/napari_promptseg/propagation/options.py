@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PromptPropagation", "MemoryTracking", "PROMPT_STRATEGIES", "default_options", "check_count",
-           "check_frame_object", "METHODS"]
+__all__ = ["PromptPropagation", "MemoryTracking", "PROMPT_STRATEGIES", "STOP_RULES", "OLD_STOPS",
+           "default_options", "check_count", "check_frame_object", "METHODS"]
 
 #: How the previous slice's mask prompts the next slice:
 #: ``"box"``: its bounding box; ``"box+logits"``: the box and the previous low-res logits as
@@ -21,6 +21,14 @@ __all__ = ["PromptPropagation", "MemoryTracking", "PROMPT_STRATEGIES", "default_
 #: pixel; ``"box+point+logits"``: all three; ``"point"``: the point alone (three candidate masks,
 #: the best-scoring one); ``"point+logits"``: the point and the logits (one mask).
 PROMPT_STRATEGIES = ("box", "box+logits", "box+point", "box+point+logits", "point", "point+logits")
+
+#: The stop rules of the prompt method, each the reason a front reports in ``SliceResult.stopped``:
+#: ``"score"``, ``"area"``, ``"overlap"`` (the mask: see :class:`PromptPropagation`), and the rules
+#: that read the image planes, ``"contrast"``, ``"extent"``, ``"neighbour"``
+#: (:mod:`napari_promptseg.propagation.stops`). All apply by default.
+STOP_RULES = ("score", "area", "overlap", "contrast", "extent", "neighbour")
+#: the rules of the releases before the image rules: ``PromptPropagation(stops=OLD_STOPS)``
+OLD_STOPS = ("score", "area", "overlap")
 
 #: the methods by name: ``"auto"`` (memory when the model has one), ``"memory"``, ``"prompt"``
 METHODS = ("auto", "memory", "prompt")
@@ -55,6 +63,14 @@ class PromptPropagation:
     :data:`PROMPT_STRATEGIES` (default box + the previous logits, chosen by measurement, see
     :mod:`napari_promptseg.propagation.api`); box_margin: each side of a box prompt moves out by
     this fraction of the box's side plus 2 px (0: the tight box, the measured best).
+
+    stops: the stop rules that apply, names from :data:`STOP_RULES` (None: all of them;
+    :data:`OLD_STOPS`: only the mask rules of earlier releases). The image rules
+    (:mod:`napari_promptseg.propagation.stops`) need the image planes, which ``ps.propagate`` and
+    ``ps.Tracker`` pass: min_contrast: stop where the mask's contrast against a ring around it falls
+    below this fraction of the object's peak contrast; max_depth: an object's extent along the
+    axis is at most this many times its width (in the same units: the planes' spacing comes from
+    the stack's ``scale``; None: no limit). Between two seeds of one object no image rule applies.
     """
 
     min_score: float = 0.65
@@ -63,11 +79,14 @@ class PromptPropagation:
     max_slices: int | None = None
     strategy: str = "box+logits"
     box_margin: float = 0.0
+    stops: tuple[str, ...] | None = None
+    min_contrast: float = 0.4
+    max_depth: float | None = 1.3
 
     method = "prompt"
 
     def __post_init__(self) -> None:
-        for name in ("min_score", "min_overlap"):
+        for name in ("min_score", "min_overlap", "min_contrast"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not 0 <= float(v) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {v!r}")
@@ -83,6 +102,15 @@ class PromptPropagation:
                 math.isfinite(float(m)) and float(m) >= 0):
             raise ValueError(f"box_margin must be a finite number >= 0, got {m!r}")
         object.__setattr__(self, "box_margin", float(m))
+        stops = STOP_RULES if self.stops is None else self.stops
+        if isinstance(stops, str) or not all(isinstance(r, str) and r in STOP_RULES for r in stops):
+            raise ValueError(f"stops must be a sequence of rule names from {STOP_RULES}, got {self.stops!r}")
+        object.__setattr__(self, "stops", tuple(dict.fromkeys(stops)))
+        d = self.max_depth
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float, np.number))
+                              or not (math.isfinite(float(d)) and float(d) > 0)):
+            raise ValueError(f"max_depth must be a finite number > 0 or None, got {d!r}")
+        object.__setattr__(self, "max_depth", None if d is None else float(d))
 
 
 @dataclass(frozen=True)
@@ -90,12 +118,16 @@ class MemoryTracking:
     """Track with SAM 2's memory (Meta's video predictor, fed from memory).
 
     max_slices: at most this many planes from the earliest prompt in each direction (None: all);
-    stop_after: an object stops after this many consecutive planes without it (None: never).
-    The object score of SAM 2 decides where an object is absent.
+    stop_after: an object stops (in that direction) after this many consecutive planes without
+    it; SAM 2's object score decides where an object is absent (score <= 0: no mask there).
+    Default 1: a track ends on the first plane without its object, so on a z-stack it does not
+    run on onto the next nucleus above or below where SAM 2 finds one again; ``None``: never
+    (Meta's ``propagate_in_video``: an object hidden for a few frames of a video is found again
+    when it comes back). A prompt on a later plane starts a stopped object again.
     """
 
     max_slices: int | None = None
-    stop_after: int | None = None
+    stop_after: int | None = 1
 
     method = "memory"
 

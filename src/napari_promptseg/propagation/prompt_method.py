@@ -2,7 +2,8 @@
 
 :class:`PromptPropagator` runs the two passes over the stack that :func:`~napari_promptseg.propagation.api.
 propagate_iter` describes (fronts from every seed, meeting between seeds, stopping on score, area
-or overlap), and yields a :class:`SliceResult` per slice. The mask-to-prompt geometry (the box
+or overlap, and on the image rules of :mod:`napari_promptseg.propagation.stops`: contrast, extent,
+a neighbour), and yields a :class:`SliceResult` per slice. The mask-to-prompt geometry (the box
 without specks, the interior point) is :mod:`napari_promptseg.core.geometry`'s. Coordinates are
 ``(row, col)`` slice pixels; masks are ``(H, W)`` bool.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from napari_promptseg.core.geometry import interior_point, mask_iou, prompt_box, without_specks
 from napari_promptseg.core.results import Embedding, SliceResult
 from napari_promptseg.propagation.options import PromptPropagation
+from napari_promptseg.propagation.stops import ImageStops
 
 
 @dataclass
@@ -53,15 +55,21 @@ class PromptPropagator:
     """One run of the prompt method over ``n`` slices from validated ``seeds`` of ``shape``
     (:func:`~napari_promptseg.propagation.seeds.check_seeds`) with ``options``
     (:class:`~napari_promptseg.propagation.options.PromptPropagation`); :meth:`run` yields the
-    slices."""
+    slices. plane_of: slice index -> its pixels ``(H, W)`` or ``(H, W, 3|4)`` for the image rules
+    (None: they do not apply); spacing: the distance between slices in pixel widths (None:
+    unknown, the extent rule does not apply)."""
 
-    def __init__(self, model, embedding_of, n, seeds, shape, options: PromptPropagation, absent=None):
+    def __init__(self, model, embedding_of, n, seeds, shape, options: PromptPropagation, absent=None,
+                 plane_of=None, spacing=None):
         max_slices = options.max_slices
         self.model, self.embedding_of, self.n = model, embedding_of, n
         self.seeds, self.shape = seeds, shape
         self.prompt, self.box_margin = options.strategy, options.box_margin
         self.min_score, self.min_overlap = options.min_score, options.min_overlap
         self.min_area = options.min_area
+        self.rules = set(options.stops)
+        self.image = ImageStops(options.stops, plane_of, spacing, seeds, n, options.min_contrast,
+                                options.max_depth)
         self.lim = n if max_slices is None else max_slices
         self.absent = {o: sorted(int(b) for b in bs) for o, bs in (absent or {}).items()}
         self.by_obj, self.fwd_end = _plan(seeds, n, max_slices, self.absent)
@@ -120,18 +128,21 @@ class PromptPropagator:
 
     def _step(self, k: int, direction: int, fronts: dict[int, _Front]) -> SliceResult:
         todo = [f for f in fronts.values() if f.last + direction == k]
-        emb = self.embedding_of(k)
-        if tuple(emb.original_size) != tuple(self.shape):
+        stopped = {f.obj: why for f in todo if (why := self.image.before(f.obj, k))}
+        decode = [f for f in todo if f.obj not in stopped]
+        emb = self.embedding_of(k) if decode else None  # no plane to embed when every front ends
+        if emb is not None and tuple(emb.original_size) != tuple(self.shape):
             raise ValueError(
                 f"the seed masks have shape {tuple(self.shape)} but slice {k} is "
                 f"{tuple(emb.original_size)} pixels"
             )
         raw, scores, logits = {}, {}, {}
-        for f in todo:
+        for f in decode:
             pred = self.model.predict(emb, **self._prompt_kwargs(emb, f))
             i = pred.best
             raw[f.obj], scores[f.obj], logits[f.obj] = pred.mask(i), float(pred.scores[i]), pred.logits[i]
-        stopped = {o: "score" for o in raw if scores[o] < self.min_score}
+        if "score" in self.rules:
+            stopped.update({o: "score" for o in raw if scores[o] < self.min_score})
         alive = [f for f in todo if f.obj not in stopped]
         taken = self._seed_claims(k)
         if direction == -1 and k in self.owned:
@@ -143,10 +154,12 @@ class PromptPropagator:
             failed = {}
             for f in alive:
                 m = masks[f.obj]
-                if np.count_nonzero(m) < self.min_area:
+                if np.count_nonzero(m) < self.min_area and ("area" in self.rules or not m.any()):
                     failed[f.obj] = "area"
-                elif mask_iou(m, f.mask) < self.min_overlap:
+                elif "overlap" in self.rules and mask_iou(m, f.mask) < self.min_overlap:
                     failed[f.obj] = "overlap"
+                elif why := self.image.after(f.obj, k, m):
+                    failed[f.obj] = why
             if not failed:
                 break
             stopped.update(failed)

@@ -29,6 +29,7 @@ from napari_promptseg.core.results import SliceResult
 from napari_promptseg.propagation.options import MemoryTracking, Options, check_frame_object, check_options
 from napari_promptseg.propagation.prompt_method import PromptPropagator
 from napari_promptseg.propagation.seeds import check_seeds
+from napari_promptseg.propagation.stops import axis_spacing
 from napari_promptseg.segmentation.prompted import decode_prompt
 
 __all__ = ["Tracker"]
@@ -40,13 +41,13 @@ class Tracker:
     model: a loaded model or a registry name; stack: ``(N, H, W)`` or ``(N, H, W, 3|4)``, frames
     across ``axis``; options: :class:`~napari_promptseg.MemoryTracking` or
     :class:`~napari_promptseg.PromptPropagation` (None: memory for SAM 2 models, else prompts).
-    contrast_limits, embeddings, disk: as :func:`~napari_promptseg.propagate`; cache: the
+    contrast_limits, embeddings, disk, scale: as :func:`~napari_promptseg.propagate`; cache: the
     frames' in-memory embeddings (default: up to 64 frames kept, so propagating again after a
     correction embeds nothing).
     """
 
     def __init__(self, model, stack, axis: int = 0, options: Options | None = None, *,
-                 contrast_limits=None, embeddings=None, cache=None, disk=None) -> None:
+                 contrast_limits=None, embeddings=None, cache=None, disk=None, scale=None) -> None:
         from napari_promptseg.embed.cache import EmbeddingCache
         from napari_promptseg.embed.frames import Frames
         from napari_promptseg.models import as_model
@@ -55,6 +56,7 @@ class Tracker:
         self.options = check_options(self.model, options)
         self.frames = Frames(self.model, stack, axis, contrast_limits=contrast_limits,
                              embeddings=embeddings, cache=cache, disk=disk)
+        self.spacing = axis_spacing(scale, self.frames.axis)  # the planes' distance, pixel widths
         if cache is None:
             self.frames.cache = EmbeddingCache(min(self.frames.n, 64))
         #: the latest mask of each object on each frame: ``{frame: {object id: (H, W) bool}}``
@@ -133,7 +135,8 @@ class Tracker:
             raise ValueError("no prompts: add_prompt or add_mask on some frame first")
         seeds, shape = check_seeds({k: v for k, v in self._seeds.items() if v}, self.n_frames)
         run = PromptPropagator(self.model, self.frames.embedding, self.n_frames, seeds, shape,
-                               self.options, {o: sorted(ks) for o, ks in self._absent.items()})
+                               self.options, {o: sorted(ks) for o, ks in self._absent.items()},
+                               self.frames.plane, self.spacing)
         self.masks = {k: dict(objs) for k, objs in seeds.items()}  # a run replaces the last one
         return self._keep(run.run())
 

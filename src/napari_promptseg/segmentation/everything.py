@@ -40,27 +40,41 @@ from napari_promptseg.segmentation.generator import (
     decode_batch,
     nms,
     point_grids,
-    to_result,
 )
 
 __all__ = ["MaskRecord", "Everything", "EverythingStep", "EVERYTHING_DEFAULTS", "SAM2_EVERYTHING_DEFAULTS",
            "segment_everything", "segment_everything_iter"]
 
 
+def _image_shape(image_or_embedding) -> tuple[int, int]:
+    """``(H, W)`` of an image, an :class:`Embedding` or a tiled embedding, without reading pixels."""
+    size = getattr(image_or_embedding, "original_size", None)
+    if size is not None:
+        return tuple(int(v) for v in size)
+    shape = getattr(image_or_embedding, "shape", None)
+    if shape is None:
+        shape = np.shape(image_or_embedding)
+    return tuple(int(v) for v in shape[:2])
+
+
 def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, cache=None, disk=None,
-                            embedding: Embedding | None = None, zoom=None, tiles="auto",
+                            embedding: Embedding | None = None, zoom=None, tiles="auto", out=None,
                             **params) -> Iterator[EverythingStep]:
     """:func:`segment_everything` as a generator: an :class:`EverythingStep` per prompt batch
     (cancel by not iterating further); the last one holds the result."""
     from napari_promptseg.core.image import to_rgb_uint8
     from napari_promptseg.embed.cache import embed_cached
     from napari_promptseg.embed.tiles import TiledEmbedding, wants_tiles
+    from napari_promptseg.io import check_labels_out
     from napari_promptseg.models import as_model
+    from napari_promptseg.segmentation.everything_tiles import labels_result
 
     model = as_model(model)
     p = check_params(params, model)
     if tiles not in (True, False, "auto"):
         raise ValueError(f"tiles must be True, False or 'auto', got {tiles!r}")
+    if out is not None:  # before any pixel is read
+        check_labels_out(out, _image_shape(image_or_embedding))
     if (not isinstance(image_or_embedding, (Embedding, TiledEmbedding)) and embedding is None
             and hasattr(image_or_embedding, "shape")
             and (tiles is True or (tiles == "auto" and wants_tiles(model, image_or_embedding.shape)))):
@@ -70,7 +84,7 @@ def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, 
         from napari_promptseg.segmentation.everything_tiles import tiled_everything_iter
 
         model.check_tiled(image_or_embedding)
-        yield from tiled_everything_iter(model, image_or_embedding, p)
+        yield from tiled_everything_iter(model, image_or_embedding, p, out)
         return
     if isinstance(image_or_embedding, Embedding):
         emb0, rgb = image_or_embedding, None
@@ -117,11 +131,11 @@ def segment_everything_iter(model, image_or_embedding, *, contrast_limits=None, 
                     p["crop_nms_thresh"])
         found = found.take(keep)
     found = cleanup(model, found, shape, p)
-    yield EverythingStep(done, total, to_result(found, crops, shape))
+    yield EverythingStep(done, total, labels_result(found, crops, shape, out))
 
 
 def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache=None, disk=None,
-                       embedding: Embedding | None = None, zoom=None, tiles="auto",
+                       embedding: Embedding | None = None, zoom=None, tiles="auto", out=None,
                        **params) -> Everything:
     """Every object in a 2D image, as Meta's ``SamAutomaticMaskGenerator`` finds them.
 
@@ -137,11 +151,20 @@ def segment_everything(model, image_or_embedding, *, contrast_limits=None, cache
     for its crops (``crop_n_layers > 0``). SAM 2 models follow Meta's ``SAM2AutomaticMaskGenerator``:
     its defaults (:data:`SAM2_EVERYTHING_DEFAULTS`) and its extra ``mask_threshold``,
     ``multimask_output`` and ``use_m2m`` (:mod:`~napari_promptseg.segmentation.everything_sam2`).
-    Returns :class:`Everything` (``.labels``, ``.objects``).
+
+    out: paint the labels into this ``(H, W)`` writable integer array-like instead of a new int32
+    array (a zarr array, a numpy array or ``np.memmap``, a napari Labels layer's data; not dask),
+    one block (its chunks, at least 256 px a side; else 1024 x 1024) at a time; every pixel of
+    ``out`` is written (0 where no object is). With a zarr image tiled and a zarr ``out``, memory
+    stays bounded by a few tiles and the objects' box pieces, however large the slide. A wrong
+    shape or dtype or a read-only ``out`` raises ``ValueError`` / ``TypeError`` before any pixel
+    is read; a dtype too narrow for the number of objects found, before ``out`` is written.
+    Returns :class:`Everything` (``.labels``: the ``(H, W)`` labels, ``out`` when given;
+    ``.objects``: their records, each with its box piece of the mask).
     """
     result = None
     for step in segment_everything_iter(model, image_or_embedding, contrast_limits=contrast_limits,
                                         cache=cache, disk=disk, embedding=embedding, zoom=zoom,
-                                        tiles=tiles, **params):
+                                        tiles=tiles, out=out, **params):
         result = step.result
     return result

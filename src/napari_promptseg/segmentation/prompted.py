@@ -14,9 +14,11 @@ import numpy as np
 from napari_promptseg.core.image import check_limits
 from napari_promptseg.core.results import Embedding
 
-__all__ = ["PROMPT_KEYS", "EmptyMaskError", "check_prompt_dict", "object_prompts", "decode_prompt", "segment"]
+__all__ = ["PROMPT_KEYS", "EmptyMaskError", "check_prompt_dict", "object_prompts", "decode_prompt",
+           "decode_prompt_window", "segment"]
 
 PROMPT_KEYS = ("points", "labels", "box")
+Region = tuple[int, int, int, int]
 
 
 class EmptyMaskError(ValueError):
@@ -45,22 +47,43 @@ def object_prompts(p, where: str) -> list[tuple[int, Mapping]]:
     return out
 
 
-def decode_prompt(model, emb: Embedding, d: Mapping, where: str) -> np.ndarray:
-    """The ``(H, W)`` bool mask of prompt dict ``d`` on ``emb``: the best-scoring mask (of three
-    candidates for a single point, else one). ValueError naming ``where`` for a bad prompt or an
-    empty mask."""
+def _predict_prompt(model, emb, d: Mapping, where: str):
     check_prompt_dict(d, where)
     points, labels, box = d.get("points"), d.get("labels"), d.get("box")
     n_points = 0 if points is None else len(np.asarray(points, np.float64).reshape(-1, 2))
     try:
-        pred = model.predict(emb, points=points, labels=labels, box=box,
+        return model.predict(emb, points=points, labels=labels, box=box,
                              multimask=n_points == 1 and box is None)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+
+
+def decode_prompt(model, emb: Embedding, d: Mapping, where: str) -> np.ndarray:
+    """The ``(H, W)`` bool mask of prompt dict ``d`` on ``emb``: the best-scoring mask (of three
+    candidates for a single point, else one). ValueError naming ``where`` for a bad prompt or an
+    empty mask."""
+    pred = _predict_prompt(model, emb, d, where)
     mask = np.array(pred.mask(pred.best), bool)
     if not mask.any():
         raise EmptyMaskError(f"{where}: the prompt gave an empty mask; move it onto the object")
     return mask
+
+
+def decode_prompt_window(model, emb, d: Mapping, where: str) -> tuple[Region, np.ndarray]:
+    """:func:`decode_prompt` without a whole-image mask where the model decoded in a window (a
+    :class:`~napari_promptseg.embed.tiles.TiledEmbedding`): ``(region, mask)`` with ``region``
+    ``(row0, col0, row1, col1)`` (exclusive ends) and ``mask`` that region's ``(h, w)`` bool
+    pixels; for a plain embedding the region is the whole image."""
+    pred = _predict_prompt(model, emb, d, where)
+    region = getattr(pred, "region", None)
+    if region is not None and hasattr(pred, "window_mask"):
+        mask = np.array(pred.window_mask(pred.best), bool)
+    else:
+        mask = np.array(pred.mask(pred.best), bool)
+        region = (0, 0, *mask.shape)
+    if not mask.any():
+        raise EmptyMaskError(f"{where}: the prompt gave an empty mask; move it onto the object")
+    return tuple(int(v) for v in region), mask
 
 
 def _is_stack(shape: tuple[int, ...]) -> tuple[bool, bool]:
@@ -76,7 +99,7 @@ def _is_stack(shape: tuple[int, ...]) -> tuple[bool, bool]:
 
 
 def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[float, float] | None = None,
-            embeddings=None, skip_empty: bool = False) -> np.ndarray:
+            embeddings=None, skip_empty: bool = False, out=None) -> np.ndarray:
     """One mask per prompted object: int32 labels shaped like ``image`` without its colour axis.
 
     model: a loaded model or a registry name. image: ``(H, W)`` or ``(H, W, 3|4)``, or a stack
@@ -84,13 +107,22 @@ def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[floa
     of prompt dicts (object ids 1, 2, ... by position) or ``{object id: prompt dict}``; for a
     stack ``{plane index: that}``. An object keeps the pixels no lower id took on its plane.
     Intensities: ``contrast_limits`` or the image's (a stack's: one window for all planes).
-    A huge 2D image is tiled (only the tiles the prompts need are embedded). embeddings: an
-    embeddings store made for this image, model and axis (its planes are read, not encoded).
+    A huge 2D image is tiled (only the tiles the prompts need are read and embedded). embeddings:
+    an embeddings store made for this image, model and axis (its planes are read, not encoded).
     skip_empty: a prompt whose mask is empty leaves its object out instead of raising.
+
+    out: write the labels there instead of a new array: a writable integer array-like shaped like
+    ``image`` without its colour axis (zarr, numpy, ``np.memmap``, a napari Labels layer's data;
+    not dask), as :func:`~napari_promptseg.propagate`'s ``out``. Only the prompted planes are read
+    and written, one ``(H, W)`` plane at a time; on a tiled image only the windows the objects were
+    decoded in. The objects' pixels get their ids, every other pixel keeps ``out``'s value. A
+    wrong ``out`` raises ``ValueError`` / ``TypeError`` before any pixel is read. Returns ``out``
+    when given.
     """
     from napari_promptseg.embed.frames import Frames
     from napari_promptseg.embed.store import EmbeddingStore, open_embeddings
-    from napari_promptseg.embed.tiles import embed_tiles, wants_tiles
+    from napari_promptseg.embed.tiles import TiledEmbedding, embed_tiles, wants_tiles
+    from napari_promptseg.io import LabelPlanes, check_labels_out
     from napari_promptseg.models import as_model
 
     model = as_model(model)
@@ -105,8 +137,7 @@ def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[floa
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not -frames.n <= k < frames.n:
                 raise ValueError(f"plane {k!r} is outside the image's {frames.n} planes (axis {frames.axis})")
             per_plane[int(k) % frames.n] = p
-        labels = np.zeros(frames.spatial, np.int32)
-        view = frames.labels_view(labels)
+        shape, plane_axis = frames.spatial, frames.axis
         embedding_of = frames.embedding
     else:
         store = None
@@ -116,8 +147,7 @@ def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[floa
         window = store.window if store is not None else (
             None if contrast_limits is None else check_limits(contrast_limits))
         per_plane = {0: prompts}
-        labels = np.zeros(arr.shape[:2], np.int32)
-        view = labels[None]
+        shape, plane_axis = tuple(int(s) for s in arr.shape[:2]), None
 
         def embedding_of(_k: int):
             emb = store.embedding_for((), model, np.asarray(arr)) if store is not None else None
@@ -127,21 +157,55 @@ def segment(model, image, prompts, *, axis: int = 0, contrast_limits: tuple[floa
                 return embed_tiles(model, arr, window)
             return model.embed(np.asarray(arr), contrast_limits=window)
 
-    for k in sorted(per_plane):
-        where = f"plane {k}" if stack else "the image"
-        items = object_prompts(per_plane[k], where)
-        if not items:
+    where = {k: f"plane {k}" if stack else "the image" for k in per_plane}
+    items = {k: object_prompts(per_plane[k], where[k]) for k in sorted(per_plane)}
+    if out is None:
+        labels = np.zeros(shape, np.int32)
+    else:
+        top = max((oid for its in items.values() for oid, _ in its), default=0)
+        labels = check_labels_out(out, shape, max_id=top)
+    planes = LabelPlanes(labels, plane_axis)
+    for k, its in items.items():
+        if not its:
             continue
         emb = embedding_of(k)
-        taken = np.zeros(view.shape[1:], bool)
-        for oid, d in items:
+        if isinstance(emb, TiledEmbedding):
+            _paste_windows(model, emb, its, labels, skip_empty)
+            continue
+        plane = planes.read(k)
+        taken = np.zeros(plane.shape, bool)
+        for oid, d in its:
             try:
-                m = decode_prompt(model, emb, d, f"{where}, object {oid}" if stack else f"object {oid}")
+                m = decode_prompt(model, emb, d, f"{where[k]}, object {oid}" if stack else f"object {oid}")
             except EmptyMaskError:
                 if skip_empty:
                     continue
                 raise
             m &= ~taken
             taken |= m
-            view[k][m] = oid
+            plane[m] = oid
+        planes.write(k, plane)
     return labels
+
+
+def _paste_windows(model, tiled, items, labels, skip_empty: bool) -> None:
+    """Decode each object of a tiled 2D image in its window and write that window of ``labels``
+    only (never a whole-image mask); a lower id keeps the pixels it took."""
+    done: list[tuple[Region, np.ndarray]] = []
+    for oid, d in items:
+        try:
+            region, m = decode_prompt_window(model, tiled, d, f"object {oid}")
+        except EmptyMaskError:
+            if skip_empty:
+                continue
+            raise
+        r0, c0, r1, c1 = region
+        for (q0, p0, q1, p1), qm in done:
+            a0, b0, a1, b1 = max(r0, q0), max(c0, p0), min(r1, q1), min(c1, p1)
+            if a0 < a1 and b0 < b1:
+                m[a0 - r0:a1 - r0, b0 - c0:b1 - c0] &= ~qm[a0 - q0:a1 - q0, b0 - p0:b1 - p0]
+        done.append((region, m))
+        if m.any():
+            win = np.array(labels[r0:r1, c0:c1])
+            win[m] = oid
+            labels[r0:r1, c0:c1] = win

@@ -42,7 +42,7 @@ from napari_promptseg.session.planes import (
     with_prompt,
 )
 from napari_promptseg.session.preview import Preview
-from napari_promptseg.session.propagation import Propagator
+from napari_promptseg.session.propagation import Propagator, check_scale, plane_spacing
 from napari_promptseg.session.settings import CommitSettings, PropagationSettings, split_changes
 from napari_promptseg.session.text import status_line
 
@@ -62,6 +62,7 @@ class AnnotationSession:
         self.propagation_settings = PropagationSettings()  # what P does (configure() changes it)
         self.commit_settings = CommitSettings()  # what K does
         self.model, self.image, self.rgb, self.window, self.disk = model, None, rgb, window, disk
+        self.scale: tuple[float, ...] | None = None  # the image's voxel size (set_image)
         self._embedder = PlaneEmbedder(scheduler, self.prefetch, disk)
         self._embedder.on_ready, self._embedder.on_status = self._embedded, self._status
         self._propagation = Propagator(scheduler, self._show, self._status, self.events.progress.emit,
@@ -97,14 +98,17 @@ class AnnotationSession:
         return self.stack is not None and self.stack.cached(self.plane) is not None
 
     def set_image(self, image, *, rgb: bool = False, window=None, source_path: str | None = None,
-                  embeddings=None) -> None:
+                  embeddings=None, scale=None) -> None:
         """Segment ``image`` (array-like ``(..., H, W)`` or ``(..., H, W, 3|4)`` with ``rgb``; numpy,
         dask, zarr: planes are read when needed). window: ``(lo, hi)`` for every plane (napari's
         contrast limits; default robust percentiles; uint8 RGB is never windowed). Prompts,
         preview and the commit target start afresh; an autosave of this image is announced.
         embeddings: an embeddings store for this image (see :meth:`use_embeddings`), taken into
-        use before anything is embedded; a store used before is dropped."""
+        use before anything is embedded; a store used before is dropped. scale: the voxel size
+        over the non-channel axes (napari's layer ``scale``; NaN along an axis whose spacing is not
+        a length, e.g. time; None: unknown): propagation's extent stop rule needs it."""
         shape = image_shape(image, rgb)
+        self.scale = check_scale(scale, len(shape))
         self._cancel_jobs("another image was opened")
         self.image, self.rgb, self.window = image, rgb, window
         self._lead, self._plane_shape = shape[:-2], shape[-2:]
@@ -355,7 +359,8 @@ class AnnotationSession:
             return True
         options = self.propagation_settings.options_for(self.model, self._tiled)
         return self._propagation.start(self.model, self.stack, self.plane, int(axis), self._placed,
-                                      self.preview_plane, options, self._marks)
+                                      self.preview_plane, options, self._marks,
+                                      plane_spacing(self.scale, int(axis)))
 
     @property
     def _tiled(self) -> bool:

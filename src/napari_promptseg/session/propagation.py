@@ -15,7 +15,7 @@ from napari_promptseg.propagation.api import propagate_iter
 from napari_promptseg.session.jobs import Job
 from napari_promptseg.session.planes import Plane, PlaneStore, masks_of
 
-__all__ = ["PropagationRun", "Propagator", "seeds_and_absent"]
+__all__ = ["PropagationRun", "Propagator", "seeds_and_absent", "check_scale", "plane_spacing"]
 
 
 def seeds_and_absent(previews: Mapping[int, np.ndarray]) -> tuple[dict, dict]:
@@ -68,6 +68,26 @@ class PropagationRun:
         return plane
 
 
+def check_scale(scale, ndim: int) -> tuple[float, ...] | None:
+    """``scale`` (a voxel size over an image's ``ndim`` non-channel axes; NaN: not a length) as
+    floats, or None; a wrong length or a value <= 0 raises ``ValueError``."""
+    if scale is None:
+        return None
+    s = tuple(float(v) for v in scale)
+    if len(s) != ndim or any(not v > 0 and not np.isnan(v) for v in s) or any(np.isinf(v) for v in s):
+        raise ValueError(f"scale must hold {ndim} numbers > 0 (NaN for an axis that is not a length, "
+                         f"e.g. time), one per non-channel axis; got {scale!r}")
+    return s
+
+
+def plane_spacing(scale: tuple[float, ...] | None, axis: int) -> float | None:
+    """The distance between the planes along leading ``axis`` in pixel widths: ``scale[axis]``
+    over the mean of the plane's two (the last) axes; None when ``scale`` is None or NaN there."""
+    if scale is None or np.isnan(scale[axis]) or np.isnan(scale[-1]) or np.isnan(scale[-2]):
+        return None
+    return scale[axis] / ((scale[-1] + scale[-2]) / 2)
+
+
 class Propagator:
     """The session's propagation runs and the objects they left on each plane (:attr:`planes`).
 
@@ -85,11 +105,14 @@ class Propagator:
 
     def start(self, model, stack, here: Plane, axis: int, prompted: Iterable[Plane],
               preview: Callable[[Plane], np.ndarray], options,
-              marks: Mapping[Plane, Iterable[int]] | None = None) -> bool:
+              marks: Mapping[Plane, Iterable[int]] | None = None, spacing: float | None = None) -> bool:
         """Propagate from the ``prompted`` planes on the line along ``axis`` through ``here``, from
         their ``preview(plane)`` (``(H, W)`` ids), with ``options`` (``ps.PromptPropagation`` or
         ``ps.MemoryTracking``); marks: ``{plane: object ids}`` the user marked absent there (the
-        fronts of those objects stop before it; other objects pass). False: no seed."""
+        fronts of those objects stop before it; other objects pass); spacing: the distance between the
+        planes along ``axis`` in pixel widths (None: unknown; the extent stop rule then does not
+        apply). The prompt method's image stop rules read the planes through ``stack.plane``.
+        False: no seed."""
         line = set(stack.line(here, axis))
         previews = {p[axis]: preview(p) for p in prompted if p in line}
         self.cancel()
@@ -144,7 +167,8 @@ class Propagator:
 
         def work():
             return propagate_iter(model, lambda k: stack.get(run.plane_of(k)), run.n, seeds, options,
-                                  absent=absent)
+                                  absent=absent, planes=lambda k: stack.plane(run.plane_of(k)),
+                                  spacing=spacing)
 
         how = " with SAM 2's memory" if options.method == "memory" else ""
         self.status(f"propagating{how} from plane{'s' * (len(seeds) > 1)} "

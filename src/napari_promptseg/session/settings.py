@@ -29,12 +29,13 @@ _PROMPT = PromptPropagation()
 class PropagationSettings:
     """What P does. method: one of :data:`METHODS`; min_score, min_overlap: the prompt method's
     stop rules (:class:`~napari_promptseg.PromptPropagation`); stop_after: memory tracking drops an
-    object after this many planes in a row without it (None: never)."""
+    object after this many planes in a row without it (default 1, as
+    :class:`~napari_promptseg.MemoryTracking`; None: never)."""
 
     method: str = "auto"
     min_score: float = _PROMPT.min_score
     min_overlap: float = _PROMPT.min_overlap
-    stop_after: int | None = None
+    stop_after: int | None = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
