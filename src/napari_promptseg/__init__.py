@@ -38,6 +38,7 @@ from napari_promptseg.propagation.options import MemoryTracking, PromptPropagati
 from napari_promptseg.propagation.tracker import Tracker
 from napari_promptseg.segmentation.everything import Everything, segment_everything, segment_everything_iter
 from napari_promptseg.segmentation.find import find
+from napari_promptseg.segmentation.find_stack import find_stack
 from napari_promptseg.segmentation.prompted import segment
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ __all__ = [
     # what they return
     "Embedding", "Prediction", "SliceResult", "Everything",
     # segmentation
-    "segment", "segment_everything", "segment_everything_iter", "find",
+    "segment", "segment_everything", "segment_everything_iter", "find", "find_stack",
     # embeddings: huge images, caches, stores
     "embed_tiles", "DiskCache", "embed_store_iter", "open_embeddings", "StoreError",
     # z-stacks and videos

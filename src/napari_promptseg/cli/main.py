@@ -11,6 +11,7 @@ import sys
 from napari_promptseg.cli.commands import EXAMPLES as MORE_EXAMPLES
 from napari_promptseg.cli.commands import add_common_options, add_parsers, load_model, say_download, spec_of
 from napari_promptseg.cli.errors import USER_ERRORS, UsageError
+from napari_promptseg.cli.find import add_parser as add_find_parser
 from napari_promptseg.io import guess_rgb, read_image
 
 EXAMPLES = {
@@ -127,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="embed on the running dask cluster at ADDRESS (tcp://host:8786)")
     e.set_defaults(run=_embed)
     add_parsers(sub)
+    add_find_parser(sub)
     return p
 
 

@@ -1,0 +1,137 @@
+"""`promptseg find`: every instance of a concept (a noun phrase, example boxes) in images, stacks
+and folders, with SAM 3 (:func:`~napari_promptseg.find`, :func:`~napari_promptseg.find_stack`).
+
+Exemplar boxes come from a JSON file: ``[[row0, col0, row1, col1], ...]`` (positive boxes) or
+``{"exemplars": [...], "negative": [...]}``, in image (plane) pixels as napari shows them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_promptseg.cli.commands import _inputs, _layout, _window, add_common_options, load_model
+from napari_promptseg.cli.errors import UsageError
+from napari_promptseg.io import labels_output, read_image
+
+__all__ = ["run_find", "add_parser", "read_boxes", "EXAMPLE"]
+
+EXAMPLE = "promptseg find images/ stack.tif --text nucleus [--exemplars boxes.json] --out labels/"
+
+
+def read_boxes(path: str | None) -> tuple[list, list]:
+    """``(exemplars, negative)`` box lists from a JSON file (see the module); None: no boxes."""
+    if path is None:
+        return [], []
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--exemplars {path}: cannot read it as JSON ({e})") from None
+    if isinstance(data, dict):
+        unknown = set(data) - {"exemplars", "negative"}
+        if unknown or not data:
+            raise UsageError(f"--exemplars {path}: expected the keys 'exemplars' and/or 'negative' (lists "
+                             f"of [row0, col0, row1, col1] boxes), got {sorted(data)}")
+        pos, neg = data.get("exemplars", []), data.get("negative", [])
+    else:
+        pos, neg = data, []
+    for name, boxes in (("exemplars", pos), ("negative", neg)):
+        arr = np.asarray(boxes, dtype=object)
+        if len(boxes) and (arr.ndim != 2 or arr.shape[1] != 4):
+            raise UsageError(f"--exemplars {path}: {name} must be boxes [row0, col0, row1, col1]: shape "
+                             f"(N, 4), got {arr.shape}")
+    return pos, neg
+
+
+def _threshold(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {value}")
+    return value
+
+
+def run_find(args) -> int:
+    """Every instance of the concept in every input into ``OUT/<name>_labels.<format>`` (a stack:
+    every plane, instances linked into 3D ids); existing outputs are skipped unless --overwrite."""
+    from tqdm import tqdm
+
+    import napari_promptseg as ps
+
+    if args.text is None and args.exemplars is None:
+        raise UsageError("give --text (a noun phrase such as 'nucleus'), --exemplars (a JSON file of "
+                         "boxes), or both")
+    threshold = _threshold(args.threshold)
+    pos, neg = read_boxes(args.exemplars)
+    if args.text is None and not pos:
+        raise UsageError(f"--exemplars {args.exemplars} holds no positive box: add 'exemplars' or give "
+                         "--text")
+    files = _inputs(args.inputs)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: --out must be a folder")
+    model = load_model(args)
+    if not getattr(model, "supports_concepts", False):
+        raise UsageError(f"{args.model} cannot find concepts: use --model sam3")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = skipped = 0
+    kw = {"text": args.text, "exemplars": pos or None, "negative": neg or None, "threshold": threshold}
+    for f in tqdm(files, desc="images", unit="image", file=sys.stderr, disable=len(files) < 2):
+        target = out_dir / f"{f.name.split('.')[0]}_labels.{args.format}"
+        if target.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        try:
+            image = read_image(f)
+            rgb, spatial, axis = _layout(image, args.axis)
+            window = _window(args, image, rgb, spatial, axis)
+            shape = tuple(image.shape[:spatial])
+            with labels_output(target, shape, axis=axis if spatial == 3 else None) as labels:
+                if spatial == 2:
+                    found = ps.find(model, np.asarray(image), contrast_limits=window, **kw)
+                    labels[...] = found.labels
+                    n_obj = len(found)
+                else:
+                    bar = tqdm(total=shape[axis], desc=f.name, unit="plane", file=sys.stderr, leave=False)
+                    ps.find_stack(model, image, axis=axis, contrast_limits=window, out=labels,
+                                  progress=lambda d, t, bar=bar: bar.update(d - bar.n), **kw)
+                    bar.close()
+                    n_obj = int(np.max([np.max(labels[(slice(None),) * axis + (k,)])
+                                        for k in range(shape[axis])], initial=0))
+        except (UsageError, ValueError) as e:
+            print(f"promptseg find: {f}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{f} -> {target}: {n_obj} instance(s)")
+    if skipped:
+        print(f"{skipped} image(s) skipped: their labels exist (--overwrite recomputes them)",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_parser(sub) -> None:
+    """Add the ``find`` sub-command to ``sub``."""
+    f = sub.add_parser(
+        "find", help="every instance of a concept (a word, example boxes) in images and stacks (SAM 3)",
+        description="Every instance of a concept, given as a short noun phrase (--text nucleus) and/or "
+                    "example boxes (--exemplars boxes.json: [[row0, col0, row1, col1], ...] or "
+                    "{\"exemplars\": [...], \"negative\": [...]}, in image pixels), with SAM 3, into "
+                    "OUT/<name>_labels.tif; a stack plane by plane with instances linked across planes "
+                    "(3D ids; boxes prompt every plane at their place). Labels already in OUT are "
+                    "skipped, so an interrupted batch resumes. The sam3 checkpoint is gated on Hugging "
+                    "Face: request access and `hf auth login`, or pass --checkpoint.",
+        epilog=f"Example: {EXAMPLE}")
+    f.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders of images")
+    f.add_argument("--text", default=None, help="a short noun phrase: 'nucleus', 'mitotic cell'")
+    f.add_argument("--exemplars", default=None, metavar="JSON", help="a JSON file of example boxes")
+    f.add_argument("--threshold", type=float, default=0.5, help="keep instances scoring above it (0..1)")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--format", choices=("tif", "zarr"), default="tif", help="labels format (default tif)")
+    f.add_argument("--overwrite", action="store_true", help="recompute labels that exist in OUT")
+    add_common_options(f, store=False)
+    for a in f._actions:
+        if a.dest == "model":
+            a.required, a.default = False, "sam3"
+            a.help = "registry name (default sam3)"
+    f.set_defaults(run=run_find)
