@@ -11,21 +11,14 @@ import pytest
 import torch
 
 import napari_promptseg as ps
-from napari_promptseg.models.registry import ModelSpec
 
 from .component_model import ComponentModel
+from .test_sam3 import ConceptStub
 
 
-class ComponentConcepts(ComponentModel):
+class ComponentConcepts(ConceptStub):
     """Finds every bright component of a plane: score 0.9 for the large ones, 0.3 for specks;
-    counts detect() calls and records their prompts."""
-
-    supports_concepts = True
-
-    def __init__(self):
-        super().__init__()
-        self.spec = ModelSpec("concepts", "test", "concepts", "", "", 0, "0", "test", "none")
-        self.seen = []
+    records the prompts of detect() calls."""
 
     def detect(self, emb, text, boxes, labels):
         self.seen.append((text, np.asarray(boxes).copy(), np.asarray(labels).copy()))
