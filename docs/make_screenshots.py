@@ -147,29 +147,42 @@ def clicks_shot(args, app) -> None:
 
 
 def stack_shot(args, app) -> None:
-    """The z-stack sample: boxes on three nuclei of the middle plane, P, then a plane away from them."""
+    """The realistic z-stack sample (haze, a PSF longer in z, planes 2 px apart): boxes on three
+    nuclei of the middle plane, P, then a side view (z across, through the first nucleus) showing
+    where each mask stopped against where the nucleus ends."""
     from napari_promptseg._napari.demo import open_demo
-    from napari_promptseg.sample import nuclei_stack
+    from napari_promptseg.training.fluorescence3d import sample_stack
 
     viewer = make_viewer()
     w = open_demo(viewer, demo_model(args), args.checkpoint, "cpu", stack=True)
     wait(app, lambda: w.ready)
     viewer.reset_view()
-    _, truth = nuclei_stack()
+    _, truth, scale = sample_stack()
     z = w.session.plane[0]
     ids, areas = np.unique(truth[z][truth[z] > 0], return_counts=True)
-    for i in ids[np.argsort(-areas)][:3]:  # the three largest nuclei of this plane, one box each
+    chosen = list(ids[np.argsort(-areas)][:3])  # the three largest nuclei of this plane, one box each
+    for i in chosen:
         rows, cols = np.nonzero(truth[z] == i)
         r0, c0, r1, c1 = rows.min() - 3, cols.min() - 3, rows.max() + 3, cols.max() + 3
-        corners = [[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]]  # nD rectangles: 4 vertices
+        corners = [[z, r0, c0], [z, r0, c1], [z, r1, c1], [z, r1, c0]]  # 4 vertices, layer data coords
         w.bridge.boxes_layer.add_rectangles(np.array([corners], float))
     wait(app, lambda: not w.scheduler.busy and w.session.preview_plane((z,)).any())
     w.propagate()
     wait(app, lambda: not w.session.propagating and not w.scheduler.busy)
-    show_frame(viewer, app, w, z + 3)  # three planes above the prompted one
-    viewer.layers.selection.active = w.bridge.boxes_layer  # the layer the boxes were drawn in
+    rows, _ = np.nonzero(truth[z] == chosen[0])
+    viewer.dims.order = (1, 0, 2)  # look from the side: rows fixed, z down the screen
+    viewer.dims.set_point(1, int(rows.mean()))
+    viewer.reset_view()
+    truth_layer = viewer.add_labels((truth == chosen[0]).astype(np.int32) * 7, name="truth (nucleus 1)",
+                                    scale=scale, opacity=1.0)
+    truth_layer.contour = 1
+    cz, cc = np.nonzero((truth == chosen[0])[:, int(rows.mean())])
+    viewer.camera.center = (0, cz.mean() * scale[0], cc.mean())
+    viewer.camera.zoom *= 3
+    app.processEvents()
     shot(viewer, app, "stack_propagated.png")
-    print_ious(w, truth, list(ids[np.argsort(-areas)][:3]))
+    print(w.status.text())
+    print_ious(w, truth, chosen)
     close(viewer, app)
 
 
