@@ -246,3 +246,23 @@ def test_the_session_stops_with_the_image_rules_and_the_voxel_size(demo_model, l
         s.set_image(img, scale=(2, 1))
     with pytest.raises(ValueError, match="scale must hold"):
         check_scale((0, 1, 1), 3)
+
+
+def test_a_front_that_climbs_out_of_a_dip_has_reached_another_object():
+    """Contrast 1, 0.8, 0.6, 0.5, then 0.75 (the next nucleus above, never below min_contrast):
+    the front stops where it climbs again after falling below FALL of its highest; a front from
+    a seed near an end, climbing towards the middle, is not stopped."""
+    from napari_promptseg.propagation.stops import ImageStops
+
+    rr, cc = np.mgrid[:40, :40]
+    disc = (rr - 20) ** 2 + (cc - 20) ** 2 < 36
+    levels = [1.0, 0.8, 0.6, 0.5, 0.75, 1.0]
+
+    def plane(k):
+        return (100 + 1000 * levels[k] * disc).astype(np.float32)
+
+    stops = ImageStops(("contrast",), plane, None, {0: {1: disc}}, len(levels), 0.4, None)
+    assert [stops.after(1, k, disc) for k in range(1, 6)][:4] == [None, None, None, "contrast"]
+    levels[:] = [0.5, 0.6, 0.8, 1.0, 1.0, 0.9]  # seeded near the low end: contrast rises, never falls
+    stops = ImageStops(("contrast",), plane, None, {0: {1: disc}}, len(levels), 0.4, None)
+    assert [stops.after(1, k, disc) for k in range(1, 6)] == [None] * 5

@@ -12,7 +12,9 @@ its ends into a haze that the model still segments, and then the next nucleus ab
   brighter object). The peak is the highest of the seed's contrast, of the planes the object
   filled so far, and of the :data:`CLIMB` planes next to the seed through the seed's footprint
   (so a seed near one end knows how bright the object's middle is). A blurred edge lies at about
-  half the peak; the measured best threshold on the generated stacks is a little lower.
+  half the peak; the measured best threshold on the generated stacks is a little lower. A front
+  also stops where its contrast, after falling below :data:`FALL` of the highest it had, climbs
+  :data:`RISE` times again: past the dip at the object's end it reached the next object.
 - ``"extent"``: the object's extent along the axis is at most ``max_depth`` times its width (the
   equivalent diameter of its widest bright mask so far), with the planes ``spacing`` pixel widths
   apart (the stack's voxel size: without it this rule does not apply). When the intensity
@@ -39,6 +41,8 @@ __all__ = ["ImageStops", "IMAGE_RULES", "mask_contrast", "axis_spacing", "CLIMB"
 IMAGE_RULES = ("contrast", "extent", "neighbour")
 CLIMB = 2  # planes beyond the seed through its footprint that may raise the object's peak contrast
 JUMP = 1.5  # a contrast above this many times the peak: the mask moved onto a brighter object
+FALL = 0.7  # a front whose contrast fell below this share of its highest ...
+RISE = 1.25  # ... and then climbs this many times from there has reached another object
 HALF = 0.5  # the profile's edge, as a fraction of its peak
 DIP = 0.9  # between two objects, a profile this far below both ends: a dip, the boundary
 RING = 3  # pixels around the mask that give its local background
@@ -92,6 +96,7 @@ class _Object:
         self.edges: tuple[int | None, int | None] | None = None  # the profile's edges (None: not near)
         self.lo, self.hi = -1, 1 << 30  # a neighbour's planes: below lo / above hi
         self.profile: dict[int, float] = {}
+        self.trail: dict[int, tuple[float, float]] = {}  # per direction: (last contrast, highest)
 
     def footprint(self, k: int) -> np.ndarray:
         """The seed mask that looks at plane ``k``: the nearest seed's."""
@@ -303,9 +308,15 @@ class ImageStops:
         c = mask_contrast(self.plane(k), mask)
         if not (np.isfinite(c) and ob.peak > 0):
             return None
-        if not self.exempt(o, k) and "contrast" in self.rules and (
-                c < self.min_contrast * ob.peak or c > JUMP * ob.peak):
-            return "contrast"
+        if not self.exempt(o, k) and "contrast" in self.rules:
+            if c < self.min_contrast * ob.peak or c > JUMP * ob.peak:
+                return "contrast"
+            d = 1 if k > ob.last else -1
+            seed = ob.profile.get(ob.last if d > 0 else ob.first, np.nan)
+            last, high = ob.trail.get(d, (seed, seed))
+            if np.isfinite(last) and last < FALL * high and c > RISE * last:
+                return "contrast"  # past a dip: the mask climbs onto the next object
+            ob.trail[d] = (c, max(high, c) if np.isfinite(high) else c)
         if c >= WIDE * ob.peak:  # the object's bright part: its width counts for the extent
             ob.width = max(ob.width, _width(mask))
         ob.peak = max(ob.peak, c) if c <= JUMP * ob.peak else ob.peak
