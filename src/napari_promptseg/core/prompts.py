@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Prompt", "ObjectPrompt", "make_prompt", "inside_image"]
+__all__ = ["Prompt", "ObjectPrompt", "make_prompt", "inside_image", "xy_prompt"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,23 @@ class Prompt:
 
 #: the session's name for :class:`Prompt` in release 0.1
 ObjectPrompt = Prompt
+
+
+def xy_prompt(prompt: Prompt) -> tuple[np.ndarray, np.ndarray] | None:
+    """SAM 2's (and SAM 3's tracker's) one point prompt: the box's corners (labels 2, 3) then the
+    points, as ``(x, y) = (col, row)`` image pixels ``(N, 2)`` float64 and int labels ``(N,)``;
+    None without a box or points."""
+    coords, labels = [], []
+    if prompt.box is not None:
+        r0, c0, r1, c1 = prompt.box
+        coords += [[c0, r0], [c1, r1]]
+        labels += [2, 3]
+    if len(prompt.points):
+        coords += prompt.points[:, ::-1].tolist()
+        labels += prompt.labels.astype(int).tolist()
+    if not coords:
+        return None
+    return np.asarray(coords, np.float64), np.asarray(labels, np.int64)
 
 
 def inside_image(points, shape: tuple[int, int]) -> np.ndarray:

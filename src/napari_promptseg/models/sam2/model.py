@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from napari_promptseg.core.cancel import install_cancel_hooks
-from napari_promptseg.core.prompts import Prompt
+from napari_promptseg.core.prompts import Prompt, xy_prompt
 from napari_promptseg.core.results import Embedding, Prediction
 from napari_promptseg.models.base import PromptableModel
 from napari_promptseg.models.registry import ModelSpec
@@ -161,20 +161,13 @@ class Sam2Model(PromptableModel):
     def _sam2_points(self, prompt: Prompt, original_size: tuple[int, int]):
         """Points and box as SAM 2's concatenated (x, y) point prompt, in model-input pixels."""
         h, w = original_size
-        scale = np.array([self.image_size / w, self.image_size / h])
-        coords, labels = [], []
-        if prompt.box is not None:
-            r0, c0, r1, c1 = prompt.box
-            coords += [[c0, r0], [c1, r1]]
-            labels += [2, 3]
-        if len(prompt.points):
-            coords += prompt.points[:, ::-1].tolist()
-            labels += prompt.labels.astype(int).tolist()
-        if not coords:
+        xy = xy_prompt(prompt)
+        if xy is None:
             return None
-        xy = torch.as_tensor(np.asarray(coords, np.float64) * scale, dtype=torch.float32)
-        lab = torch.as_tensor(labels, dtype=torch.int32)
-        return xy[None].to(self.device), lab[None].to(self.device)
+        scale = np.array([self.image_size / w, self.image_size / h])
+        coords = torch.as_tensor(xy[0] * scale, dtype=torch.float32)
+        lab = torch.as_tensor(xy[1], dtype=torch.int32)
+        return coords[None].to(self.device), lab[None].to(self.device)
 
     def _image_side(self, embedding: Embedding) -> dict:
         """Prompt-independent decoder tensors of an embedding, computed once (on this device)."""

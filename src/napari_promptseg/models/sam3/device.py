@@ -11,7 +11,9 @@ model's device and ``pin_memory()`` is a no-op when that device is not CUDA. Tor
 are thread-local and popped on exit, so nothing leaks into the user's process.
 
 Importing Meta's ``sam3.model_builder`` also switches TF32 matmuls on globally when an Ampere GPU
-is present (``_setup_tf32``): :func:`import_sam3` restores those flags after the import.
+is present (``_setup_tf32``): :func:`import_sam3` restores those flags after the import. The
+attention of Meta's SAM heads (``sam3.sam.transformer``) switches the flash, math and
+memory-efficient SDPA back-ends on at every call: :func:`keep_sdp_flags` restores the user's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["on_device", "import_sam3", "bpe_vocabulary"]
+__all__ = ["on_device", "keep_sdp_flags", "import_sam3", "bpe_vocabulary"]
 
 _BPE = "bpe_simple_vocab_16e6.txt.gz"
 
@@ -48,6 +50,20 @@ def on_device(device) -> contextlib.AbstractContextManager:
     if dev.type == "cuda":
         return contextlib.nullcontext()
     return _KeepOnDevice(dev)
+
+
+@contextlib.contextmanager
+def keep_sdp_flags():
+    """Restore torch's SDPA back-end flags (flash, math, memory-efficient) on exit: Meta's SAM
+    heads switch them all on at every attention call."""
+    cuda = torch.backends.cuda
+    flags = (cuda.flash_sdp_enabled(), cuda.math_sdp_enabled(), cuda.mem_efficient_sdp_enabled())
+    try:
+        yield
+    finally:
+        cuda.enable_flash_sdp(flags[0])
+        cuda.enable_math_sdp(flags[1])
+        cuda.enable_mem_efficient_sdp(flags[2])
 
 
 def import_sam3():

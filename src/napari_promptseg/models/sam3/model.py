@@ -1,23 +1,31 @@
-"""SAM 3 backend on Meta's ``sam3`` package: concept prompts on images (:func:`napari_promptseg.find`).
+"""SAM 3 backend on Meta's ``sam3`` package: concept prompts on images (:func:`napari_promptseg.find`)
+and point / box / mask prompts for one object (``predict``, as every model).
 
-The network is Meta's ``Sam3Image`` from ``sam3.model_builder.build_sam3_image_model`` (the
-detector of the official checkpoint, without the tracker), built on the CPU inside
-:func:`~.device.on_device` and loaded from Meta's checkpoint format ``{"model": {"detector.*",
-"tracker.*"}}``. What follows is ``sam3.model.sam3_image_processor.Sam3Processor``, step by step:
+The network is Meta's ``Sam3Image`` from ``sam3.model_builder.build_sam3_image_model`` with its
+interactive predictor (``enable_inst_interactivity=True``: the sam2 neck and the tracker's SAM
+heads, :mod:`.tracker`), built on the CPU inside :func:`~.device.on_device` and loaded from Meta's
+checkpoint format ``{"model": {"detector.*", "tracker.*"}}`` as ``_load_checkpoint`` maps it. What
+follows is ``sam3.model.sam3_image_processor.Sam3Processor``, step by step:
 
 - :meth:`Sam3Model.embed` = ``Sam3Processor.set_image``: the uint8 RGB image is squashed into the
   1008 x 1008 input with the same torchvision transforms and run through the vision backbone; the
-  embedding keeps its three feature maps (the position encodings are recomputed, they depend only
-  on the map sizes), so it goes through our memory, disk and store caches like any model's.
+  embedding keeps the detector's three feature maps (the position encodings are recomputed, they
+  depend only on the map sizes) and the tracker's three (:data:`~.tracker.TRACKER_KEYS`), so it
+  goes through our memory, disk and store caches like any model's.
 - :meth:`Sam3Model.detect` = ``set_text_prompt`` and/or ``add_geometric_prompt`` (all boxes in one
   grounding pass instead of one pass per added box; with no text, Meta's placeholder text
   ``"visual"``); text encodings are cached per phrase. Scores are ``sigmoid(logit) *
   sigmoid(presence)``; boxes come back as our ``(row0, col0, row1, col1)`` image pixels.
 - :meth:`Sam3Model.upscale` = the processor's bilinear resize of the mask logits to the image,
   ``sigmoid > 0.5``, for the kept objects only.
+- :meth:`Sam3Model.predict` = ``Sam3Image.predict_inst`` (Meta's ``SAM3InteractiveImagePredictor``
+  on the stored maps): scores, clamped low-resolution logits ``(K, 288, 288)`` and masks after
+  Meta's hole filling and a bilinear resize to the image.
 
-Coordinates: our ``(row, col)`` box becomes Meta's normalised ``(cx, cy, w, h)`` here and nowhere
-else (x = col / W, y = row / H, as SAM 2's boxes in :mod:`..sam2.model`).
+Coordinates: our ``(row, col)`` becomes Meta's normalised ``(cx, cy, w, h)`` (boxes of ``find``)
+or ``(x, y) = (col, row) / (W, H) * 1008`` (``predict``) here and nowhere else, as SAM 2's boxes
+in :mod:`..sam2.model`. A checkpoint without tracker weights still loads for ``find``;
+``predict`` then raises a ValueError saying so.
 """
 
 from __future__ import annotations
@@ -33,10 +41,23 @@ from napari_promptseg.core.prompts import Prompt
 from napari_promptseg.core.results import Embedding, Prediction
 from napari_promptseg.models.base import PromptableModel
 from napari_promptseg.models.registry import ModelSpec
-from napari_promptseg.models.sam3.device import bpe_vocabulary, import_sam3, on_device
+from napari_promptseg.models.sam3.device import bpe_vocabulary, import_sam3, keep_sdp_flags, on_device
+from napari_promptseg.models.sam3.tracker import (
+    TRACKER_KEYS,
+    decode,
+    drop_tracker,
+    fill_holes,
+    has_tracker,
+    needed_tracker_keys,
+    release_autocast,
+    tiny_interactive_predictor,
+    tracker_features,
+    tracker_state,
+)
+from napari_promptseg.models.upscale import upscale_masks
 
-__all__ = ["Sam3Model", "build_sam3_network", "build_sam3_model", "FEATURE_KEYS", "RESOLUTION",
-           "SAM3_ARCHS", "detector_state", "is_sam3_state"]
+__all__ = ["Sam3Model", "build_sam3_network", "build_sam3_model", "FEATURE_KEYS", "TRACKER_KEYS",
+           "RESOLUTION", "SAM3_ARCHS", "detector_state", "is_sam3_state"]
 
 #: names of the vision backbone's three maps in :attr:`Embedding.features` (fine to coarse)
 FEATURE_KEYS = ("fpn0", "fpn1", "fpn2")
@@ -51,13 +72,14 @@ def _full(bpe: str):
 
     return build_sam3_image_model(bpe_path=bpe, device="cpu", eval_mode=True, checkpoint_path=None,
                                   load_from_HF=False, enable_segmentation=True,
-                                  enable_inst_interactivity=False)
+                                  enable_inst_interactivity=True)
 
 
 def _tiny(bpe: str):
-    """SAM 3's image model with a 2-block ViT-64 on a 336 input and a 1-layer text encoder; the
-    detector heads are Meta's own, full size (for fast tests: Meta's builder has no small config,
-    so this composes its parts as ``build_sam3_image_model`` does, smaller)."""
+    """SAM 3's image model with a 2-block ViT-64 on a 336 input, a 1-layer text encoder and the
+    interactive predictor (:func:`~.tracker.tiny_interactive_predictor`); the detector heads and
+    the tracker's SAM heads are Meta's own, full size (for fast tests: Meta's builder has no small
+    config, so this composes its parts as ``build_sam3_image_model`` does, smaller)."""
     import sam3.model_builder as mb
     from sam3.model.text_encoder_ve import VETextEncoder
     from sam3.model.tokenizer_ve import SimpleTokenizer
@@ -69,12 +91,14 @@ def _tiny(bpe: str):
               tile_abs_pos=True, global_att_blocks=(1,), rel_pos_blocks=(), use_rope=True,
               use_interp_rope=True, window_size=12, pretrain_use_cls_token=True, retain_cls_token=False,
               ln_pre=True, ln_post=False, return_interm_layers=False, bias_patch_embed=False)
-    neck = mb._create_vit_neck(mb._create_position_encoding(precompute_resolution=r), vit)
+    neck = mb._create_vit_neck(mb._create_position_encoding(precompute_resolution=r), vit,
+                               enable_inst_interactivity=True)
     text = VETextEncoder(tokenizer=SimpleTokenizer(bpe_path=bpe), d_model=256, width=64, heads=2, layers=1)
-    return mb._create_sam3_model(
-        mb._create_vl_backbone(neck, text), mb._create_sam3_transformer(), mb._create_geometry_encoder(),
-        mb._create_segmentation_head(), mb._create_dot_product_scoring(), None, True,
-    ).eval()
+    parts = (mb._create_vl_backbone(neck, text), mb._create_sam3_transformer(), mb._create_geometry_encoder(),
+             mb._create_segmentation_head(), mb._create_dot_product_scoring())
+    with torch.random.fork_rng(devices=[]):  # the detector's random weights as without the tracker
+        tracker = tiny_interactive_predictor(r)
+    return mb._create_sam3_model(*parts, tracker, True).eval()
 
 
 #: architecture -> (input side, builder); ``sam3_tiny_336`` is for tests only
@@ -88,8 +112,12 @@ def build_sam3_network(device="cpu", arch: str = "sam3"):
     import_sam3()
     if arch not in SAM3_ARCHS:
         raise ValueError(f"unknown SAM 3 architecture {arch!r}; known: {', '.join(SAM3_ARCHS)}")
-    with on_device(device):  # its position-encoding and decoder caches land on ``device``
+    with on_device(device), warnings.catch_warnings():  # caches land on ``device``
+        # Meta's tracker enters a CUDA autocast (left below) and scripts its transforms
+        warnings.filterwarnings("ignore", message=".*CUDA is not available.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
         net = SAM3_ARCHS[arch][1](str(bpe_vocabulary()))
+        release_autocast(net)
     enc = net.backbone.language_backbone.encoder
     with torch.no_grad():
         enc.positional_embedding.normal_(0.0, 0.01)
@@ -111,13 +139,19 @@ def detector_state(state: dict) -> dict:
 
 class Sam3Model(PromptableModel):
     """A SAM 3 image model: ``embed`` an image once, then :func:`~napari_promptseg.find` concepts
-    (a noun phrase, exemplar boxes) as many times as wanted. ``net`` is Meta's ``Sam3Image``.
+    (a noun phrase, exemplar boxes) and :meth:`predict` single objects from points, a box and/or a
+    mask, as many times as wanted. ``net`` is Meta's ``Sam3Image`` with its interactive predictor.
 
-    Point and box prompts for a single object (``predict``) are not wired yet: they need SAM 3's
-    tracker weights (Meta's ``enable_inst_interactivity``).
+    ``predict`` (the API of every model: ``(row, col)`` points, a ``(row0, col0, row1, col1)``
+    box, ``mask_input`` low-resolution logits ``(288, 288)``) equals Meta's
+    ``Sam3Image.predict_inst``: the tracker's SAM heads on the maps :meth:`embed` stored, so a click
+    costs one decoder pass. It needs the tracker weights of Meta's checkpoint (``tracker.*`` and the
+    sam2 neck ``detector.backbone.vision_backbone.sam2_convs.*``); a checkpoint without them loads
+    for ``find`` and :attr:`supports_prompts` is False.
     """
 
-    preprocessing = "sam3-rgb8-v1"
+    # v2: the embedding also holds the tracker's maps (TRACKER_KEYS)
+    preprocessing = "sam3-rgb8-v2"
     #: this model finds every instance of a concept (:func:`napari_promptseg.find`)
     supports_concepts = True
 
@@ -141,8 +175,19 @@ class Sam3Model(PromptableModel):
 
     @property
     def low_res_shape(self) -> tuple[int, int]:
-        s = self.image_size // 14 * 4  # the pixel decoder upsamples the 1/14 map 4x: 288
+        s = self.image_size // 14 * 4  # the decoders upsample the 1/14 map 4x: 288
         return (s, s)
+
+    @property
+    def supports_prompts(self) -> bool:
+        """Whether :meth:`predict` works: the checkpoint had SAM 3's tracker weights."""
+        return has_tracker(self.net)
+
+    def upscale_args(self, embedding: Embedding) -> tuple[tuple[int, int], tuple[int, int], int]:
+        """The low-resolution logits cover the whole (squashed) image: one bilinear resize
+        straight to the image size, as Meta's ``postprocess_masks``."""
+        side = self.low_res_shape[0]
+        return (side, side), tuple(embedding.original_size), side
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """``(H, W, 3)`` uint8 -> ``(1, 3, S, S)`` float32 model input (S = 1008; as Meta's)."""
@@ -158,18 +203,55 @@ class Sam3Model(PromptableModel):
                              "Meta's Sam3Processor); zoom= works with SAM 1 models only")
         with on_device(self.device):
             out = self.net.backbone.forward_image(self.preprocess(rgb))
-        feats = dict(zip(FEATURE_KEYS, out["backbone_fpn"], strict=True))
+            feats = dict(zip(FEATURE_KEYS, out["backbone_fpn"], strict=True))
+            if has_tracker(self.net):
+                feats.update(tracker_features(self.net, out))
         return Embedding(
             model=self.name, checkpoint_id=self.checkpoint_id, preprocessing=self.preprocessing,
             original_size=(int(rgb.shape[0]), int(rgb.shape[1])), input_size=(self.image_size,) * 2,
             features=feats,
         )
 
+    def _tracker_side(self, embedding: Embedding) -> dict:
+        """Prompt-independent decoder inputs of an embedding, computed once (on this device): the
+        1/14 map plus ``no_mem_embed`` (as ``predict_inst``), the two high-resolution maps, the
+        prompt encoder's dense positional encoding."""
+        d = embedding.derived.get("sam3_tracker")
+        if d is None or d["embed"].device != self.device:
+            missing = [k for k in TRACKER_KEYS if k not in embedding.features]
+            if missing:
+                raise ValueError(f"this embedding lacks SAM 3's tracker maps ({', '.join(missing)}); "
+                                 f"embed the image again with {self.name!r}")
+            f0, f1, f2 = (embedding.features[k].to(self.device, torch.float32) for k in TRACKER_KEYS)
+            tracker = self.net.inst_interactive_predictor.model
+            with on_device(self.device):
+                d = embedding.derived["sam3_tracker"] = {
+                    "embed": f2 + tracker.no_mem_embed.reshape(1, -1, 1, 1), "high_res": [f0, f1],
+                    "pe": tracker.sam_prompt_encoder.get_dense_pe()}
+        return d
+
+    @torch.inference_mode()
     def _predict(self, embedding: Embedding, prompt: Prompt, multimask: bool) -> Prediction:
-        raise NotImplementedError(
-            f"{self.name} finds concepts (ps.find(model, image, text=..., exemplars=...)); point and "
-            "box prompts for one object are not supported with SAM 3 yet: use a SAM or SAM 2 model"
-        )
+        if not has_tracker(self.net):
+            raise ValueError(
+                f"{self.name}: this checkpoint lacks SAM 3's tracker weights (tracker.* and "
+                "detector.backbone.vision_backbone.sam2_convs.*), which point, box and mask prompts "
+                "need; use Meta's full sam3.pt, or ps.find(model, image, text=..., exemplars=...) "
+                "with this one"
+            )
+        image = self._tracker_side(embedding)
+        with on_device(self.device), keep_sdp_flags():
+            low, iou = decode(self.net, image, prompt, embedding.original_size, multimask)
+        side = self.low_res_shape[0]
+        original = embedding.original_size
+
+        def upscale(indices):  # Meta's hole filling, then bilinear straight to the image size
+            with torch.inference_mode():
+                return upscale_masks(fill_holes(low[list(indices)]), (side, side), original, side)
+
+        logits = torch.clamp(low, -32.0, 32.0)  # as predict_inst returns them
+        return Prediction(scores=iou.float().cpu().numpy(), logits=logits.float().cpu().numpy(),
+                          upscale=upscale)
 
     @torch.no_grad()
     def encode_text(self, text: str) -> dict:
@@ -255,7 +337,9 @@ class Sam3Model(PromptableModel):
 
 def build_sam3_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -> Sam3Model:
     """Meta's SAM 3 image model loaded from ``state`` (Meta's checkpoint layout: ``detector.*``,
-    ``tracker.*``; the tracker is not used), moved to ``device``."""
+    ``tracker.*``, mapped as ``sam3.model_builder._load_checkpoint`` does), moved to ``device``.
+    Without the tracker weights ``predict`` needs (:func:`~.tracker.needed_tracker_keys`) the
+    interactive predictor is dropped: the model finds concepts only."""
     from napari_promptseg.core.devices import resolve_device
     from napari_promptseg.models.weights import WeightsError
 
@@ -268,8 +352,19 @@ def build_sam3_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -
         raise ValueError(f"unknown SAM 3 architecture {spec.arch!r}; known: {', '.join(SAM3_ARCHS)}")
     dev = resolve_device(device)
     net = build_sam3_network(dev, spec.arch)
+    weights = {**detector_state(state), **tracker_state(state)}
+    needed = needed_tracker_keys(net)
+    if not needed <= weights.keys():
+        if needed & weights.keys():
+            absent = sorted(needed - weights.keys())
+            warnings.warn(f"the SAM 3 checkpoint has only part of the tracker weights (it lacks "
+                          f"{len(absent)}: {', '.join(absent[:4])} ...): point and box prompts are "
+                          "disabled, ps.find works", stacklevel=2)
+        drop_tracker(net)
+        keep = net.state_dict().keys()
+        weights = {k: v for k, v in weights.items() if k in keep}
     try:
-        missing, _unexpected = net.load_state_dict(detector_state(state), strict=False, assign=True)
+        missing, _unexpected = net.load_state_dict(weights, strict=False, assign=True)
     except RuntimeError as err:
         raise WeightsError(f"checkpoint does not fit model {spec.name!r} (SAM 3 image model). "
                            f"Details: {str(err)[:500]}") from err
