@@ -8,7 +8,8 @@ model, clicks like a user would (by adding to the prompt layers' data, which is 
 does), propagates through the stack, tracks through the time-lapse, segments everything, and
 saves PNGs into docs/images/. The samples' shots use the shipped ``promptseg_demo`` unless
 ``--model`` or ``--checkpoint`` says otherwise; ``video_sam2`` uses a SAM 2.1 tiny with random
-weights (made here, nothing is downloaded): it shows the memory tracking's controls, not its quality.
+weights (made here, nothing is downloaded): it shows the memory tracking's controls, not its quality;
+``find_row`` likewise uses a tiny SAM 3 with random weights to show the Find row.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def show_frame(viewer, app, w, k: int) -> None:
     wait(app, lambda: w.ready and not w.scheduler.busy)
 
 
-SHOTS = ("clicks", "stack", "everything", "video", "video_sam2", "tiles", "tiled_stack")
+SHOTS = ("clicks", "stack", "everything", "video", "video_sam2", "tiles", "tiled_stack", "find_row")
 
 
 def main(argv=None) -> None:
@@ -109,7 +110,8 @@ def main(argv=None) -> None:
     OUT.mkdir(exist_ok=True)
     app = QApplication.instance() or QApplication([])
     shots = {"clicks": clicks_shot, "stack": stack_shot, "everything": everything_shot, "video": video_shot,
-             "video_sam2": video_sam2_shot, "tiles": tiles_shot, "tiled_stack": tiled_stack_shot}
+             "video_sam2": video_sam2_shot, "tiles": tiles_shot, "tiled_stack": tiled_stack_shot,
+             "find_row": find_row_shot}
     for name in [args.only] if args.only else SHOTS:
         shots[name](args, app)
 
@@ -389,6 +391,77 @@ def tiled_stack_shot(args, app) -> None:
     viewer.camera.center = (740, 950)
     viewer.camera.zoom = 2.2
     shot(viewer, app, "tiled_stack.png")
+    close(viewer, app)
+
+
+def find_row_shot(args, app) -> None:
+    """The Find row (SAM 3) on the nuclei sample, with a tiny SAM 3 of random weights made here
+    (``sam3_tiny_336``, nothing downloaded): "nucleus" typed, an example box (green) and a
+    counter-example box (red), Find, the slider at the score of the tenth best object. The objects
+    are noise from random weights: the picture shows the controls, not SAM 3's quality."""
+    import os
+
+    import torch
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_promptseg._napari.demo import open_demo
+    from napari_promptseg.core.devices import resolve_device
+    from napari_promptseg.models.registry import ModelSpec
+    from napari_promptseg.models.sam3.model import Sam3Model, build_sam3_network
+    from napari_promptseg.sample import nuclei_image
+
+    cache_gb = os.environ.get("PROMPTSEG_EMBED_CACHE_GB")
+    os.environ["PROMPTSEG_EMBED_CACHE_GB"] = "0"  # random weights' embeddings stay out of the disk cache
+    spec = ModelSpec(name="sam3 tiny, random weights", family="sam3", arch="sam3_tiny_336", url="",
+                     known_hash="", size_mb=0, params="", description="SAM 3, 336 px, random weights",
+                     licence="")
+    torch.manual_seed(0)
+    net = build_sam3_network("cpu", "sam3_tiny_336")
+    with torch.no_grad():  # spread the random scores (as tests/test_sam3_parity.py)
+        for p in net.dot_prod_scoring.parameters():
+            p.mul_(3.0)
+    model = Sam3Model(spec, net, "random", resolve_device("cpu"), resolution=336)
+    viewer = make_viewer()
+    w = open_demo(viewer)  # the widget's default model loads first; replaced here
+    if cache_gb is None:
+        del os.environ["PROMPTSEG_EMBED_CACHE_GB"]
+    else:
+        os.environ["PROMPTSEG_EMBED_CACHE_GB"] = cache_gb
+    w.set_model(model)
+    if w.model_combo.findText(model.name) < 0:
+        w.model_combo.insertItem(0, model.name)
+        w.model_combo.setCurrentIndex(0)
+    wait(app, lambda: w.ready and w.session.model is model and not w.scheduler.busy)
+    viewer.reset_view()
+    _, truth = nuclei_image()
+    big = int(np.argsort(-np.bincount(truth.ravel()))[1])  # the largest nucleus: an example
+    rows, cols = np.nonzero(truth == big)
+    row = w.find_row
+    row.layer.add_rectangles(np.array([[[rows.min() - 4, cols.min() - 4], [rows.max() + 4, cols.max() + 4]]],
+                                      float))
+    empty = next((r, c) for r in range(0, truth.shape[0] - 60, 20) for c in range(0, truth.shape[1] - 60, 20)
+                 if not truth[r:r + 60, c:c + 60].any())  # background: a counter-example
+    row.negative_check.setChecked(True)
+    row.layer.add_rectangles(np.array([[list(empty), [empty[0] + 60, empty[1] + 60]]], float))
+    row.negative_check.setChecked(False)
+    row.text.setText("nucleus")
+    row.find_button.click()
+    wait(app, lambda: row.found_layer is not None and not w.session.finding and not w.scheduler.busy)
+    kept = w.session.found.kept[()]
+
+    def shown(step: int) -> tuple[int, bool]:  # objects in sight at a slider step; most of the image free
+        lab = kept.labels(step / 100)
+        return len(np.unique(lab)) - 1, (lab > 0).mean() < 0.6
+
+    steps = range(int(kept.scores.min() * 100), int(kept.scores.max() * 100) + 1)
+    best = max(steps, key=lambda k: (shown(k)[1], shown(k)[0]))
+    row.slider.setValue(best)
+    wait(app, lambda: not w.scheduler.busy)
+    viewer.layers.selection.active = row.layer  # the exemplar boxes' layer, in rectangle mode
+    scroll = w.findChild(QScrollArea)
+    if scroll is not None:
+        scroll.ensureWidgetVisible(row)
+    shot(viewer, app, "find_row.png")
     close(viewer, app)
 
 

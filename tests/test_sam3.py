@@ -172,3 +172,31 @@ def test_find_takes_an_embedding_and_checks_its_arguments():
         ps.find(model, emb, text="x", threshold=1.5)
     with pytest.raises(TypeError, match="cannot find concepts.*sam3"):
         ps.find(ComponentModel(), img, text="x")
+
+
+@pytest.mark.slow
+def test_sam3_loads_and_finds_with_triton_hidden_beside_napari():
+    """Beside napari's OpenGL the triton guard hides triton; sam3 imports it at load (a training
+    kernel): it must still load, find and predict, and triton stays hidden for torch after."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["triton"] = None  # what guard_triton does beside Mesa's LLVM
+import numpy as np
+import napari_promptseg as ps
+from napari_promptseg.models.registry import ModelSpec
+from napari_promptseg.models.sam3.model import Sam3Model, build_sam3_network
+spec = ModelSpec("sam3_tiny_test", "sam3", "sam3_tiny_336", "", "", 0, "40M", "test", "none")
+net = build_sam3_network(arch="sam3_tiny_336")
+model = Sam3Model(spec, net, "tiny", "cpu", resolution=336)
+img = np.random.default_rng(0).integers(0, 4000, (60, 80)).astype(np.uint16)
+emb = model.embed(img)
+assert len(ps.find(model, emb, text="cell", threshold=0.0)) > 0
+assert model.predict(emb, points=[[30, 40]], labels=[1]).masks.shape[-2:] == (60, 80)
+assert sys.modules["triton"] is None  # hidden again for torch
+print("LOADED")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "LOADED" in out.stdout, out.stderr[-2000:]

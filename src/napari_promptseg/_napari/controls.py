@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_promptseg._napari import layers as L
+from napari_promptseg._napari.find_row import FindRow
 from napari_promptseg._napari.keys import KEYS
 from napari_promptseg.models.registry import REGISTRY
 from napari_promptseg.session.settings import CommitSettings, PropagationSettings
@@ -62,8 +63,7 @@ def setup_ui(w: QWidget) -> None:
     """Make the controls as attributes of ``w`` (``model_combo``, ``status``, ``buttons``, ...)
     and lay them out in a vertical scroll area filling ``w``."""
     w.image_combo, w.model_combo, w.device_combo = QComboBox(), QComboBox(), QComboBox()
-    # SAM 3 finds concepts (ps.find); the dock has no Find row yet, so it is not offered for clicks
-    w.model_combo.addItems([*(n for n, spec in REGISTRY.items() if spec.family != "sam3"), LOCAL_CHECKPOINT])
+    w.model_combo.addItems([*REGISTRY, LOCAL_CHECKPOINT])  # sam3: the Find row (concepts) shows
     w.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
     w.load_button = QPushButton("Load model")
     w.embeddings_button = _tip(QPushButton("Load embeddings…"), "read the planes from an embeddings store "
@@ -105,6 +105,7 @@ def setup_ui(w: QWidget) -> None:
     w.scope_combo.addItems(list(SCOPES))
     w.everything_spins = {name: _param_spin(*spec) for name, spec in EVERYTHING_PARAMS.items()}
     w.buttons = {name: QPushButton(text) for name, text in BUTTONS}
+    w.find_row = FindRow()  # SAM 3's concept prompts: shown while the model finds concepts
     for combo in (w.image_combo, w.model_combo, w.device_combo, w.labels_combo, w.axis_combo,
                   w.method_combo, w.scope_combo):  # long names (layers, choices) must not widen the dock
         combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -138,7 +139,7 @@ def _lay_out(w: QWidget) -> None:
     col.addLayout(form)
     col.addLayout(grid)
     col.addLayout(_row(w.everything_button, w.scope_combo))
-    for item in (_everything_section(w.everything_spins), w.status, w.restore_button, help_text):
+    for item in (_everything_section(w.everything_spins), w.find_row, w.status, w.restore_button, help_text):
         col.addWidget(item)
     col.addStretch(1)
     scroll = QScrollArea()

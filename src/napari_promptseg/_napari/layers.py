@@ -13,6 +13,7 @@ __all__ = [
     "POINTS_NAME", "BOXES_NAME", "PREVIEW_NAME", "LABELS_NAME", "EVERYTHING_NAME", "POSITIVE", "NEGATIVE",
     "transform_kwargs", "copy_transform", "image_plane_shape", "source_path", "add_points_layer",
     "add_boxes_layer", "add_preview_layer", "add_labels_layer", "points_in_image", "boxes_in_image",
+    "EXEMPLARS_NAME", "add_exemplars_layer", "add_found_layer", "colour_exemplars",
 ]
 
 POINTS_NAME = "promptseg points"
@@ -20,6 +21,7 @@ BOXES_NAME = "promptseg boxes"
 PREVIEW_NAME = "promptseg preview"
 LABELS_NAME = "promptseg labels"
 EVERYTHING_NAME = "promptseg everything"
+EXEMPLARS_NAME = "find exemplars"
 POSITIVE, NEGATIVE = "lime", "red"
 
 
@@ -136,6 +138,37 @@ def add_everything_layer(viewer, image_layer, data):
         data, name=EVERYTHING_NAME,
         **transform_kwargs(image_layer),
     )
+
+
+def add_exemplars_layer(viewer, image_layer):
+    """Shapes whose rectangles are Find's exemplar boxes (feature ``label``: 1 an example of the
+    concept, drawn green; 0 a counter-example, red), in rectangle mode."""
+    import pandas as pd
+
+    layer = viewer.add_shapes(
+        ndim=len(image_plane_shape(image_layer)),
+        features=pd.DataFrame({"label": pd.Series([], dtype=np.int64)}),
+        name=EXEMPLARS_NAME,
+        edge_color=POSITIVE,
+        face_color="transparent",
+        edge_width=max(1.0, _size(image_layer) / 4),
+        **transform_kwargs(image_layer),
+    )
+    layer.feature_defaults["label"] = 1
+    layer.mode = "add_rectangle"
+    return layer
+
+
+def colour_exemplars(layer) -> None:
+    """Each exemplar box in its colour: green for examples (``label`` 1), red for counter-examples."""
+    feats = layer.features
+    if len(layer.data) and "label" in feats and len(feats) == len(layer.data):
+        layer.edge_color = [POSITIVE if int(v) else NEGATIVE for v in feats["label"].fillna(1)]
+
+
+def add_found_layer(viewer, image_layer, data, name: str):
+    """Labels that show a Find result ``data`` (a new array, never the committed labels)."""
+    return viewer.add_labels(data, name=name, **transform_kwargs(image_layer))
 
 
 def _to_image(coords_in_layer: np.ndarray, layer, image_layer) -> np.ndarray:

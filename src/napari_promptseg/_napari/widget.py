@@ -65,6 +65,7 @@ class PromptSegWidget(QWidget):
         self.closed = self._had_parent = self._in_batch = False
         setup_ui(self)
         self._connect_controls()
+        self.find_row.attach(self)
         ev = self.session.events
         ev.status.connect(self._set_status)
         spin = self.object_spin  # follows the session's current object
@@ -250,6 +251,7 @@ class PromptSegWidget(QWidget):
         self.scheduler.close()
         self.keys.unbind_all(self.viewer)
         self.bridge.close()
+        self.find_row.close()
         for emitter, cb in self._viewer_callbacks():
             disconnect(emitter, cb)
         if self.bridge.image_layer is not None:
@@ -305,10 +307,12 @@ class PromptSegWidget(QWidget):
         self._bind_layer_keys()
         self._refresh_layer_choices()
         self._refresh_axis_choices()
+        self.find_row.sync()
 
     def _bind_layer_keys(self) -> None:
         b = self.bridge
-        self.keys.bind_layers([b.image_layer, b.points_layer, b.boxes_layer, b.preview_layer])
+        self.keys.bind_layers([b.image_layer, b.points_layer, b.boxes_layer, b.preview_layer,
+                               self.find_row.layer])
 
     def _on_image_chosen(self, *args) -> None:
         name = self.image_combo.currentText()
@@ -378,13 +382,15 @@ class PromptSegWidget(QWidget):
         set_items(self.model_combo, names if model.name in names else [*names, model.name], model.name)
         found = self.bridge.store_beside(model) if self.session.embeddings_store is None else None
         stopped = [what for what, running in (("propagation", self.session.propagating),
-                                              ("segment everything", self.session.segmenting_everything))
+                                              ("segment everything", self.session.segmenting_everything),
+                                              ("Find", self.session.finding))
                    if running]
         said = use_model(self.session, model, found)  # a store beside the image's file, made by it
         if stopped:  # the new model's results never mix with a run of the previous one
             said += (f" The {' and '.join(stopped)} of the previous model was stopped (what it finished "
                      f"stays); run it again to use {model.name}.")
         self._sync_method()
+        self.find_row.sync()  # shown for a model that finds concepts (SAM 3)
         set_values(self.everything_spins, model.everything_defaults)  # Meta's, or what these weights need
         # "auto" says where it put the model (cpu, cuda, mps)
         self.device_combo.setItemText(0, f"auto ({torch_device_type(model.device)})")

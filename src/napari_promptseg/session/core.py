@@ -28,6 +28,7 @@ from napari_promptseg.session.decoding import Decoder
 from napari_promptseg.session.embedding import PlaneEmbedder
 from napari_promptseg.session.events import SessionEvents
 from napari_promptseg.session.everything import EverythingRunner, scope_of
+from napari_promptseg.session.find import FindRun, FindRunner, check_query
 from napari_promptseg.session.jobs import Job, run_now
 from napari_promptseg.session.labels import CommitLog
 from napari_promptseg.session.planes import (
@@ -70,7 +71,10 @@ class AnnotationSession:
                                       lambda p: self._labels.blocked(p, self.commit_settings.overwrite))
         self._everything = EverythingRunner(scheduler, self.events.everything.emit, self._status,
                                            self.events.progress.emit, lambda: self._embedder.resume())
-        self._embedder.paused = lambda: self._propagation.run is not None or self._everything.run is not None
+        self._find = FindRunner(scheduler, self.events.found.emit, self._status, self.events.progress.emit,
+                                lambda: self._embedder.resume())
+        self._embedder.paused = lambda: (self._propagation.run is not None or self._everything.run is not None
+                                         or self._find.running)
         self.active: Plane = ()  # the plane prompted last: J acts on it unless the shown one is prompted
         self.current_object = 1
         self._placed, self._marks = {}, {}  # prompts placing objects; end marks {plane: {object id}}
@@ -113,6 +117,7 @@ class AnnotationSession:
         self.image, self.rgb, self.window = image, rgb, window
         self._lead, self._plane_shape = shape[:-2], shape[-2:]
         self._embedder.forget()
+        self._find.forget()
         self._embedder.plane = self.active = tuple(0 for _ in self._lead)
         note = self._attach(embeddings)
         self._reset_state()
@@ -141,6 +146,7 @@ class AnnotationSession:
         """The image is gone (e.g. its layer was removed): stop its work, drop its embeddings."""
         self._cancel_jobs()
         self._embedder.forget()
+        self._find.forget()
         self.image = None
 
     def set_model(self, model, embeddings=None) -> None:
@@ -392,9 +398,10 @@ class AnnotationSession:
         self._propagation.cancel()
 
     def cancel(self) -> None:
-        """Cancel the propagation, segment everything and the embedding in progress."""
+        """Cancel the propagation, segment everything, Find and the embedding in progress."""
         self.cancel_propagation()
         self._everything.cancel()
+        self._find.cancel()
         self._embedder.cancel()
         self._status("cancelled.")
 
@@ -421,6 +428,63 @@ class AnnotationSession:
     def segmenting_everything(self) -> bool:
         return self._everything.run is not None
 
+    # ------------------------------------------------------------------ find (SAM 3 concepts)
+    find_threshold = 0.5  # Find shows the objects scoring at least this (set_find_threshold)
+
+    def find(self, text: str | None = None, exemplars=None, negative=None, scope: str = "plane",
+             axis: int = 0, threshold: float | None = None):
+        """Every instance of a concept (SAM 3: :func:`napari_promptseg.find`) on the displayed
+        plane (``scope="plane"``) or every plane of its line along leading ``axis`` (``"line"``;
+        objects linked across planes into 3D ids) into a new int32 labels array of the image's
+        shape (numpy for 2D, lazy zarr for stacks), filled plane by plane (events.found); committed
+        labels do not change. text: a noun phrase; exemplars / negative: boxes ``(row0, col0,
+        row1, col1)`` in plane pixels around instances / counter-examples, used on every plane
+        searched. Every object and its score is kept: :meth:`set_find_threshold` shows more or
+        fewer without running the model. threshold: the one to show (None: the current
+        :attr:`find_threshold`). Returns the new array, or None (with a status) without an image;
+        no model or one that cannot find concepts, bad boxes or an empty query raise TypeError or
+        ValueError (said in the status line too) before any work."""
+        if self.image is None:
+            self._status("choose an image first.")
+            return None
+        try:
+            query = check_query(self.model, text, exemplars, negative, self._plane_shape)
+            if threshold is not None:
+                self.set_find_threshold(threshold, refilter=False)
+            planes, target = scope_of(self.stack, self.plane, scope, axis, (*self._lead, *self._plane_shape))
+        except (TypeError, ValueError) as err:
+            self._status(str(err) if str(err).startswith("Find") else f"find: {err}")
+            raise
+        self.cancel_propagation()
+        self._everything.cancel()
+        self._find.start(self.model, self.stack, query, planes, target, self.find_threshold)
+        return target
+
+    def set_find_threshold(self, threshold: float, refilter: bool = True) -> None:
+        """Show the last Find's objects scoring at least ``threshold`` (0..1) from the objects it
+        kept, without running the model (a line of planes is relinked, in a job)."""
+        t = float(threshold)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"the score threshold must be in [0, 1], got {threshold!r}")
+        self.find_threshold = t
+        if refilter:
+            self._find.refilter(t)
+
+    @property
+    def found(self) -> FindRun | None:
+        """The last Find (:class:`~napari_promptseg.session.find.FindRun`: ``target``, ``query``,
+        ``kept`` objects per plane, ``threshold``), or None."""
+        return self._find.result
+
+    @property
+    def finding(self) -> bool:
+        return self._find.running
+
+    def found_edited(self) -> None:
+        """The last Find's labels were painted by hand: the threshold no longer rewrites them."""
+        if self._find.result is not None:
+            self._find.edited(self._find.result.target)
+
     # ------------------------------------------------------------------ commit, undo, clear
     @property
     def target(self):
@@ -432,6 +496,7 @@ class AnnotationSession:
         """The target labels were edited by hand (brush, eraser): new objects' ids start above
         ``max_id``."""
         self._labels.target_edited(int(max_id))
+        self._find.edited(self._labels.target)
 
     @property
     def annotation_store(self):
@@ -473,6 +538,7 @@ class AnnotationSession:
         c, message = self._labels.commit_preview(groups, self.commit_settings.overwrite, {
             "prompts": prompts_json(self._decoder.prompts)}, (*self._lead, *self._plane_shape))
         if c is not None:
+            self._find.edited(self._labels.target)  # committed into the found labels: they stay
             self.events.labels.emit(tuple(e.plane for e in c.edits))
             self.clear(quiet=True)
         self._status(message)
@@ -544,6 +610,7 @@ class AnnotationSession:
         self._decoder.cancel()  # a commit or propagation waiting for these decodes is off
         self._propagation.cancel(why)
         self._everything.cancel()
+        self._find.cancel()
 
     def close(self) -> None:
         """Stop every job (an encoder stops at its next block) and save what autosave has queued

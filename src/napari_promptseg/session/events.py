@@ -19,6 +19,7 @@ class SessionEvents(SignalGroup):
     prompts_cleared = Signal()  # after a commit or clear: the prompt layers empty
     current_object = Signal(int)
     ready = Signal(tuple)  # the plane's embedding is ready
-    progress = Signal(int, int)  # propagation or segment everything (done, total)
+    progress = Signal(int, int)  # propagation, segment everything or Find (done, total)
     everything = Signal(object, tuple)  # segment everything wrote these planes of its new labels array
+    found = Signal(object, tuple)  # Find (SAM 3 concepts) wrote these planes of its new labels array
     restorable = Signal(str)  # an autosave exists for this image (summary)

@@ -19,6 +19,7 @@ memory-efficient SDPA back-ends on at every call: :func:`keep_sdp_flags` restore
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import torch
@@ -66,13 +67,49 @@ def keep_sdp_flags():
         cuda.enable_mem_efficient_sdp(flags[2])
 
 
+def _no_triton():
+    """Stand-ins for ``triton`` and ``triton.language`` while ``sam3`` is imported with triton
+    hidden (:mod:`~napari_promptseg.models.triton_guard`): ``sam3.model.edt`` defines a triton
+    kernel at import that only its training code (error-point sampling) runs; calling it raises."""
+    import types
+
+    def jit(fn=None, **_):
+        def unavailable(*a, **k):
+            raise RuntimeError("triton is hidden in this process (it crashes beside napari's OpenGL); "
+                               "this SAM 3 training kernel needs it: run it outside napari")
+
+        class Kernel:
+            def __getitem__(self, grid):
+                return unavailable
+
+            __call__ = unavailable
+
+        return Kernel() if fn is not None else (lambda f: Kernel())
+
+    def annotation(name: str):  # tl.constexpr and the like, in the kernel's signature
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return object
+
+    lang = types.ModuleType("triton.language")
+    lang.__getattr__ = annotation
+    tri = types.ModuleType("triton")
+    tri.jit, tri.language = jit, lang
+    return tri, lang
+
+
 def import_sam3():
     """Import Meta's ``sam3`` (a clear ImportError when missing), keeping torch's TF32 flags."""
     from napari_promptseg.models.triton_guard import guard_triton
 
     guard_triton()
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    hidden = "triton" in sys.modules and sys.modules["triton"] is None
     try:
+        if hidden:  # beside napari's OpenGL: sam3 imports triton for a training-only kernel
+            import torchvision  # noqa: F401  (first, with triton hidden, as for every model)
+
+            sys.modules["triton"], sys.modules["triton.language"] = _no_triton()
         import sam3.model_builder  # noqa: F401
     except ImportError as err:
         raise ImportError(
@@ -81,6 +118,9 @@ def import_sam3():
         ) from err
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        if hidden:  # hidden again for torch and everyone else
+            sys.modules["triton"] = None  # type: ignore[assignment]
+            sys.modules.pop("triton.language", None)
     import sam3
 
     return sam3

@@ -1,0 +1,317 @@
+"""Find every instance of a concept in the session (numpy only): SAM 3's concept prompts (a noun
+phrase, exemplar boxes) on one plane or a line of planes, as a job with steps.
+
+Each plane is embedded through the session's stack (cached) and searched once with
+:func:`napari_promptseg.find` at threshold 0: every object and its score is kept (cropped and
+bit-packed). The labels shown are the objects scoring at least the current threshold; on a line of
+planes they are linked into 3D ids by overlap (:func:`~napari_promptseg.segmentation.link3d.link_plane`).
+Moving the threshold (:meth:`FindRunner.refilter`) rebuilds the labels from the kept objects
+without running the model. Results go to a new labels array, never into committed labels.
+
+Coordinates: boxes ``(row0, col0, row1, col1)`` in plane pixels; planes are tuples of the leading
+axes (``()`` for 2D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_promptseg.core.cancel import Cancelled, CancelToken
+from napari_promptseg.core.results import Embedding, Found
+from napari_promptseg.embed.entry import explain_error
+from napari_promptseg.segmentation.find import concept_boxes
+from napari_promptseg.segmentation.link3d import link_plane
+from napari_promptseg.session.jobs import Job
+from napari_promptseg.session.planes import Plane
+
+__all__ = ["NEEDS_SAM3", "FindQuery", "PlaneFinds", "FindRun", "FindRunner", "check_query"]
+
+#: what Find says when the model cannot find concepts
+NEEDS_SAM3 = "Find needs the sam3 model: choose it in the model box"
+
+
+@dataclass(frozen=True)
+class FindQuery:
+    """A checked concept prompt: ``text`` (stripped) or None; ``boxes`` ``(N, 4)`` ``(row0, col0,
+    row1, col1)`` plane pixels with sorted corners; ``positive`` ``(N,)`` bool (False: a
+    counter-example)."""
+
+    text: str | None
+    boxes: np.ndarray
+    positive: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """A short name for the result: the text, else how many boxes."""
+        if self.text:
+            return self.text
+        n = int(self.positive.sum())
+        return f"{n} exemplar box{'es' * (n != 1)}"
+
+    def kwargs(self) -> dict:
+        """The prompt as :func:`napari_promptseg.find` keywords."""
+        return {"text": self.text, "exemplars": self.boxes[self.positive] if self.positive.any() else None,
+                "negative": self.boxes[~self.positive] if (~self.positive).any() else None}
+
+
+def check_query(model, text, exemplars, negative, shape: tuple[int, int]) -> FindQuery:
+    """The query, checked before any work: TypeError when ``model`` cannot find concepts,
+    ValueError for an empty text, bad boxes (shape ``(N, 4)``, outside the plane of ``shape``
+    ``(H, W)``), or neither a text nor a positive or negative box."""
+    if model is None or not getattr(model, "supports_concepts", False):
+        raise TypeError(NEEDS_SAM3 + (f" ({model.name} cannot find concepts)." if model is not None else "."))
+    if text is not None:
+        if not isinstance(text, str):
+            raise TypeError(f"the text must be a string (a noun phrase), got {type(text).__name__}")
+        text = text.strip() or None
+    boxes, positive = concept_boxes(exemplars, negative, tuple(shape))
+    if text is None and not len(boxes):
+        raise ValueError("nothing to find: type a noun phrase (e.g. 'nucleus') or draw exemplar boxes")
+    return FindQuery(text, boxes, positive)
+
+
+@dataclass(frozen=True, eq=False)
+class PlaneFinds:
+    """Every object found on one plane: ``scores`` ``(N,)`` float32, decreasing; ``boxes``
+    ``(N, 4)`` the model's boxes ``(row0, col0, row1, col1)``; each mask kept as its extent
+    ``windows[i]`` ``(row0, col0, row1, col1)`` (ends exclusive; empty for an empty mask) and its
+    bits there; ``shape`` ``(H, W)``. Ids and order are those of :func:`napari_promptseg.find`."""
+
+    scores: np.ndarray
+    boxes: np.ndarray
+    windows: np.ndarray
+    bits: tuple
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_found(cls, found: Found) -> PlaneFinds:
+        scores, boxes, windows, bits = [], [], [], []
+        for o in found.objects:
+            rows, cols = np.flatnonzero(o.mask.any(1)), np.flatnonzero(o.mask.any(0))
+            r0, r1, c0, c1 = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) if len(rows) else (0, 0, 0, 0)
+            scores.append(o.score)
+            boxes.append(o.box)
+            windows.append((r0, c0, r1, c1))
+            bits.append(np.packbits(o.mask[r0:r1, c0:c1]))
+        return cls(np.asarray(scores, np.float32), np.asarray(boxes, np.float64).reshape(-1, 4),
+                   np.asarray(windows, np.int64).reshape(-1, 4), tuple(bits), tuple(found.shape))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def count(self, threshold: float) -> int:
+        """How many objects score at least ``threshold``."""
+        return int((self.scores >= threshold).sum())
+
+    def mask(self, i: int) -> np.ndarray:
+        """``(H, W)`` bool: object ``i``'s mask."""
+        out = np.zeros(self.shape, bool)
+        r0, c0, r1, c1 = (int(v) for v in self.windows[i])
+        out[r0:r1, c0:c1] = self._crop(i)
+        return out
+
+    def _crop(self, i: int) -> np.ndarray:
+        r0, c0, r1, c1 = (int(v) for v in self.windows[i])
+        n = (r1 - r0) * (c1 - c0)
+        return np.unpackbits(self.bits[i], count=n).reshape(r1 - r0, c1 - c0).astype(bool)
+
+    def labels(self, threshold: float) -> np.ndarray:
+        """``(H, W)`` int32: the objects scoring at least ``threshold``, id ``i + 1`` for the
+        ``i``-th best; where they overlap the better one keeps the pixel (as ``Found.labels``)."""
+        out = np.zeros(self.shape, np.int32)
+        for i in range(self.count(threshold) - 1, -1, -1):
+            r0, c0, r1, c1 = (int(v) for v in self.windows[i])
+            out[r0:r1, c0:c1][self._crop(i)] = i + 1
+        return out
+
+
+@dataclass(eq=False)
+class FindRun:
+    """One Find over ``planes`` (in order): its ``query``, the new labels ``target``
+    (``(..., H, W)`` int32), the ``threshold`` shown, the objects ``kept`` per plane, the planes
+    ``done``; ``edited``: its labels were changed by hand (commit, brush), so the threshold no
+    longer rewrites them."""
+
+    query: FindQuery
+    planes: Sequence[Plane]
+    target: object
+    threshold: float
+    token: CancelToken = field(default_factory=CancelToken)
+    kept: dict = field(default_factory=dict)  # plane -> PlaneFinds
+    done: list = field(default_factory=list)
+    edited: bool = False
+    prev: np.ndarray | None = None  # the linked labels of the last plane written (a line)
+    next_id: int = 1  # the next free 3D id (a line)
+    shown: int = 0  # objects in the labels now
+
+    @property
+    def line(self) -> bool:
+        return len(self.planes) > 1
+
+
+class FindRunner:
+    """The session's Find runs (see the module docstring). Callbacks: written(target, planes):
+    planes of ``target`` got new labels (the first call brings a new array); status(text);
+    progress(done, total); finished(): a model run ended."""
+
+    def __init__(self, schedule: Callable[[Job], None], written, status, progress, finished) -> None:
+        self.schedule, self.written, self.status = schedule, written, status
+        self.progress, self.finished = progress, finished
+        self.result: FindRun | None = None  # the last Find (kept after it ends, for the threshold)
+        self.running = False
+        self._filtering = 0  # generation of the refilter job in flight (0: none)
+        self._gen = 0
+
+    def start(self, model, stack, query: FindQuery, planes: Sequence[Plane], target,
+              threshold: float) -> FindRun:
+        """Find ``query`` on ``planes`` of ``stack`` (embeddings reused or made in the job) into
+        ``target`` (zeros, the image's shape), showing objects scoring at least ``threshold``."""
+        from napari_promptseg.segmentation.find import find
+
+        self.cancel(quiet=True)
+        run = self.result = FindRun(query, list(planes), target, float(threshold))
+        self.running, self._filtering = True, 0
+        total = 2 * len(run.planes)  # per plane: embed, find
+
+        def work() -> Iterator:
+            for i, p in enumerate(run.planes):
+                emb = stack.get(p)  # embedded in this worker when not cached yet
+                yield (2 * i + 1, total, None)
+                if isinstance(emb, Embedding):
+                    found = find(model, emb, threshold=0.0, **query.kwargs())
+                else:  # a tiled plane: SAM 3 squashes the whole plane into its input anyway
+                    found = find(model, stack.plane(p), threshold=0.0, contrast_limits=stack.window,
+                                 disk=stack.disk, **query.kwargs())
+                yield (2 * i + 2, total, (p, PlaneFinds.from_found(found)))
+
+        def step(item) -> None:
+            if run is not self.result:
+                return
+            done, total_, plane = item
+            self.progress(done, total_)
+            if plane is None:
+                self.status(f"finding '{query.name}': plane {len(run.done) + 1} of {len(run.planes)}…")
+                return
+            p, finds = plane
+            run.kept[p] = finds
+            run.done.append(p)
+            if not self._filtering and not run.edited:  # else the refilter in flight writes it
+                self._show(run, p, finds)
+
+        def done(_) -> None:
+            if run is not self.result or run.token.cancelled:
+                return
+            self.running = False
+            self.progress(1, 1)
+            self.status(self.describe(run) + " (the score slider shows more or fewer; choose the "
+                        "layer in 'commit to' to add or correct objects).")
+            self.finished()
+
+        def failed(err: BaseException) -> None:
+            if run is self.result and self.running:
+                self.running = False
+                self.progress(1, 1)
+                after = f" after {len(run.done)} of {len(run.planes)} planes"
+                self.status(f"find stopped{after}." if run.token.cancelled
+                            else f"find failed{after if run.line else ''}: {explain_error(err).rstrip('.')}.")
+            self.finished()
+
+        where = "this plane" if not run.line else f"{len(run.planes)} planes"
+        self.status(f"finding '{query.name}' on {where}…")
+        self.schedule(Job("find", work, done, failed, step, "find", run.token))
+        return run
+
+    def _show(self, run: FindRun, p: Plane, finds: PlaneFinds) -> None:
+        """Write plane ``p``'s objects at the run's threshold (linked to the previous plane's)."""
+        labels = finds.labels(run.threshold)
+        if run.line:
+            labels, run.next_id = link_plane(run.prev, labels, run.next_id)
+            run.prev, run.shown = labels, run.next_id - 1
+        else:
+            run.shown = finds.count(run.threshold)
+        run.target[tuple(p)] = labels
+        self.written(run.target, (p,))
+
+    def describe(self, run: FindRun) -> str:
+        where = "this plane" if not run.line else f"{len(run.done)} of {len(run.planes)} planes"
+        kept = sum(len(f) for f in run.kept.values())
+        n = run.shown
+        return (f"found '{run.query.name}': {n} object{'s' * (n != 1)} scoring >= {run.threshold:.2f} "
+                f"on {where} ({kept} kept)")
+
+    def refilter(self, threshold: float) -> None:
+        """Show the last run's objects scoring at least ``threshold`` (no model call): one plane
+        at once, a line of planes relinked in a job (newest wins)."""
+        run = self.result
+        if run is None:
+            return
+        run.threshold = float(threshold)
+        if run.edited:
+            self.status("the found labels were edited (a commit or the brush): the score threshold no "
+                        "longer changes them; Find again to filter anew.")
+            return
+        if not run.line:
+            for p in run.done:
+                self._show(run, p, run.kept[p])
+            self.status(self.describe(run) + ".")
+            return
+        self._gen += 1
+        gen = self._filtering = self._gen
+        planes, kept, thr = list(run.done), dict(run.kept), run.threshold
+
+        def work() -> Iterator:
+            prev, next_id = None, 1
+            for p in planes:
+                prev, next_id = link_plane(prev, kept[p].labels(thr), next_id)
+                yield p, prev, next_id
+
+        def step(item) -> None:
+            if gen == self._filtering and run is self.result and not run.edited:
+                p, labels, run.next_id = item
+                run.prev, run.shown = labels, run.next_id - 1
+                run.target[tuple(p)] = labels
+                self.written(run.target, (p,))
+
+        def done(_) -> None:
+            if gen != self._filtering or run is not self.result:
+                return
+            self._filtering = 0
+            if len(run.done) > len(planes) or run.threshold != thr:  # planes came meanwhile
+                self.refilter(run.threshold)
+            else:
+                self.status(self.describe(run) + ".")
+
+        def failed(err: BaseException) -> None:
+            if gen == self._filtering:
+                self._filtering = 0
+                if run is self.result and not run.token.cancelled and not isinstance(err, Cancelled):
+                    self.status(f"filtering the found objects failed: {explain_error(err)}")
+
+        self.schedule(Job("find-filter", work, done, failed, step))
+
+    def edited(self, array) -> None:
+        """``array`` was changed by hand: if it holds the last run's labels, they stay as they are."""
+        run = self.result
+        if run is not None and array is not None and array is run.target:
+            run.edited = True
+
+    def cancel(self, quiet: bool = False) -> None:
+        """Stop the running Find; the planes it finished stay in its labels (and refilter)."""
+        run = self.result
+        if run is None or not self.running:
+            return
+        self.running = False
+        run.token.cancel()
+        self.progress(1, 1)
+        if not quiet:
+            self.status(f"find stopped after {len(run.done)} of {len(run.planes)} planes.")
+        self.finished()
+
+    def forget(self) -> None:
+        """A new image: stop, and drop the last run's objects."""
+        self.cancel(quiet=True)
+        self.result, self._filtering = None, 0
+
