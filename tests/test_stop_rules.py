@@ -266,3 +266,24 @@ def test_a_front_that_climbs_out_of_a_dip_has_reached_another_object():
     levels[:] = [0.5, 0.6, 0.8, 1.0, 1.0, 0.9]  # seeded near the low end: contrast rises, never falls
     stops = ImageStops(("contrast",), plane, None, {0: {1: disc}}, len(levels), 0.4, None)
     assert [stops.after(1, k, disc) for k in range(1, 6)] == [None] * 5
+
+
+@pytest.fixture(scope="module")
+def gap(demo_model):
+    """A bright nucleus (planes 2-6) and, above it after a one-plane gap, a dimmer one (8-12)."""
+    return scene(demo_model, nucleus(8.0, c=5.0), nucleus(19.5, c=5.0, bright=0.5))
+
+
+def test_the_extent_ends_near_the_profile_so_the_dim_nucleus_above_is_not_taken(demo_model, gap):
+    """Only the lower nucleus is prompted: its fronts end within BEYOND planes of where its
+    intensity profile ends (the blur lets it reach the neighbour's first planes, not further;
+    without that limit the contrast stops it one plane later)."""
+    from napari_promptseg.propagation.stops import BEYOND
+
+    img, lab, scale, cache = gap
+    first = planes_of(lab, 1)
+    k = int(first[len(first) // 2])
+    out, why = run(demo_model, gap, click(lab, k), None)
+    got = planes_of(out, 1)
+    assert set(first) - set(got) <= {first[0], first[-1]}
+    assert got.max() <= first[-1] + BEYOND + 1 and why[(1, 1)][1] == "extent"

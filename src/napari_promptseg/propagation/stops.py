@@ -19,8 +19,9 @@ its ends into a haze that the model still segments, and then the next nucleus ab
   equivalent diameter of its widest bright mask so far), with the planes ``spacing`` pixel widths
   apart (the stack's voxel size: without it this rule does not apply). When the intensity
   profile through the seed's footprint ends (half its peak) on both sides within that extent,
-  this rule leaves it to the contrast; otherwise (nuclei stacked along z with no dip between them)
-  the window starts at the profile's end near the seed, or is centred on the seed.
+  the object may fill at most :data:`BEYOND` planes past those ends (the next nucleus above or
+  below, dimmer but still contrasted, is not taken); otherwise (nuclei stacked along z with no
+  dip between them) the window starts at the profile's end near the seed, or is centred on it.
 - ``"neighbour"``: another prompted object explains the planes: for two objects whose seed
   footprints overlap (one above the other) the planes between their seeds are split at the dip of
   the intensity profile between them, else at the step between their brightnesses, else in
@@ -44,6 +45,7 @@ JUMP = 1.5  # a contrast above this many times the peak: the mask moved onto a b
 FALL = 0.7  # a front whose contrast fell below this share of its highest ...
 RISE = 1.25  # ... and then climbs this many times from there has reached another object
 HALF = 0.5  # the profile's edge, as a fraction of its peak
+BEYOND = 2  # with the profile's ends on both sides within the extent: planes allowed past them
 DIP = 0.9  # between two objects, a profile this far below both ends: a dip, the boundary
 RING = 3  # pixels around the mask that give its local background
 NEAR_END = 0.7  # an edge this share of the extent from the seeds: the seeds lie near that end
@@ -207,7 +209,8 @@ class ImageStops:
         """The planes the extent rule lets the object fill now (None: any): ``extent`` planes
         from the profile's edge (or a prompted neighbour's split) when one lies within
         :data:`NEAR_END` of the extent from the seeds (a seed near that end), else centred on the
-        seeds and moved inside the edges; None when both edges lie within the extent."""
+        seeds and moved inside the edges; when both edges lie within the extent, up to
+        :data:`BEYOND` planes past them."""
         if ob.edges is None:
             return None
         lo, hi = ob.edges
@@ -216,8 +219,8 @@ class ImageStops:
         if ob.hi < 1 << 30 and (hi is None or ob.hi < hi):  # ... or above
             hi = ob.hi
         span = self.extent(ob)
-        if lo is not None and hi is not None and hi - lo + 1 <= span:
-            return None
+        if lo is not None and hi is not None and hi - lo + 1 <= span:  # the profile ends both ways
+            return min(lo - BEYOND, ob.first), max(hi + BEYOND, ob.last)
         near = max(1, round(NEAR_END * span))
         d_lo = None if lo is None else ob.first - lo
         d_hi = None if hi is None else hi - ob.last
