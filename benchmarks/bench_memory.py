@@ -236,7 +236,8 @@ def _extrapolated(rows: list[dict], case: str) -> str | None:
 
 
 def section(rows: list[dict], args) -> str:
-    sizes = f"--planes {args.planes} --size {args.size} --slide {' '.join(str(v) for v in args.slide)}"
+    sizes = (f"--planes {' '.join(str(v) for v in args.planes)} --size {args.size} "
+             f"--slide {' '.join(str(v) for v in args.slide)}")
     lines = [
         "## Memory on big data (bench_memory.py)",
         "",
