@@ -34,6 +34,7 @@ from napari_promptseg.embed.store import StoreError, embed_store_iter, open_embe
 from napari_promptseg.embed.tiles import embed_tiles
 from napari_promptseg.models import ModelSpec, PromptableModel, list_models, load_model
 from napari_promptseg.propagation.api import propagate, propagate_iter  # light: numpy only at import
+from napari_promptseg.propagation.concepts import track_concept
 from napari_promptseg.propagation.options import MemoryTracking, PromptPropagation
 from napari_promptseg.propagation.tracker import Tracker
 from napari_promptseg.segmentation.everything import Everything, segment_everything, segment_everything_iter
@@ -57,7 +58,7 @@ __all__ = [
     # embeddings: huge images, caches, stores
     "embed_tiles", "DiskCache", "embed_store_iter", "open_embeddings", "StoreError",
     # z-stacks and videos
-    "propagate", "propagate_iter", "PromptPropagation", "MemoryTracking", "Tracker",
+    "propagate", "propagate_iter", "PromptPropagation", "MemoryTracking", "Tracker", "track_concept",
     # interactive annotation without napari, finetuning
     "AnnotationSession", "finetune",
 ]

@@ -7,8 +7,10 @@ detector's decoder precomputes its box-bias coordinates with ``device="cuda"``
 ``Tensor.pin_memory()`` before moving it to the boxes' device (``SequenceGeometryEncoder._encode_boxes``),
 which needs CUDA. :func:`on_device` is a ``torch.overrides.TorchFunctionMode`` entered only around
 our calls into that code: inside it, a ``device="cuda"`` argument of a torch function becomes the
-model's device and ``pin_memory()`` is a no-op when that device is not CUDA. Torch function modes
-are thread-local and popped on exit, so nothing leaks into the user's process.
+model's device and ``pin_memory()`` is a no-op when that device is not CUDA; the video model
+(:mod:`.video`) also moves tensors with ``Tensor.cuda()`` and ``.to(torch.device("cuda"))``: both
+go to the model's device instead. Torch function modes are thread-local and popped on exit, so
+nothing leaks into the user's process.
 
 Importing Meta's ``sam3.model_builder`` also switches TF32 matmuls on globally when an Ampere GPU
 is present (``_setup_tf32``): :func:`import_sam3` restores those flags after the import. The
@@ -31,26 +33,55 @@ _BPE = "bpe_simple_vocab_16e6.txt.gz"
 
 
 class _KeepOnDevice(TorchFunctionMode):
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, video: bool = False) -> None:
         super().__init__()
         self.device = device
+        self.video = video
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if getattr(func, "__name__", "") == "pin_memory":
+        name = getattr(func, "__name__", "")
+        if name == "pin_memory":
             return args[0]  # only reached off CUDA (see on_device): pinning needs a CUDA driver
+        if name == "cuda" and args and isinstance(args[0], torch.Tensor):  # the video tracker's
+            return args[0].to(self.device)  # "load it back to GPU" (Tensor.cuda())
+        if name == "to" and len(args) > 1 and _is_cuda(args[1]):  # .to(torch.device("cuda"))
+            args = (args[0], self.device, *args[2:])
+        if self.video and name == "to" and (kwargs.get("dtype") is torch.bfloat16 or (
+                len(args) > 1 and args[1] is torch.bfloat16)):
+            return args[0]  # a bare cast to bfloat16 (see on_device): stays float32
+        if self.video and name == "stack" and args and isinstance(args[0], (list, tuple)) and not args[0]:
+            return torch.empty(0, dtype=torch.int64)  # Meta's CPU connected components of 0 masks
         dev = kwargs.get("device")
         if dev is not None and torch.device(dev).type == "cuda":
             kwargs = {**kwargs, "device": self.device}
         return func(*args, **kwargs)
 
 
-def on_device(device) -> contextlib.AbstractContextManager:
-    """A context in which Meta's hard-coded CUDA tensors land on ``device`` (nothing on CUDA)."""
+def _is_cuda(arg) -> bool:
+    return (isinstance(arg, torch.device) and arg.type == "cuda") or (
+        isinstance(arg, str) and arg.startswith("cuda"))
+
+
+def on_device(device, video: bool = False) -> contextlib.AbstractContextManager:
+    """A context in which Meta's hard-coded CUDA tensors land on ``device`` (nothing on CUDA).
+
+    video=True, for Meta's video model off CUDA, also:
+    - ``Tensor.to(torch.bfloat16)`` leaves the tensor as it is. Meta casts the tracker's backbone
+      maps (for its multi-GPU all-gather, ``Sam3ImageOnVideoMultiGPU._build_multigpu_buffer_next_
+      chunk``) and the tracker's memory features to bfloat16, relying on a CUDA autocast to mix
+      them with float32 weights; without one the next convolution fails on the mixed dtypes
+      (``sam3_video_base.py``, ``run_backbone_and_detection``: "Input type (c10::BFloat16) and bias
+      type (float) should be the same"), so the video model runs in float32, like our others.
+    - ``torch.stack([])`` gives an empty tensor: Meta's CPU connected components
+      (``sam3.perflib.connected_components.connected_components_cpu``, run by the hole filling of
+      every frame) stack one result per mask and fail on a frame with no new detection ("stack
+      expects a non-empty TensorList"); the GPU kernels return empty results there.
+    """
     dev = torch.device(device)
     if dev.type == "cuda":
         return contextlib.nullcontext()
-    return _KeepOnDevice(dev)
+    return _KeepOnDevice(dev, video)
 
 
 @contextlib.contextmanager
