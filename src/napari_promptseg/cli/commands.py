@@ -240,18 +240,49 @@ def run_everything(args) -> int:
     from napari_promptseg.segmentation.generator import check_params
     from napari_promptseg.segmentation.link3d import link_plane
 
-    files = _inputs(args.inputs)
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir}: --out must be a folder")
+    files, out_dir = _inputs(args.inputs), out_folder(args)
     params = everything_params(args)
     model = load_model(args)
     try:
         check_params(params, model)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
+
+    def segment(f, image, spatial: int, axis: int, window, labels) -> int:
+        if spatial == 2:  # a huge image is tiled: read tile by tile, labels block by block
+            return len(ps.segment_everything(model, image, contrast_limits=window, out=labels,
+                                             **params).objects)
+        planes = LabelPlanes(labels, axis)
+        prev, next_id = None, 1
+        for k in tqdm(range(labels.shape[axis]), desc=f.name, unit="plane", file=sys.stderr, leave=False):
+            found = ps.segment_everything(model, _plane(image, axis, k), contrast_limits=window,
+                                          **params).labels
+            plane, next_id = link_plane(prev, found, next_id)
+            planes.write(k, plane)
+            prev = plane
+        return next_id - 1
+
+    return label_each(args, files, out_dir, "everything", "object(s)", segment)
+
+
+def out_folder(args) -> Path:
+    """``args.out`` as a folder for per-image labels (made later; a file there is a UsageError)."""
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: --out must be a folder")
+    return out_dir
+
+
+def label_each(args, files: list[Path], out_dir: Path, command: str, what: str, segment) -> int:
+    """Fill ``OUT/<name>_labels.<args.format>`` for each input file with ``segment(file, image,
+    spatial, axis, window, labels) -> count`` (labels: the output array, image's shape without its
+    channel axis, filled by ``segment``); an existing output is skipped unless ``args.overwrite``.
+    A file's bad input is said on stderr and the others go on; returns the exit code (1 if any
+    failed)."""
+    from tqdm import tqdm
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    failed = done = skipped = 0
+    failed = skipped = 0
     for f in tqdm(files, desc="images", unit="image", file=sys.stderr, disable=len(files) < 2):
         target = out_dir / f"{f.name.split('.')[0]}_labels.{args.format}"
         if target.exists() and not args.overwrite:
@@ -263,27 +294,12 @@ def run_everything(args) -> int:
             window = _window(args, image, rgb, spatial, axis)
             shape = tuple(image.shape[:spatial])
             with labels_output(target, shape, axis=axis if spatial == 3 else None) as labels:
-                if spatial == 2:  # a huge image is tiled: read tile by tile, labels block by block
-                    found = ps.segment_everything(model, image, contrast_limits=window, out=labels,
-                                                  **params)
-                    n_obj = len(found.objects)
-                else:
-                    planes = LabelPlanes(labels, axis)
-                    prev, next_id = None, 1
-                    for k in tqdm(range(shape[axis]), desc=f.name, unit="plane", file=sys.stderr,
-                                  leave=False):
-                        found = ps.segment_everything(model, _plane(image, axis, k), contrast_limits=window,
-                                                      **params).labels
-                        plane, next_id = link_plane(prev, found, next_id)
-                        planes.write(k, plane)
-                        prev = plane
-                    n_obj = next_id - 1
+                n = segment(f, image, spatial, axis, window, labels)
         except (UsageError, ValueError) as e:
-            print(f"promptseg everything: {f}: {e}", file=sys.stderr)
+            print(f"promptseg {command}: {f}: {e}", file=sys.stderr)
             failed += 1
             continue
-        done += 1
-        print(f"{f} -> {target}: {n_obj} object(s)")
+        print(f"{f} -> {target}: {n} {what}")
     if skipped:
         print(f"{skipped} image(s) skipped: their labels exist (--overwrite recomputes them)",
               file=sys.stderr)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_promptseg.cli.commands import _inputs, _layout, _window, add_common_options, load_model
+from napari_promptseg.cli.commands import _inputs, add_common_options, label_each, load_model, out_folder
 from napari_promptseg.cli.errors import UsageError
-from napari_promptseg.io import labels_output, read_image
 
 __all__ = ["run_find", "add_parser", "read_boxes", "EXAMPLE"]
 
@@ -67,47 +66,24 @@ def run_find(args) -> int:
     if args.text is None and not pos:
         raise UsageError(f"--exemplars {args.exemplars} holds no positive box: add 'exemplars' or give "
                          "--text")
-    files = _inputs(args.inputs)
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir}: --out must be a folder")
+    files, out_dir = _inputs(args.inputs), out_folder(args)
     model = load_model(args)
     if not getattr(model, "supports_concepts", False):
         raise UsageError(f"{args.model} cannot find concepts: use --model sam3")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failed = skipped = 0
     kw = {"text": args.text, "exemplars": pos or None, "negative": neg or None, "threshold": threshold}
-    for f in tqdm(files, desc="images", unit="image", file=sys.stderr, disable=len(files) < 2):
-        target = out_dir / f"{f.name.split('.')[0]}_labels.{args.format}"
-        if target.exists() and not args.overwrite:
-            skipped += 1
-            continue
-        try:
-            image = read_image(f)
-            rgb, spatial, axis = _layout(image, args.axis)
-            window = _window(args, image, rgb, spatial, axis)
-            shape = tuple(image.shape[:spatial])
-            with labels_output(target, shape, axis=axis if spatial == 3 else None) as labels:
-                if spatial == 2:
-                    found = ps.find(model, np.asarray(image), contrast_limits=window, **kw)
-                    labels[...] = found.labels
-                    n_obj = len(found)
-                else:
-                    bar = tqdm(total=shape[axis], desc=f.name, unit="plane", file=sys.stderr, leave=False)
-                    ps.find_stack(model, image, axis=axis, contrast_limits=window, out=labels,
-                                  progress=lambda d, t, bar=bar: bar.update(d - bar.n), **kw)
-                    bar.close()
-                    n_obj = int(np.max([np.max(labels[(slice(None),) * axis + (k,)])
-                                        for k in range(shape[axis])], initial=0))
-        except (UsageError, ValueError) as e:
-            print(f"promptseg find: {f}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"{f} -> {target}: {n_obj} instance(s)")
-    if skipped:
-        print(f"{skipped} image(s) skipped: their labels exist (--overwrite recomputes them)",
-              file=sys.stderr)
-    return 1 if failed else 0
+
+    def segment(f, image, spatial: int, axis: int, window, labels) -> int:
+        if spatial == 2:
+            found = ps.find(model, np.asarray(image), contrast_limits=window, **kw)
+            labels[...] = found.labels
+            return len(found)
+        bar = tqdm(total=labels.shape[axis], desc=f.name, unit="plane", file=sys.stderr, leave=False)
+        ps.find_stack(model, image, axis=axis, contrast_limits=window, out=labels,
+                      progress=lambda d, t: bar.update(d - bar.n), **kw)
+        bar.close()
+        return int(max(np.max(labels[(slice(None),) * axis + (k,)]) for k in range(labels.shape[axis])))
+
+    return label_each(args, files, out_dir, "find", "instance(s)", segment)
 
 
 def add_parser(sub) -> None:
