@@ -161,14 +161,9 @@ def make_checkpoint(path: Path, arch: str) -> None:
         scoring.hs_proj.bias.add_(0.5)
         scoring.prompt_proj.bias.add_(0.5)
         net.transformer.decoder.presence_token_head.layers[-1].bias.add_(5.0)
-    inner = "inst_interactive_predictor.model."
-    sd = {}
-    for k, v in net.state_dict().items():
-        if k.startswith(inner):
-            sd["tracker." + k[len(inner):]] = v
-        elif not k.startswith("inst_interactive_predictor."):
-            sd["detector." + k] = v
-    torch.save({"model": sd}, path)
+    from napari_promptseg.models.sam3.tracker import meta_state
+
+    torch.save({"model": meta_state(net)}, path)
 
 
 def main() -> None:

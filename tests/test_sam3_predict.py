@@ -69,17 +69,11 @@ def _meta_case(net, state, points, labels, box, multimask, refine):
 def _checkpoint(net, path, tracker: bool = True):
     """``net``'s weights in Meta's checkpoint layout; without the tracker (``tracker=False``):
     the detector only, as a checkpoint of the image model without interactivity."""
-    inner = "inst_interactive_predictor.model."
-    sd = {}
-    for k, v in net.state_dict().items():
-        if k.startswith(inner):
-            if tracker:
-                sd["tracker." + k[len(inner):]] = v
-        elif k.startswith("inst_interactive_predictor."):
-            continue
-        elif tracker or ".sam2_convs." not in k:
-            sd["detector." + k] = v
+    from napari_promptseg.models.sam3.tracker import meta_state
+
+    sd = meta_state(net)
     if not tracker:
+        sd = {k: v for k, v in sd.items() if k.startswith("detector.") and ".sam2_convs." not in k}
         sd["tracker.maskmem_tpos_enc"] = torch.zeros(7, 1, 1, 64)  # a stray tracker key
     torch.save({"model": sd}, path)
 

@@ -68,14 +68,9 @@ def detectable(net):
 
 
 def _checkpoint(net, path):
-    inner = "inst_interactive_predictor.model."
-    sd = {}
-    for k, v in net.state_dict().items():
-        if k.startswith(inner):
-            sd["tracker." + k[len(inner):]] = v
-        elif not k.startswith("inst_interactive_predictor."):
-            sd["detector." + k] = v
-    torch.save({"model": sd}, path)
+    from napari_promptseg.models.sam3.tracker import meta_state
+
+    torch.save({"model": meta_state(net)}, path)
 
 
 def _meta_video_model(path, monkeypatch):

@@ -32,8 +32,8 @@ import torch
 from napari_promptseg.core.prompts import xy_prompt
 
 __all__ = ["TRACKER_KEYS", "MAX_HOLE_AREA", "tiny_interactive_predictor", "release_autocast",
-           "tracker_state", "needed_tracker_keys", "drop_tracker", "has_tracker", "tracker_features",
-           "decode", "fill_holes"]
+           "tracker_state", "meta_state", "needed_tracker_keys", "drop_tracker", "has_tracker",
+           "tracker_features", "decode", "fill_holes"]
 
 #: names of the tracker's three maps in :attr:`Embedding.features` (fine to coarse): ``conv_s0`` /
 #: ``conv_s1`` of the sam2 neck's 4x / 2x maps and its raw 1x map
@@ -118,6 +118,20 @@ def tracker_state(state: dict) -> dict:
     (``inst_interactive_predictor.model.*``), as ``sam3.model_builder._load_checkpoint`` maps them."""
     return {_PREDICTOR + "model." + k[len("tracker."):]: v for k, v in state.items()
             if k.startswith("tracker.")}
+
+
+def meta_state(net) -> dict:
+    """``net``'s weights (Meta's ``Sam3Image``, with or without its interactive predictor) in Meta's
+    checkpoint layout, ``detector.*`` and ``tracker.*``: the inverse of :func:`tracker_state` and
+    ``model.detector_state`` (to save a checkpoint Meta's builders and ours load)."""
+    inner = _PREDICTOR + "model."
+    state = {}
+    for k, v in net.state_dict().items():
+        if k.startswith(inner):
+            state["tracker." + k[len(inner):]] = v
+        elif not k.startswith(_PREDICTOR):
+            state["detector." + k] = v
+    return state
 
 
 def needed_tracker_keys(net) -> set[str]:
