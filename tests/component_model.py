@@ -116,3 +116,61 @@ def blob_image(shape=(120, 160)) -> tuple[np.ndarray, np.ndarray]:
         img[r0:r1, c0:c1] = 30000
         truth[r0:r1, c0:c1] = i
     return img, truth
+
+
+def mask_piece(mask: np.ndarray):
+    """``(window, piece)`` of a ``(H, W)`` bool mask: its extent ``(row0, col0, row1, col1)``
+    (ends exclusive; all 0 when empty) and the pixels there (what ``mask_pieces`` returns)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return (0, 0, 0, 0), np.zeros((0, 0), bool)
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return (r0, c0, r1, c1), mask[r0:r1, c0:c1].copy()
+
+
+class ConceptComponents(ComponentModel):
+    """A stand-in concept model: every bright connected component of the embedded image is an
+    instance (score: 0.5 + its brightest pixel / 510, box: its extent), whatever the prompt; the
+    logits of :meth:`detect` are component ids for :meth:`mask_pieces` of the same embedding.
+    Records the prompts: ``prompts`` (concept_prompt's text, boxes, labels, embedding size) and
+    ``detects`` (each detect's text, prompt and embedding size)."""
+
+    supports_concepts = True
+
+    def __init__(self):
+        super().__init__()
+        self.spec = ModelSpec("concepts", "test", "concepts", "", "", 0, "0", "test", "none")
+        self.prompts, self.detects = [], []
+        self._last = None
+
+    def _embed_rgb(self, rgb):
+        emb = super()._embed_rgb(rgb)
+        emb.features["gray"] = rgb.astype(np.float32).mean(-1)
+        return emb
+
+    def concept_prompt(self, emb, text, boxes, labels):
+        self.prompts.append((text, np.asarray(boxes).copy(), np.asarray(labels).copy(),
+                             tuple(emb.original_size)))
+        return ("prompt", len(self.prompts) - 1)
+
+    @staticmethod
+    def join_prompts(prompts):
+        return ("joined", tuple(p[1] for p in prompts))
+
+    def detect(self, emb, text, boxes, labels, prompt=None):
+        import torch
+
+        self.detects.append((text, prompt, tuple(emb.original_size)))
+        comps, gray = emb.features["components"], emb.features["gray"]
+        n = int(comps.max())
+        from scipy import ndimage as ndi
+
+        objs = ndi.find_objects(comps)
+        scores = np.array([0.5 + ndi.maximum(gray, comps, k) / 510 for k in range(1, n + 1)], np.float32)
+        pred = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in objs], np.float32)
+        self._last = comps
+        return scores, pred.reshape(-1, 4), torch.arange(1, n + 1)
+
+    def mask_pieces(self, ids, size):
+        assert tuple(self._last.shape) == tuple(size)
+        return [mask_piece(self._last == int(i)) for i in ids]

@@ -12,7 +12,7 @@ import torch
 
 import napari_promptseg as ps
 
-from .component_model import ComponentModel
+from .component_model import ComponentModel, mask_piece
 from .test_sam3 import ConceptStub
 
 
@@ -29,8 +29,8 @@ class ComponentConcepts(ConceptStub):
         self._comps = comps
         return scores, np.zeros((n, 4), np.float32), torch.arange(n)
 
-    def upscale(self, idx, size):
-        return np.stack([self._comps == int(i) + 1 for i in idx])
+    def mask_pieces(self, idx, size):
+        return [mask_piece(self._comps == int(i) + 1) for i in idx]
 
 
 def stack_of_blobs():

@@ -13,7 +13,7 @@ from napari_promptseg.core.results import Embedding
 from napari_promptseg.models.registry import ModelSpec
 from napari_promptseg.models.weights import WeightsError, hf_location
 
-from .component_model import ComponentModel
+from .component_model import ComponentModel, mask_piece
 
 
 def test_sam3_is_in_the_registry_on_the_hugging_face_hub():
@@ -130,12 +130,12 @@ class ConceptStub(ComponentModel):
         pred = np.array([[0, 0, 9, 9], [10, 10, 30, 30], [15, 15, 35, 35]], np.float32)
         return scores, pred, torch.arange(3)
 
-    def upscale(self, idx, size):
+    def mask_pieces(self, idx, size):
         h, w = size
         rr, cc = np.mgrid[:h, :w]
         shapes = [(rr < 10) & (cc < 10), (rr - 20) ** 2 + (cc - 20) ** 2 < 100,
                   (rr >= 15) & (rr < 35) & (cc >= 15) & (cc < 35)]
-        return np.stack([shapes[int(i)] for i in idx])
+        return [mask_piece(shapes[int(i)]) for i in idx]
 
 
 def test_find_keeps_objects_above_the_threshold_by_decreasing_score():

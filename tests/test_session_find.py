@@ -17,7 +17,7 @@ from napari_promptseg.segmentation.link3d import link_plane
 from napari_promptseg.session import AnnotationSession
 from napari_promptseg.session.find import NEEDS_SAM3, PlaneFinds
 
-from .component_model import ComponentModel
+from .component_model import ComponentModel, mask_piece
 
 SHAPE = (64, 80)
 
@@ -234,8 +234,8 @@ def test_kept_objects_are_compact_and_exact():
     rng = np.random.default_rng(0)
     masks = [rng.random((30, 40)) > 0.7, np.zeros((30, 40), bool)]
     masks[0][:5] = False
-    found = Found([FoundObject(m, s, (0, 0, 1, 1)) for m, s in zip(masks, (0.8, 0.7))],
-                  (30, 40))
+    found = Found([FoundObject(s, (0, 0, 1, 1), *mask_piece(m), (30, 40))
+                   for m, s in zip(masks, (0.8, 0.7))], (30, 40))
     finds = PlaneFinds.from_found(found)
     assert len(finds) == 2 and tuple(finds.windows[0][:2]) == (5, 0) and not finds.windows[1].any()
     np.testing.assert_array_equal(finds.mask(0), masks[0])

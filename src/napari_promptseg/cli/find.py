@@ -73,9 +73,15 @@ def run_find(args) -> int:
     kw = {"text": args.text, "exemplars": pos or None, "negative": neg or None, "threshold": threshold}
 
     def segment(f, image, spatial: int, axis: int, window, labels) -> int:
-        if spatial == 2:
-            found = ps.find(model, np.asarray(image), contrast_limits=window, **kw)
-            labels[...] = found.labels
+        if spatial == 2:  # a huge image: tile by tile, its labels painted block by block
+            bar = tqdm(desc=f.name, unit="tile", file=sys.stderr, leave=False)
+
+            def tick(done, total):
+                bar.total = total
+                bar.update(done - bar.n)
+
+            found = ps.find(model, image, contrast_limits=window, out=labels, progress=tick, **kw)
+            bar.close()
             return len(found)
         bar = tqdm(total=labels.shape[axis], desc=f.name, unit="plane", file=sys.stderr, leave=False)
         ps.find_stack(model, image, axis=axis, contrast_limits=window, out=labels,

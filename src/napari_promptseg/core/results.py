@@ -170,15 +170,31 @@ class SliceResult:
     stopped: dict[int, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FoundObject:
-    """One instance of a concept: ``mask`` ``(H, W)`` bool; ``score`` its probability (detection
-    times presence); ``box`` ``(row0, col0, row1, col1)`` in image pixels, as the model predicted
-    it (not the mask's extent)."""
+    """One instance of a concept: ``score`` its probability (detection times presence); ``box``
+    ``(row0, col0, row1, col1)`` in image pixels, as the model predicted it (not the mask's extent;
+    for an object joined across tiles, the extent of its joined mask); its mask kept as the extent
+    ``window`` ``(row0, col0, row1, col1)`` (ends exclusive; all 0 for an empty mask) and ``piece``,
+    the window's bool pixels; ``shape`` ``(H, W)`` of the image. :attr:`mask` is the ``(H, W)``
+    bool mask, made on request (on a huge image use ``window`` and ``piece``)."""
 
-    mask: np.ndarray
     score: float
     box: tuple[float, float, float, float]
+    window: tuple[int, int, int, int]
+    piece: np.ndarray = field(repr=False)
+    shape: tuple[int, int] = field(repr=False)
+
+    @property
+    def mask(self) -> np.ndarray:
+        out = np.zeros(self.shape, bool)
+        r0, c0, r1, c1 = self.window
+        out[r0:r1, c0:c1] = self.piece
+        return out
+
+    @property
+    def area(self) -> int:
+        return int(self.piece.sum())
 
 
 @dataclass
@@ -186,12 +202,14 @@ class Found:
     """The instances of a concept in one image (:func:`napari_promptseg.find`).
 
     objects: :class:`FoundObject` by decreasing score; shape: ``(H, W)`` of the image;
-    threshold: the score above which objects were kept.
+    threshold: the score above which objects were kept; out: the array the labels were painted
+    into (``find(..., out=)``), else None.
     """
 
     objects: list[FoundObject]
     shape: tuple[int, int]
     threshold: float = 0.5
+    out: Any = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -203,9 +221,14 @@ class Found:
 
     @property
     def labels(self) -> np.ndarray:
-        """``(H, W)`` int32: object ``i`` (0-based in :attr:`objects`) has id ``i + 1``; where
-        objects overlap, the higher-scored one keeps the pixel; 0 is background."""
+        """``(H, W)`` int32 (or :attr:`out` when given): object ``i`` (0-based in :attr:`objects`)
+        has id ``i + 1``; where objects overlap, the higher-scored one keeps the pixel; 0 is
+        background."""
+        if self.out is not None:
+            return self.out
         out = np.zeros(self.shape, np.int32)
         for i in range(len(self.objects) - 1, -1, -1):
-            out[self.objects[i].mask] = i + 1
+            o = self.objects[i]
+            r0, c0, r1, c1 = o.window
+            out[r0:r1, c0:c1][o.piece] = i + 1
         return out

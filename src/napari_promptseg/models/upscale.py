@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resize_operator", "upscale_masks", "upscale_levels"]
+__all__ = ["resize_operator", "upscale_masks", "upscale_levels", "upscale_pieces"]
 
 _BLOCK_FLOATS = 1 << 16  # CPU: ~256 KB of float32 per band, stays in L2
 _DEVICE_BLOCK_FLOATS = 1 << 24  # GPU: 64 MB per band, few kernel launches
@@ -200,3 +200,40 @@ def upscale_masks(
     ``use_numpy``: evaluate the row bands with numpy (default: on CPU) or torch (other devices).
     """
     return upscale_levels(low, input_size, original_size, padded_size, (0.0,), use_numpy)[0]
+
+
+def upscale_pieces(low: torch.Tensor, size: tuple[int, int]) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Each mask of one bilinear resize of ``low`` ``(K, h, w)`` to ``size`` ``(H, W)``
+    (``F.interpolate``, ``align_corners=False``; a pixel is in the mask where the resized logit is
+    > 0), as its extent only: ``(window, piece)`` per mask, window ``(row0, col0, row1, col1)``
+    with exclusive ends (all 0 for an empty mask) and ``piece`` its ``(row1 - row0, col1 - col0)``
+    bool pixels. Only the rows and columns a positive logit reaches are computed (the operators of
+    :func:`resize_operator`), so memory follows the objects, not ``K * H * W``."""
+    k, h, w = low.shape
+    H, W = (int(v) for v in size)
+    R = resize_operator(h, h, h, H).numpy()
+    C = resize_operator(w, w, w, W).numpy()
+    r_first, r_last = _bands(h, h, h, H)
+    c_first, c_last = _bands(w, w, w, W)
+    lows = low.detach().float().cpu().numpy()
+    out = []
+    for L in lows:
+        pos = L > 0
+        rows, cols = np.flatnonzero(pos.any(1)), np.flatnonzero(pos.any(0))
+        if not len(rows):
+            out.append(((0, 0, 0, 0), np.zeros((0, 0), bool)))
+            continue
+        ys = np.flatnonzero((r_last >= rows[0]) & (r_first <= rows[-1]))
+        xs = np.flatnonzero((c_last >= cols[0]) & (c_first <= cols[-1]))
+        y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        a, b = int(r_first[y0:y1].min()), int(r_last[y0:y1].max()) + 1
+        c, d = int(c_first[x0:x1].min()), int(c_last[x0:x1].max()) + 1
+        piece = (R[y0:y1, a:b] @ L[a:b, c:d] @ C[x0:x1, c:d].T) > 0
+        rr, cc = np.flatnonzero(piece.any(1)), np.flatnonzero(piece.any(0))
+        if not len(rr):
+            out.append(((0, 0, 0, 0), np.zeros((0, 0), bool)))
+            continue
+        piece = piece[rr[0]:rr[-1] + 1, cc[0]:cc[-1] + 1]
+        out.append(((y0 + int(rr[0]), x0 + int(cc[0]), y0 + int(rr[-1]) + 1, x0 + int(cc[-1]) + 1),
+                    np.ascontiguousarray(piece)))
+    return out

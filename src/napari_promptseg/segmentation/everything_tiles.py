@@ -33,7 +33,7 @@ from napari_promptseg.segmentation.generator import (
     to_result,
 )
 
-__all__ = ["tiled_everything_iter", "labels_result", "paint_labels"]
+__all__ = ["tiled_everything_iter", "labels_result", "merge_tiles", "paint_labels", "paint_pieces"]
 
 JOIN_AGREEMENT = 0.5  # pieces are one object when they agree this much in the tiles' common area
 SAME_OBJECT = 0.5  # two masks above this mask IoU are one object (kept once)
@@ -64,8 +64,21 @@ def tiled_everything_iter(model, tiled, p: dict, out=None) -> Iterator[Everythin
         pieces.extend(edge.take(nms(np.asarray(edge.box).reshape(-1, 4), edge.score, p["box_nms_thresh"])))
     if len(grid) > 1 and whole.score:
         whole = whole.take(nms(np.asarray(whole.box).reshape(-1, 4), whole.score, p["crop_nms_thresh"]))
+    found = cleanup(model, merge_tiles(whole, pieces, grid), shape, p)
+    yield EverythingStep(done, total, labels_result(found, [t.box for t in grid.tiles], shape, out))
+
+
+def merge_tiles(whole: Candidates, pieces: Candidates, grid, joined_point=None) -> Candidates:
+    """The objects of a tiled search: ``whole`` masks (a mask seen whole by two tiles kept once,
+    :func:`_across_tiles`), then the ``pieces`` cut by inner tile edges joined across tiles
+    (:func:`_join`) where no whole mask already covers them; ``grid`` a
+    :class:`~napari_promptseg.embed.tiles.TileGrid`. joined_point(box): the ``point`` of a joined
+    object from its inclusive box (default: its best piece's)."""
+    if len(grid) > 1 and whole.score:
         whole = whole.take(_across_tiles(whole, grid.tile))
     joined = _join(pieces, [t.box for t in grid.tiles], grid.tile)
+    if joined_point is not None:
+        joined.point = [joined_point(b) for b in joined.box]
     found = whole
     near = _BoxGrid(grid.tile)
     for i, b in enumerate(found.box):
@@ -74,8 +87,7 @@ def tiled_everything_iter(model, tiled, p: dict, out=None) -> Iterator[Everythin
         if not _covered(joined, k, found, near):
             near.add(len(found.score), joined.box[k])
             found.extend(joined.take([k]))
-    found = cleanup(model, found, shape, p)
-    yield EverythingStep(done, total, labels_result(found, [t.box for t in grid.tiles], shape, out))
+    return found
 
 
 class _BoxGrid:
@@ -121,27 +133,36 @@ def _block(out) -> tuple[int, int]:
 
 def paint_labels(objects: Sequence[MaskRecord], out) -> None:
     """Write the labels of ``objects`` into the ``(H, W)`` integer array-like ``out`` (object ``i``
-    is id ``i + 1``, where masks overlap the smaller object wins, as :attr:`Everything.labels`),
-    one block at a time (:func:`_block`): every block is written once, whole, from the objects'
-    box pieces; nothing of ``out`` is read and no whole-image array is made."""
+    is id ``i + 1``, where masks overlap the smaller object wins, as :attr:`Everything.labels`)
+    with :func:`paint_pieces`."""
+    order = sorted(range(len(objects)), key=lambda i: -objects[i].area)  # smaller ones last: they win
+    paint_pieces([objects[i].box for i in order], [objects[i].piece for i in order],
+                 [i + 1 for i in order], out)
+
+
+def paint_pieces(boxes: Sequence, pieces: Sequence[np.ndarray], ids: Sequence[int], out) -> None:
+    """Paint each ``pieces[k]`` (the bool mask inside inclusive ``boxes[k]`` ``(row0, col0, row1,
+    col1)``) as ``ids[k]`` into the ``(H, W)`` integer array-like ``out``, later ones over earlier
+    ones, one block at a time (:func:`_block`): every block is written once, whole; nothing of
+    ``out`` is read and no whole-image array is made."""
     H, W = (int(v) for v in out.shape)
     bh, bw = _block(out)
     buckets: dict[tuple[int, int], list[int]] = {}
-    for i in sorted(range(len(objects)), key=lambda i: -objects[i].area):  # smaller ones last: they win
-        r0, c0, r1, c1 = objects[i].box
-        for bi in range(r0 // bh, r1 // bh + 1):
-            for bj in range(c0 // bw, c1 // bw + 1):
-                buckets.setdefault((bi, bj), []).append(i)
+    for k, (r0, c0, r1, c1) in enumerate(boxes):
+        if r1 < r0 or c1 < c0:  # an empty mask
+            continue
+        for bi in range(int(r0) // bh, int(r1) // bh + 1):
+            for bj in range(int(c0) // bw, int(c1) // bw + 1):
+                buckets.setdefault((bi, bj), []).append(k)
     dtype = np.dtype(out.dtype)
     for R0 in range(0, H, bh):
         for C0 in range(0, W, bw):
             R1, C1 = min(R0 + bh, H), min(C0 + bw, W)
             buf = np.zeros((R1 - R0, C1 - C0), dtype)
-            for i in buckets.get((R0 // bh, C0 // bw), ()):
-                o = objects[i]
-                r0, c0, r1, c1 = o.box
+            for k in buckets.get((R0 // bh, C0 // bw), ()):
+                r0, c0, r1, c1 = (int(v) for v in boxes[k])
                 a0, b0, a1, b1 = max(r0, R0), max(c0, C0), min(r1 + 1, R1), min(c1 + 1, C1)
-                buf[a0 - R0:a1 - R0, b0 - C0:b1 - C0][o.piece[a0 - r0:a1 - r0, b0 - c0:b1 - c0]] = i + 1
+                buf[a0 - R0:a1 - R0, b0 - C0:b1 - C0][pieces[k][a0 - r0:a1 - r0, b0 - c0:b1 - c0]] = ids[k]
             out[R0:R1, C0:C1] = buf
 
 
@@ -169,9 +190,10 @@ def _overlap(a, b):
 
 
 def _crop(box, piece, region):
-    """``piece`` (covering inclusive ``box``) inside inclusive ``region``."""
-    r0, c0, r1, c1 = region
-    return piece[r0 - box[0]:r1 - box[0] + 1, c0 - box[1]:c1 - box[1] + 1]
+    """``piece`` (covering inclusive ``box``) inside inclusive ``region`` (clipped to ``box``: a
+    region starting before the box must not wrap around as a negative index)."""
+    r0, c0 = max(region[0] - box[0], 0), max(region[1] - box[1], 0)
+    return piece[r0:max(region[2] - box[0] + 1, 0), c0:max(region[3] - box[1] + 1, 0)]
 
 
 def _join(c: Candidates, tiles, cell: int = 256) -> Candidates:

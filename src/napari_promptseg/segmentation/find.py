@@ -43,7 +43,8 @@ def concept_boxes(exemplars, negative, shape: tuple[int, int]) -> tuple[np.ndarr
 
 
 def find(model, image_or_embedding, text: str | None = None, exemplars=None, negative=None,
-         threshold: float = 0.5, *, contrast_limits=None, cache=None, disk=None) -> Found:
+         threshold: float = 0.5, *, contrast_limits=None, cache=None, disk=None, tiles="auto",
+         out=None, progress=None) -> Found:
     """Every instance of a concept in an image, by a noun phrase and/or example boxes (SAM 3).
 
     model: a loaded SAM 3 model or its registry name (``"sam3"``); image_or_embedding: an image
@@ -55,10 +56,19 @@ def find(model, image_or_embedding, text: str | None = None, exemplars=None, neg
     it (0..1). cache / disk: an :class:`~napari_promptseg.embed.cache.EmbeddingCache` /
     :class:`~napari_promptseg.DiskCache` for the image's embedding.
 
+    tiles: ``"auto"`` (default) searches an image longer than 4 model inputs (4032 pixels for
+    SAM 3) tile by tile at the model's scale instead of squashing it into one input; True always,
+    False never; a :class:`~napari_promptseg.TiledEmbedding` (``ps.embed_tiles``) is searched by its
+    tiles (see :mod:`~napari_promptseg.segmentation.find_tiles`: exemplar boxes prompt every tile,
+    objects cut by tile edges are joined). out: a writable ``(H, W)`` integer array-like (zarr,
+    numpy memmap) to paint the labels into, block by block (then ``found.labels`` is ``out``).
+    progress(done, total): after each tile of a tiled search.
+
     Returns a :class:`~napari_promptseg.core.results.Found`: ``.objects`` (``mask``, ``score``,
     ``box``) by decreasing score and ``.labels`` ``(H, W)`` int32.
     """
     from napari_promptseg.embed.cache import embed_cached
+    from napari_promptseg.io import check_labels_out
     from napari_promptseg.models import as_model
 
     model = as_model(model)
@@ -77,18 +87,48 @@ def find(model, image_or_embedding, text: str | None = None, exemplars=None, neg
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
     if not 0.0 <= thr <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-    if isinstance(image_or_embedding, Embedding):
-        emb = image_or_embedding
-    else:
-        emb = embed_cached(model, image_or_embedding, contrast_limits, cache=cache, disk=disk)
-    shape = tuple(int(v) for v in emb.original_size)
+    from napari_promptseg.embed.tiles import TiledEmbedding, embed_tiles, wants_tiles
+
+    if tiles not in ("auto", True, False):
+        raise ValueError(f"tiles must be 'auto', True or False, got {tiles!r}")
+    src = image_or_embedding
+    if not isinstance(src, (Embedding, TiledEmbedding)) and (
+            tiles is True or (tiles == "auto" and hasattr(src, "shape") and len(src.shape) >= 2
+                              and wants_tiles(model, src.shape))):
+        src = embed_tiles(model, src, contrast_limits, cache=cache, disk=disk)
+    shape = (tuple(src.shape) if isinstance(src, TiledEmbedding) else None)
+    if shape is None:
+        emb = src if isinstance(src, Embedding) else embed_cached(model, src, contrast_limits,
+                                                                  cache=cache, disk=disk)
+        shape = tuple(int(v) for v in emb.original_size)
     boxes, labels = concept_boxes(exemplars, negative, shape)
     if text is None and not len(boxes):
         raise ValueError("nothing to find: give text (a noun phrase), exemplars (boxes), or both")
-    scores, pred_boxes, logits = model.detect(emb, text, boxes, labels)
-    keep = np.flatnonzero(scores > thr)
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
-    masks = model.upscale(logits[keep.tolist()], shape) if len(keep) else np.zeros((0, *shape), bool)
-    objects = [FoundObject(mask=m, score=float(scores[i]), box=tuple(float(v) for v in pred_boxes[i]))
-               for m, i in zip(masks, keep, strict=True)]
-    return Found(objects=objects, shape=shape, threshold=thr)
+    target = None if out is None else check_labels_out(out, shape, max_id=1)
+    if isinstance(src, TiledEmbedding):
+        from napari_promptseg.segmentation.find_tiles import find_tiled
+
+        objects = find_tiled(model, src, text, boxes, labels, thr, progress)
+    else:
+        scores, pred_boxes, logits = model.detect(emb, text, boxes, labels)
+        keep = np.flatnonzero(scores > thr)
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        pieces = model.mask_pieces(logits[keep.tolist()], shape) if len(keep) else []
+        objects = [FoundObject(score=float(scores[i]), box=tuple(float(v) for v in pred_boxes[i]),
+                               window=tuple(int(v) for v in win), piece=piece, shape=shape)
+                   for (win, piece), i in zip(pieces, keep, strict=True)]
+    if target is not None:
+        if len(objects) > np.iinfo(target.dtype).max:
+            raise ValueError(f"out= has dtype {target.dtype}, which cannot hold the {len(objects)} "
+                             "objects found: pass an int32 array")
+        from napari_promptseg.segmentation.everything_tiles import paint_pieces
+
+        order = range(len(objects) - 1, -1, -1)  # the better-scored object keeps the pixel
+        paint_pieces([_inclusive(objects[i].window) for i in order], [objects[i].piece for i in order],
+                     [i + 1 for i in order], target)
+    return Found(objects=objects, shape=shape, threshold=thr, out=target)
+
+
+def _inclusive(window) -> tuple[int, int, int, int]:
+    r0, c0, r1, c1 = window
+    return (r0, c0, r1 - 1, c1 - 1)

@@ -34,15 +34,17 @@ def find_stack(model, stack, text: str | None = None, exemplars=None, negative=N
     pixels and prompt every plane at that place (SAM 3 reads each plane's own features inside
     them), so draw them around an instance that stays there through the planes, or give a text.
     embeddings: an embeddings store made for this stack, model and axis; cache / disk: for the
-    planes embedded here. out: a writable integer array-like shaped like ``stack`` without its
-    channel axis (zarr, numpy, ``np.memmap``, a napari Labels layer's data; checked before any
-    pixel is read), every plane written; None: a new int32 array. progress(done, total): after
-    each plane.
+    planes embedded here. Planes longer than 4 model inputs are searched tile by tile, as
+    :func:`~napari_promptseg.find` does (``tiles="auto"``). out: a writable integer array-like
+    shaped like ``stack`` without its channel axis (zarr, numpy, ``np.memmap``, a napari Labels
+    layer's data; checked before any pixel is read), every plane written; None: a new int32
+    array. progress(done, total): after each plane.
 
     Returns ``out`` (or the new array): 0 = background; an instance keeps its id on the next plane
     where its masks overlap (IoU >= 0.5), else gets a new one.
     """
     from napari_promptseg.embed.frames import Frames
+    from napari_promptseg.embed.tiles import TiledEmbedding, wants_tiles
     from napari_promptseg.io import LabelPlanes, check_labels_out
     from napari_promptseg.models import as_model
 
@@ -59,8 +61,13 @@ def find_stack(model, stack, text: str | None = None, exemplars=None, negative=N
               else check_labels_out(out, frames.spatial, max_id=1))
     planes = LabelPlanes(target, frames.axis)
     prev, next_id = None, 1
+    tiled = frames.store is None and wants_tiles(model, frames.plane_shape)
     for k in range(frames.n):
-        found = find(model, frames.embedding(k), text, exemplars, negative, threshold)
+        if tiled:  # a huge plane: searched tile by tile (ps.find's tiles="auto")
+            src = TiledEmbedding(model, frames.plane(k), frames.window, cache=cache, disk=disk)
+        else:
+            src = frames.embedding(k)
+        found = find(model, src, text, exemplars, negative, threshold)
         plane, next_id = link_plane(prev, found.labels, next_id)
         if np.issubdtype(target.dtype, np.integer) and next_id - 1 > np.iinfo(target.dtype).max:
             raise ValueError(f"out's dtype {target.dtype} cannot hold {next_id - 1} instances: pass an "

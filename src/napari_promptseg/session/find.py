@@ -3,10 +3,12 @@ phrase, exemplar boxes) on one plane or a line of planes, as a job with steps.
 
 Each plane is embedded through the session's stack (cached) and searched once with
 :func:`napari_promptseg.find` at threshold 0: every object and its score is kept (cropped and
-bit-packed). The labels shown are the objects scoring at least the current threshold; on a line of
-planes they are linked into 3D ids by overlap (:func:`~napari_promptseg.segmentation.link3d.link_plane`).
-Moving the threshold (:meth:`FindRunner.refilter`) rebuilds the labels from the kept objects
-without running the model. Results go to a new labels array, never into committed labels.
+bit-packed). A huge (tiled) plane is searched tile by tile, a step per tile, keeping the objects
+scoring at least :data:`TILED_FLOOR`. The labels shown are the objects scoring at least the
+current threshold; on a line of planes they are linked into 3D ids by overlap
+(:func:`~napari_promptseg.segmentation.link3d.link_plane`). Moving the threshold
+(:meth:`FindRunner.refilter`) rebuilds the labels from the kept objects without running the
+model. Results go to a new labels array, never into committed labels.
 
 Coordinates: boxes ``(row0, col0, row1, col1)`` in plane pixels; planes are tuples of the leading
 axes (``()`` for 2D).
@@ -27,8 +29,10 @@ from napari_promptseg.segmentation.link3d import link_plane
 from napari_promptseg.session.jobs import Job
 from napari_promptseg.session.planes import Plane
 
-__all__ = ["NEEDS_SAM3", "FindQuery", "PlaneFinds", "FindRun", "FindRunner", "check_query"]
+__all__ = ["NEEDS_SAM3", "TILED_FLOOR", "FindQuery", "PlaneFinds", "FindRun", "FindRunner", "check_query"]
 
+#: on a tiled (huge) plane objects scoring below this are not kept: thousands of weak queries a slide
+TILED_FLOOR = 0.2
 #: what Find says when the model cannot find concepts
 NEEDS_SAM3 = "Find needs the sam3 model: choose it in the model box"
 
@@ -89,13 +93,11 @@ class PlaneFinds:
     @classmethod
     def from_found(cls, found: Found) -> PlaneFinds:
         scores, boxes, windows, bits = [], [], [], []
-        for o in found.objects:
-            rows, cols = np.flatnonzero(o.mask.any(1)), np.flatnonzero(o.mask.any(0))
-            r0, r1, c0, c1 = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1) if len(rows) else (0, 0, 0, 0)
+        for o in found.objects:  # pieces are already cropped to the mask's extent
             scores.append(o.score)
             boxes.append(o.box)
-            windows.append((r0, c0, r1, c1))
-            bits.append(np.packbits(o.mask[r0:r1, c0:c1]))
+            windows.append(o.window)
+            bits.append(np.packbits(o.piece))
         return cls(np.asarray(scores, np.float32), np.asarray(boxes, np.float64).reshape(-1, 4),
                    np.asarray(windows, np.int64).reshape(-1, 4), tuple(bits), tuple(found.shape))
 
@@ -146,6 +148,7 @@ class FindRun:
     prev: np.ndarray | None = None  # the linked labels of the last plane written (a line)
     next_id: int = 1  # the next free 3D id (a line)
     shown: int = 0  # objects in the labels now
+    floor: float = 0.0  # objects scoring below it were not kept (TILED_FLOOR on tiled planes)
 
     @property
     def line(self) -> bool:
@@ -170,22 +173,28 @@ class FindRunner:
         """Find ``query`` on ``planes`` of ``stack`` (embeddings reused or made in the job) into
         ``target`` (zeros, the image's shape), showing objects scoring at least ``threshold``."""
         from napari_promptseg.segmentation.find import find
+        from napari_promptseg.segmentation.find_tiles import find_tiled_iter
 
         self.cancel(quiet=True)
         run = self.result = FindRun(query, list(planes), target, float(threshold))
         self.running, self._filtering = True, 0
-        total = 2 * len(run.planes)  # per plane: embed, find
 
         def work() -> Iterator:
+            per = 2  # steps per plane: embed, find (a tiled plane: 1 + its tiles)
             for i, p in enumerate(run.planes):
-                emb = stack.get(p)  # embedded in this worker when not cached yet
-                yield (2 * i + 1, total, None)
+                emb = stack.get(p)  # embedded in this worker when not cached yet (tiles: lazily)
                 if isinstance(emb, Embedding):
+                    yield (per * i + 1, per * len(run.planes), None)
                     found = find(model, emb, threshold=0.0, **query.kwargs())
-                else:  # a tiled plane: SAM 3 squashes the whole plane into its input anyway
-                    found = find(model, stack.plane(p), threshold=0.0, contrast_limits=stack.window,
-                                 disk=stack.disk, **query.kwargs())
-                yield (2 * i + 2, total, (p, PlaneFinds.from_found(found)))
+                else:  # a huge plane: searched tile by tile, the weakest objects not kept
+                    per, run.floor = 1 + len(emb.grid), TILED_FLOOR
+                    objects: list = []
+                    for done, _n, last in find_tiled_iter(model, emb, query.text, query.boxes,
+                                                          query.positive, TILED_FLOOR):
+                        objects = last if last is not None else objects
+                        yield (per * i + done, per * len(run.planes), None)
+                    found = Found(objects, emb.shape, TILED_FLOOR)
+                yield (per * (i + 1), per * len(run.planes), (p, PlaneFinds.from_found(found)))
 
         def step(item) -> None:
             if run is not self.result:
@@ -239,8 +248,9 @@ class FindRunner:
         where = "this plane" if not run.line else f"{len(run.done)} of {len(run.planes)} planes"
         kept = sum(len(f) for f in run.kept.values())
         n = run.shown
+        floor = f", none below {run.floor:.2f} on tiled planes" if run.floor else ""
         return (f"found '{run.query.name}': {n} object{'s' * (n != 1)} scoring >= {run.threshold:.2f} "
-                f"on {where} ({kept} kept)")
+                f"on {where} ({kept} kept{floor})")
 
     def refilter(self, threshold: float) -> None:
         """Show the last run's objects scoring at least ``threshold`` (no model call): one plane

@@ -33,6 +33,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,10 +55,10 @@ from napari_promptseg.models.sam3.tracker import (
     tracker_features,
     tracker_state,
 )
-from napari_promptseg.models.upscale import upscale_masks
+from napari_promptseg.models.upscale import upscale_masks, upscale_pieces
 
-__all__ = ["Sam3Model", "build_sam3_network", "build_sam3_model", "FEATURE_KEYS", "TRACKER_KEYS",
-           "RESOLUTION", "SAM3_ARCHS", "detector_state", "is_sam3_state"]
+__all__ = ["Sam3Model", "ConceptPrompt", "build_sam3_network", "build_sam3_model", "FEATURE_KEYS",
+           "TRACKER_KEYS", "RESOLUTION", "SAM3_ARCHS", "detector_state", "is_sam3_state"]
 
 #: names of the vision backbone's three maps in :attr:`Embedding.features` (fine to coarse)
 FEATURE_KEYS = ("fpn0", "fpn1", "fpn2")
@@ -65,6 +66,15 @@ FEATURE_KEYS = ("fpn0", "fpn1", "fpn2")
 RESOLUTION = 1008
 _PLACEHOLDER_TEXT = "visual"  # what Sam3Processor encodes when only boxes are given
 _TEXT_CACHE = 32
+
+
+class ConceptPrompt(NamedTuple):
+    """SAM 3's prompt tokens: ``tokens`` ``(S, 1, D)``, ``mask`` ``(1, S)`` (True = padding), the
+    first ``n_text`` of them the text's."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    n_text: int
 
 
 def _full(bpe: str):
@@ -276,20 +286,21 @@ class Sam3Model(PromptableModel):
         return {"backbone_fpn": feats, "vision_pos_enc": pos, "vision_features": feats[-1],
                 "sam2_backbone_out": None}
 
-    @torch.no_grad()
-    def detect(self, embedding: Embedding, text: str | None = None, boxes=None, box_labels=None):
-        """One grounding pass: every query's ``(scores, boxes, logits)``.
-
-        text: a noun phrase or None (boxes only); boxes: ``(N, 4)`` validated ``(row0, col0, row1,
-        col1)`` with ``row0 <= row1``, ``col0 <= col1`` in image pixels; box_labels: ``(N,)`` bool,
-        True = an example of the concept, False = a counter-example. Returns numpy ``scores (Q,)``
-        float32, ``boxes (Q, 4)`` float32 ``(row0, col0, row1, col1)`` image pixels, and the
-        low-resolution mask logits ``(Q, 288, 288)`` (:attr:`low_res_shape`) as a tensor (for
-        :meth:`upscale`).
-        """
-        from sam3.model import box_ops
+    def _find_stage(self):
         from sam3.model.data_misc import FindStage
 
+        dev = self.device
+        return FindStage(img_ids=torch.tensor([0], device=dev, dtype=torch.long),
+                         text_ids=torch.tensor([0], device=dev, dtype=torch.long),
+                         input_boxes=None, input_boxes_mask=None, input_boxes_label=None,
+                         input_points=None, input_points_mask=None)
+
+    @torch.no_grad()
+    def concept_prompt(self, embedding: Embedding, text: str | None = None, boxes=None,
+                       box_labels=None) -> ConceptPrompt:
+        """The prompt tokens of ``text`` and ``boxes`` on this embedding (Meta's
+        ``_encode_prompt``: the text's tokens, then the geometry encoder's tokens of the boxes,
+        which read the image inside them). Arguments as :meth:`detect`."""
         self.check_embedding(embedding)
         h, w = embedding.original_size
         dev = self.device
@@ -306,20 +317,63 @@ class Sam3Model(PromptableModel):
                     torch.tensor(cxcywh, device=dev, dtype=torch.float32).view(len(b), 1, 4),
                     torch.tensor(lab, device=dev, dtype=torch.bool).view(len(b), 1),
                 )
-            find_stage = FindStage(
-                img_ids=torch.tensor([0], device=dev, dtype=torch.long),
-                text_ids=torch.tensor([0], device=dev, dtype=torch.long),
-                input_boxes=None, input_boxes_mask=None, input_boxes_label=None,
-                input_points=None, input_points_mask=None,
-            )
-            out = self.net.forward_grounding(backbone_out=backbone_out, find_input=find_stage,
-                                             geometric_prompt=prompt, find_target=None)
+            tokens, mask, _ = self.net._encode_prompt(backbone_out, self._find_stage(), prompt)
+        return ConceptPrompt(tokens, mask, int(backbone_out["language_features"].shape[0]))
+
+    @staticmethod
+    def join_prompts(prompts) -> ConceptPrompt:
+        """One prompt of several :meth:`concept_prompt` results of the same text (boxes encoded in
+        different windows of one image): the text's tokens once, then each one's box tokens."""
+        first = prompts[0]
+        tokens = [first.tokens] + [p.tokens[p.n_text:] for p in prompts[1:]]
+        masks = [first.mask] + [p.mask[:, p.n_text:] for p in prompts[1:]]
+        return ConceptPrompt(torch.cat(tokens, 0), torch.cat(masks, 1), first.n_text)
+
+    @torch.no_grad()
+    def detect(self, embedding: Embedding, text: str | None = None, boxes=None, box_labels=None,
+               *, prompt: ConceptPrompt | None = None):
+        """One grounding pass: every query's ``(scores, boxes, logits)``.
+
+        text: a noun phrase or None (boxes only); boxes: ``(N, 4)`` validated ``(row0, col0, row1,
+        col1)`` with ``row0 <= row1``, ``col0 <= col1`` in image pixels; box_labels: ``(N,)`` bool,
+        True = an example of the concept, False = a counter-example. prompt: tokens made by
+        :meth:`concept_prompt` (perhaps on another window of the image), used instead of text and
+        boxes. Returns numpy ``scores (Q,)`` float32, ``boxes (Q, 4)`` float32 ``(row0, col0, row1,
+        col1)`` image pixels, and the low-resolution mask logits ``(Q, 288, 288)``
+        (:attr:`low_res_shape`) as a tensor (for :meth:`mask_pieces`).
+        """
+        from sam3.model import box_ops
+
+        if prompt is None:
+            prompt = self.concept_prompt(embedding, text, boxes, box_labels)
+        self.check_embedding(embedding)
+        h, w = embedding.original_size
+        net, find_stage = self.net, self._find_stage()
+        with on_device(self.device):  # Sam3Image.forward_grounding after _encode_prompt
+            backbone_out = self._backbone_out(embedding)
+            backbone_out, enc, _ = net._run_encoder(backbone_out, find_stage, prompt.tokens, prompt.mask)
+            out = {"encoder_hidden_states": enc["encoder_hidden_states"],
+                   "prev_encoder_out": {"encoder_out": enc, "backbone_out": backbone_out}}
+            out, hs = net._run_decoder(memory=out["encoder_hidden_states"], pos_embed=enc["pos_embed"],
+                                       src_mask=enc["padding_mask"], out=out, prompt=prompt.tokens,
+                                       prompt_mask=prompt.mask, encoder_out=enc)
+            net._run_segmentation_heads(out=out, backbone_out=backbone_out, img_ids=find_stage.img_ids,
+                                        vis_feat_sizes=enc["vis_feat_sizes"],
+                                        encoder_hidden_states=out["encoder_hidden_states"],
+                                        prompt=prompt.tokens, prompt_mask=prompt.mask, hs=hs)
             presence = out["presence_logit_dec"].sigmoid().unsqueeze(1)
             scores = (out["pred_logits"].sigmoid() * presence).squeeze(-1)[0]
             xyxy = box_ops.box_cxcywh_to_xyxy(out["pred_boxes"])[0]
         scale = torch.tensor([h, w, h, w], dtype=xyxy.dtype, device=xyxy.device)
         ours = xyxy[:, [1, 0, 3, 2]] * scale
         return (scores.float().cpu().numpy(), ours.float().cpu().numpy(), out["pred_masks"][0])
+
+    @torch.no_grad()
+    def mask_pieces(self, logits: torch.Tensor, size: tuple[int, int]) -> list:
+        """``(K, h, w)`` mask logits -> each mask at the image's ``size`` as ``(window, piece)``
+        (:func:`~napari_promptseg.models.upscale.upscale_pieces`: Meta's bilinear resize and
+        ``sigmoid > 0.5``, computed only where the mask can be)."""
+        return upscale_pieces(logits, size)
 
     @torch.no_grad()
     def upscale(self, logits: torch.Tensor, size: tuple[int, int], batch: int = 16) -> np.ndarray:
