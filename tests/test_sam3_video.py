@@ -210,3 +210,36 @@ def test_track_concept_needs_the_tracker_weights(tiny_ours):
     model = ps.load_model(TINY, checkpoint=folder / "detector_only.pt", device="cpu")
     with pytest.raises(ValueError, match="lacks SAM 3's tracker weights"):
         ps.track_concept(model, _video_rgb(), text="cell")
+
+
+def test_the_session_tracks_a_concept_through_a_video(tiny_ours, monkeypatch):
+    """Find with scope 'track': SAM 3's video model from the displayed frame, equal to
+    ps.track_concept on the same frames and window; the slider hides tracks scoring below it
+    without running the model; one box at most."""
+    from napari_promptseg.session import AnnotationSession
+
+    model = tiny_ours[0]
+    video = _video_gray16()
+    s = AnnotationSession(model, video, autosave=False)
+    s.set_plane((1,))
+    statuses, written = [], []
+    s.events.status.connect(statuses.append)
+    s.events.found.connect(lambda arr, planes: written.extend(planes))
+    out = s.find("cell", scope="track", threshold=0.5)
+    want = ps.track_concept(model, video, text="cell", frame=1, contrast_limits=s.stack.window)
+    np.testing.assert_array_equal(np.asarray(out), want)
+    assert sorted(set(written)) == [(k,) for k in range(T)]
+    run = s.found
+    assert run.video == 0.5 and set(run.tracks) == set(np.unique(want).tolist()) - {0} != set()
+    assert "tracked 'cell'" in statuses[-1] and f"{len(run.tracks)} tracked" in statuses[-1]
+    calls = []
+    monkeypatch.setattr(model._video_net, "propagate_in_video", lambda *a, **k: calls.append(a))
+    best = max(run.tracks.values())
+    s.set_find_threshold(min(1.0, best + 1e-6))  # above every track: all hidden
+    assert not np.asarray(out).any() and not calls
+    s.set_find_threshold(0.3)  # below the run's threshold: all shown, and it says so
+    np.testing.assert_array_equal(np.asarray(out), want)
+    assert "none below 0.50 were detected: Find again" in statuses[-1]
+    with pytest.raises(ValueError, match="takes one box"):
+        s.find(exemplars=[[10, 10, 40, 40], [50, 50, 80, 80]], scope="track")
+    assert "one box" in statuses[-1]

@@ -214,3 +214,23 @@ def test_the_found_layer_takes_corrections(sam3, make_napari_viewer, qtbot, imag
     click(w.bridge.points_layer, (20, 20))
     settle(qtbot, w, TIMEOUT)
     assert "could not decode the prompts: sam3_tiny_test: point prompts are not supported" in w.status.text()
+
+
+def test_track_a_concept_through_the_frames_with_the_video_model(sam3, make_napari_viewer, qtbot, image):
+    """The scope 'every frame: detect here, then track': SAM 3's video model from the displayed
+    frame (ps.track_concept), Enter typed in the text field; one id per track."""
+    video = np.stack([image, np.roll(image, 2, axis=1), np.roll(image, 4, axis=1)])
+    viewer, w = _open(make_napari_viewer, qtbot, sam3, video)
+    viewer.dims.set_current_step(0, 1)
+    row = w.find_row
+    row.scope_combo.setCurrentText("every frame: detect here, then track (video)")
+    assert row.scope == "track"
+    row.slider.setValue(10)
+    row.text.setText("cell")
+    qtbot.keyClick(row.text, Qt.Key.Key_Return)
+    lab = np.asarray(_found(qtbot, w).data[:])
+    want = ps.track_concept(sam3, video, text="cell", frame=1, threshold=0.1,
+                            contrast_limits=w.session.stack.window)
+    np.testing.assert_array_equal(lab, want)
+    assert not sam3.calls  # Meta's video model ran, not the image model's detect
+    assert "tracked 'cell'" in w.status.text() and "of 3 frames" in w.status.text()

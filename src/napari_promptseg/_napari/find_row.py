@@ -29,7 +29,8 @@ from napari_promptseg._napari.bridge import disconnect
 
 __all__ = ["FindRow", "FIND_SCOPES", "FOUND_PREFIX"]
 
-FIND_SCOPES = {"this plane": "plane", "every plane along the axis": "line"}  # label -> session scope
+FIND_SCOPES = {"this plane": "plane", "every plane along the axis": "line",  # label -> session scope
+               "every frame: detect here, then track (video)": "track"}
 FOUND_PREFIX = "found: "
 BOX_TIP = (f"Exemplar boxes: draw rectangles in the '{L.EXEMPLARS_NAME}' layer around instances of "
            "the concept (green). Hold Alt while you start a box, or tick this, for a counter-example "
@@ -49,8 +50,10 @@ class FindRow(QGroupBox):
         self.find_button.setToolTip("find the concept (text and/or exemplar boxes) into a new labels layer")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(list(FIND_SCOPES))
-        self.scope_combo.setToolTip("a z-stack or a video: this plane, or every plane along the axis "
-                                    "(one id per instance through the planes)")
+        self.scope_combo.setToolTip("a z-stack or a video: this plane; every plane along the axis (found "
+                                    "on each, one id per instance by overlap); or SAM 3's video model: "
+                                    "detect on this frame, then track each instance through the others "
+                                    "(one box at most; needs the full sam3.pt)")
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, 100)
         self.slider.setValue(50)

@@ -434,30 +434,40 @@ class AnnotationSession:
     def find(self, text: str | None = None, exemplars=None, negative=None, scope: str = "plane",
              axis: int = 0, threshold: float | None = None):
         """Every instance of a concept (SAM 3: :func:`napari_promptseg.find`) on the displayed
-        plane (``scope="plane"``) or every plane of its line along leading ``axis`` (``"line"``;
-        objects linked across planes into 3D ids) into a new int32 labels array of the image's
-        shape (numpy for 2D, lazy zarr for stacks), filled plane by plane (events.found); committed
-        labels do not change. text: a noun phrase; exemplars / negative: boxes ``(row0, col0,
-        row1, col1)`` in plane pixels around instances / counter-examples, used on every plane
-        searched. Every object and its score is kept: :meth:`set_find_threshold` shows more or
-        fewer without running the model. threshold: the one to show (None: the current
-        :attr:`find_threshold`). Returns the new array, or None (with a status) without an image;
-        no model or one that cannot find concepts, bad boxes or an empty query raise TypeError or
-        ValueError (said in the status line too) before any work."""
+        plane (``scope="plane"``) or every plane of its line along leading ``axis`` (``"line"``:
+        objects linked across planes into 3D ids; ``"track"``: SAM 3's video model detects on the
+        displayed plane and tracks through the line, one box at most, the tracker weights needed,
+        see :meth:`~napari_promptseg.session.find.FindRunner.start_track`) into a new int32 labels
+        array of the image's shape (numpy for 2D, lazy zarr for stacks), filled plane by plane
+        (events.found); committed labels do not change. text: a noun phrase; exemplars / negative:
+        boxes ``(row0, col0, row1, col1)`` in plane pixels around instances / counter-examples,
+        used on every plane searched. Every object and its score is kept: :meth:`set_find_threshold`
+        shows more or fewer without running the model. threshold: the one to show (None: the
+        current :attr:`find_threshold`). Returns the new array, or None (with a status) without an
+        image; no model or one that cannot find concepts, bad boxes or an empty query raise
+        TypeError or ValueError (said in the status line too) before any work."""
         if self.image is None:
             self._status("choose an image first.")
             return None
+        track = scope == "track"
         try:
             query = check_query(self.model, text, exemplars, negative, self._plane_shape)
             if threshold is not None:
                 self.set_find_threshold(threshold, refilter=False)
-            planes, target = scope_of(self.stack, self.plane, scope, axis, (*self._lead, *self._plane_shape))
+            planes, target = scope_of(self.stack, self.plane, "line" if track else scope, axis,
+                                      (*self._lead, *self._plane_shape))
+            if track and len(planes) < 2:
+                raise ValueError("tracking needs a video or a stack: this image has one plane")
+            self.cancel_propagation()
+            self._everything.cancel()
+            if track:
+                self._find.start_track(self.model, self.stack, query, planes, target, self.find_threshold,
+                                       planes.index(self.plane))
+            else:
+                self._find.start(self.model, self.stack, query, planes, target, self.find_threshold)
         except (TypeError, ValueError) as err:
             self._status(str(err) if str(err).startswith("Find") else f"find: {err}")
             raise
-        self.cancel_propagation()
-        self._everything.cancel()
-        self._find.start(self.model, self.stack, query, planes, target, self.find_threshold)
         return target
 
     def set_find_threshold(self, threshold: float, refilter: bool = True) -> None:
