@@ -147,10 +147,31 @@ def run_meta(ckpt: str, arch: str, frames: int, size: int) -> dict:
     return res
 
 
-def make_checkpoint(path: Path, arch: str) -> None:
+def query_logits(model, emb) -> np.ndarray:
+    """The detector's ``(200,)`` query logits for the text prompt (before the presence score)."""
+    import torch
+
+    from napari_promptseg.models.sam3.device import on_device
+
+    net = model.net
+    with torch.no_grad(), on_device("cpu"):
+        backbone_out = model._backbone_out(emb)
+        backbone_out.update(model.encode_text(TEXT))
+        out = net.forward_grounding(backbone_out=backbone_out, find_input=model._find_stage(),
+                                    geometric_prompt=net._get_dummy_prompt(), find_target=None)
+    return out["pred_logits"][0, :, 0].double().numpy()
+
+
+def make_checkpoint(path: Path, arch: str, detections: int, size: int) -> None:
+    """Random weights with the detector's scores raised as in the tests; with ``detections`` > 0
+    they are then shifted so that about that many queries pass Meta's new-instance threshold (0.7)
+    on frame 0: one dimension of the dot-product scoring becomes a constant (weights 0, biases 1 and
+    ``shift / scale``), which adds ``shift`` to every query's logit. Raised alone, random weights
+    let all 200 queries pass, and Meta's per-frame mask NMS over 200 masks dominates the time."""
     import torch
 
     from napari_promptseg.models.sam3.model import build_sam3_network
+    from napari_promptseg.models.sam3.tracker import meta_state
 
     torch.manual_seed(0)
     net = build_sam3_network("cpu", arch)
@@ -158,11 +179,33 @@ def make_checkpoint(path: Path, arch: str) -> None:
         scoring = net.dot_prod_scoring
         for p in scoring.parameters():
             p.mul_(3.0)
-        scoring.hs_proj.bias.add_(0.5)
-        scoring.prompt_proj.bias.add_(0.5)
-        net.transformer.decoder.presence_token_head.layers[-1].bias.add_(5.0)
-    from napari_promptseg.models.sam3.tracker import meta_state
+        if detections <= 0:  # every logit clamped high (12)
+            scoring.hs_proj.bias.add_(0.5)
+            scoring.prompt_proj.bias.add_(0.5)
+        net.transformer.decoder.presence_token_head.layers[-1].bias.add_(5.0 if detections <= 0 else 20.0)
+    if detections > 0:
+        from napari_promptseg.models.sam3.model import SAM3_ARCHS, Sam3Model
 
+        model = Sam3Model(spec(arch), net, "calibration", torch.device("cpu"), SAM3_ARCHS[arch][0])
+        with torch.no_grad():  # dimension 0 becomes the constant term
+            scoring.hs_proj.weight[0] = 0.0
+            scoring.prompt_proj.weight[0] = 0.0
+            scoring.prompt_proj.bias[0] = 1.0
+            scoring.hs_proj.bias[0] = 0.0
+        emb = model.embed(video(1, size)[0])
+        logits = query_logits(model, emb)
+        ranked = np.sort(logits)[::-1]
+        k = min(detections, len(logits)) - 1
+        # new logits a * L + c: the k-th best at logit(0.75), the median 3 below it
+        a = 3.0 / max(ranked[k] - np.median(logits), 1e-3)
+        c = float(np.log(3.0) - a * ranked[k])
+        with torch.no_grad():
+            scoring.hs_proj.weight.mul_(a)
+            scoring.hs_proj.bias.mul_(a)
+            scoring.hs_proj.bias[0] = c / scoring.scale
+        after = model.detect(emb, TEXT)[0]
+        print(f"calibrated: {int((after > 0.7).sum())} of {len(after)} queries above 0.7 on frame 0 "
+              f"(logits x {a:.2f} + {c:.2f})", flush=True)
     torch.save({"model": meta_state(net)}, path)
 
 
@@ -171,6 +214,8 @@ def main() -> None:
     ap.add_argument("--arch", default="sam3", choices=["sam3", "sam3_tiny_336"])
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--detections", type=int, default=8,
+                    help="about this many instances on frame 0 (0: every query passes)")
     ap.add_argument("--side", choices=["ours", "meta"], help=argparse.SUPPRESS)
     ap.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -181,7 +226,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "sam3_random.pt"
-        make_checkpoint(ckpt, args.arch)
+        make_checkpoint(ckpt, args.arch, args.detections, args.size)
         res = {}
         for side in ("meta", "ours"):
             cmd = [sys.executable, __file__, "--side", side, "--checkpoint", str(ckpt), "--arch",
