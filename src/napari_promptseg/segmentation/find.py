@@ -58,10 +58,11 @@ def find(model, image_or_embedding, text: str | None = None, exemplars=None, neg
 
     tiles: ``"auto"`` (default) searches an image longer than 4 model inputs (4032 pixels for
     SAM 3) tile by tile at the model's scale instead of squashing it into one input; True always,
-    False never; a :class:`~napari_promptseg.TiledEmbedding` (``ps.embed_tiles``) is searched by its
-    tiles (see :mod:`~napari_promptseg.segmentation.find_tiles`: exemplar boxes prompt every tile,
-    objects cut by tile edges are joined). out: a writable ``(H, W)`` integer array-like (zarr,
-    numpy memmap) to paint the labels into, block by block (then ``found.labels`` is ``out``).
+    False never; a :class:`~napari_promptseg.embed.tiles.TiledEmbedding` (``ps.embed_tiles``) is
+    searched by its tiles (see :mod:`~napari_promptseg.segmentation.find_tiles`: exemplar boxes
+    prompt every tile, objects cut by tile edges are joined). out: a writable ``(H, W)`` integer
+    array-like (zarr, numpy memmap) to paint the labels into, block by block (then
+    ``found.labels`` is ``out``).
     progress(done, total): after each tile of a tiled search.
 
     Returns a :class:`~napari_promptseg.core.results.Found`: ``.objects`` (``mask``, ``score``,
