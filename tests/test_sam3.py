@@ -172,6 +172,8 @@ def test_find_takes_an_embedding_and_checks_its_arguments():
         ps.find(model, emb, text="x", threshold=1.5)
     with pytest.raises(TypeError, match="cannot find concepts.*sam3"):
         ps.find(ComponentModel(), img, text="x")
+    with pytest.raises(ValueError, match=r"must be \(H, W\) gray .* got shape \(2, 40, 50\); for a stack"):
+        ps.find(model, np.stack([img, img]), text="x", exemplars=[[1, 2, 5, 6]])
 
 
 @pytest.mark.slow

@@ -97,15 +97,25 @@ def find(model, image_or_embedding, text: str | None = None, exemplars=None, neg
             tiles is True or (tiles == "auto" and hasattr(src, "shape") and len(src.shape) >= 2
                               and wants_tiles(model, src.shape))):
         src = embed_tiles(model, src, contrast_limits, cache=cache, disk=disk)
-    shape = (tuple(src.shape) if isinstance(src, TiledEmbedding) else None)
-    if shape is None:
-        emb = src if isinstance(src, Embedding) else embed_cached(model, src, contrast_limits,
-                                                                  cache=cache, disk=disk)
-        shape = tuple(int(v) for v in emb.original_size)
-    boxes, labels = concept_boxes(exemplars, negative, shape)
+    if isinstance(src, TiledEmbedding):
+        shape = tuple(src.shape)
+    elif isinstance(src, Embedding):
+        shape = tuple(int(v) for v in src.original_size)
+    else:
+        if not hasattr(src, "shape"):
+            src = np.asarray(src)
+        if not (len(src.shape) == 2 or (len(src.shape) == 3 and src.shape[-1] in (3, 4))):
+            raise ValueError(f"the image must be (H, W) gray or (H, W, 3|4) RGB(A), got shape "
+                             f"{tuple(src.shape)}; for a stack use ps.find_stack")
+        shape = tuple(int(v) for v in src.shape[:2])
+    boxes, labels = concept_boxes(exemplars, negative, shape)  # bad input: before any embedding
     if text is None and not len(boxes):
         raise ValueError("nothing to find: give text (a noun phrase), exemplars (boxes), or both")
     target = None if out is None else check_labels_out(out, shape, max_id=1)
+    if not isinstance(src, (Embedding, TiledEmbedding)):
+        emb = embed_cached(model, src, contrast_limits, cache=cache, disk=disk)
+    elif isinstance(src, Embedding):
+        emb = src
     if isinstance(src, TiledEmbedding):
         from napari_promptseg.segmentation.find_tiles import find_tiled
 
