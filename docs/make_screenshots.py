@@ -96,7 +96,8 @@ def show_frame(viewer, app, w, k: int) -> None:
     wait(app, lambda: w.ready and not w.scheduler.busy)
 
 
-SHOTS = ("clicks", "stack", "everything", "video", "video_sam2", "tiles", "tiled_stack", "find_row")
+SHOTS = ("clicks", "stack", "everything", "video", "video_sam2", "tiles", "tiled_stack", "find_row",
+         "find_track")
 
 
 def main(argv=None) -> None:
@@ -111,7 +112,7 @@ def main(argv=None) -> None:
     app = QApplication.instance() or QApplication([])
     shots = {"clicks": clicks_shot, "stack": stack_shot, "everything": everything_shot, "video": video_shot,
              "video_sam2": video_sam2_shot, "tiles": tiles_shot, "tiled_stack": tiled_stack_shot,
-             "find_row": find_row_shot}
+             "find_row": find_row_shot, "find_track": find_track_shot}
     for name in [args.only] if args.only else SHOTS:
         shots[name](args, app)
 
@@ -394,35 +395,42 @@ def tiled_stack_shot(args, app) -> None:
     close(viewer, app)
 
 
-def find_row_shot(args, app) -> None:
-    """The Find row (SAM 3) on the nuclei sample, with a tiny SAM 3 of random weights made here
-    (``sam3_tiny_336``, nothing downloaded): "nucleus" typed, an example box (green) and a
-    counter-example box (red), Find, the slider at the score of the tenth best object. The objects
-    are noise from random weights: the picture shows the controls, not SAM 3's quality."""
-    import os
-
+def tiny_sam3_model(detectable: bool = False):
+    """A tiny SAM 3 (``sam3_tiny_336``) with random weights, made here (nothing downloaded); its
+    scores spread (as tests/test_sam3_parity.py), or raised above Meta's new-instance threshold
+    (``detectable``, as tests/test_sam3_video.py) so that its video model tracks something."""
     import torch
-    from qtpy.QtWidgets import QScrollArea
 
-    from napari_promptseg._napari.demo import open_demo
     from napari_promptseg.core.devices import resolve_device
     from napari_promptseg.models.registry import ModelSpec
     from napari_promptseg.models.sam3.model import Sam3Model, build_sam3_network
-    from napari_promptseg.sample import nuclei_image
 
-    cache_gb = os.environ.get("PROMPTSEG_EMBED_CACHE_GB")
-    os.environ["PROMPTSEG_EMBED_CACHE_GB"] = "0"  # random weights' embeddings stay out of the disk cache
     spec = ModelSpec(name="sam3 tiny, random weights", family="sam3", arch="sam3_tiny_336", url="",
                      known_hash="", size_mb=0, params="", description="SAM 3, 336 px, random weights",
                      licence="")
     torch.manual_seed(0)
     net = build_sam3_network("cpu", "sam3_tiny_336")
-    with torch.no_grad():  # spread the random scores (as tests/test_sam3_parity.py)
-        for p in net.dot_prod_scoring.parameters():
+    with torch.no_grad():
+        scoring = net.dot_prod_scoring
+        for p in scoring.parameters():
             p.mul_(3.0)
-    model = Sam3Model(spec, net, "random", resolve_device("cpu"), resolution=336)
-    viewer = make_viewer()
-    w = open_demo(viewer)  # the widget's default model loads first; replaced here
+        if detectable:
+            scoring.hs_proj.bias.add_(0.5)
+            scoring.prompt_proj.bias.add_(0.5)
+            net.transformer.decoder.presence_token_head.layers[-1].bias.add_(5.0)
+    return Sam3Model(spec, net, "random", resolve_device("cpu"), resolution=336)
+
+
+def open_demo_with(viewer, app, model, **kw):
+    """The demo (its sample, the widget) with ``model`` set in place of the default model; random
+    weights' embeddings stay out of the disk cache."""
+    import os
+
+    from napari_promptseg._napari.demo import open_demo
+
+    cache_gb = os.environ.get("PROMPTSEG_EMBED_CACHE_GB")
+    os.environ["PROMPTSEG_EMBED_CACHE_GB"] = "0"
+    w = open_demo(viewer, **kw)  # the widget's default model loads first; replaced here
     if cache_gb is None:
         del os.environ["PROMPTSEG_EMBED_CACHE_GB"]
     else:
@@ -433,6 +441,44 @@ def find_row_shot(args, app) -> None:
         w.model_combo.setCurrentIndex(0)
     wait(app, lambda: w.ready and w.session.model is model and not w.scheduler.busy)
     viewer.reset_view()
+    return w
+
+
+def find_track_shot(args, app) -> None:
+    """Find on the time-lapse with SAM 3's video model (scope 'every frame: detect here, then
+    track'), a tiny SAM 3 of random weights raised to detect: "cell" typed and Enter pressed on
+    frame 5. The tracks are noise from random weights: the picture shows the controls."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_viewer()
+    w = open_demo_with(viewer, app, tiny_sam3_model(detectable=True), video=True)
+    viewer.dims.set_current_step(0, 5)
+    wait(app, lambda: w.ready and not w.scheduler.busy)
+    row = w.find_row
+    row.scope_combo.setCurrentText("every frame: detect here, then track (video)")
+    row.text.setText("cell")
+    QTest.keyClick(row.text, Qt.Key.Key_Return)
+    wait(app, lambda: row.found_layer is not None and not w.session.finding and not w.scheduler.busy)
+    scroll = w.findChild(QScrollArea)
+    if scroll is not None:
+        scroll.ensureWidgetVisible(row)
+    shot(viewer, app, "find_track.png")
+    close(viewer, app)
+
+
+def find_row_shot(args, app) -> None:
+    """The Find row (SAM 3) on the nuclei sample, with a tiny SAM 3 of random weights made here
+    (``sam3_tiny_336``, nothing downloaded): "nucleus" typed, an example box (green) and a
+    counter-example box (red), Find, the slider at the score of the tenth best object. The objects
+    are noise from random weights: the picture shows the controls, not SAM 3's quality."""
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_promptseg.sample import nuclei_image
+
+    viewer = make_viewer()
+    w = open_demo_with(viewer, app, tiny_sam3_model())
     _, truth = nuclei_image()
     big = int(np.argsort(-np.bincount(truth.ravel()))[1])  # the largest nucleus: an example
     rows, cols = np.nonzero(truth == big)
