@@ -96,7 +96,11 @@ def find(model, image_or_embedding, text: str | None = None, exemplars=None, neg
     if not isinstance(src, (Embedding, TiledEmbedding)) and (
             tiles is True or (tiles == "auto" and hasattr(src, "shape") and len(src.shape) >= 2
                               and wants_tiles(model, src.shape))):
-        src = embed_tiles(model, src, contrast_limits, cache=cache, disk=disk)
+        from napari_promptseg.embed.cache import EmbeddingCache
+
+        # each tile is searched once: few embeddings in memory (a SAM 3 tile's is over 100 MB)
+        keep = cache if cache is not None else EmbeddingCache(2)
+        src = embed_tiles(model, src, contrast_limits, cache=keep, disk=disk)
     if isinstance(src, TiledEmbedding):
         shape = tuple(src.shape)
     elif isinstance(src, Embedding):
