@@ -212,6 +212,7 @@ def test_track_concept_needs_the_tracker_weights(tiny_ours):
         ps.track_concept(model, _video_rgb(), text="cell")
 
 
+@pytest.mark.slow  # Meta's video model: ~30 s on 2 cores
 def test_the_session_tracks_a_concept_through_a_video(tiny_ours, monkeypatch):
     """Find with scope 'track': SAM 3's video model from the displayed frame, equal to
     ps.track_concept on the same frames and window; the slider hides tracks scoring below it

@@ -216,6 +216,7 @@ def test_the_found_layer_takes_corrections(sam3, make_napari_viewer, qtbot, imag
     assert "could not decode the prompts: sam3_tiny_test: point prompts are not supported" in w.status.text()
 
 
+@pytest.mark.slow  # Meta's video model: ~30 s on 2 cores
 def test_track_a_concept_through_the_frames_with_the_video_model(sam3, make_napari_viewer, qtbot, image):
     """The scope 'every frame: detect here, then track': SAM 3's video model from the displayed
     frame (ps.track_concept), Enter typed in the text field; one id per track."""
