@@ -379,3 +379,25 @@ def test_grow_zero_decodes_in_the_prompts_tile_only(demo, monkeypatch):
         gt = lab == i
         assert demo.predict(tiled, points=[interior_point(gt)]).region in boxes
     assert all(s == (256, 256) for s in enc.shapes)
+
+
+def test_pieces_of_a_bar_starting_inside_a_tile_overlap_are_joined():
+    """Two tiles overlapping in columns 44-63 each see a piece of one bar that starts at column 60
+    (inside the overlap): the pieces agree there and are one object. (A region starting before a
+    piece's box once wrapped around as a negative index, and the pieces stayed apart.)"""
+    from napari_promptseg.segmentation.everything_tiles import _join
+    from napari_promptseg.segmentation.generator import Candidates
+
+    tiles = [(94, 0, 158, 64), (94, 44, 158, 108)]
+    c = Candidates()
+    for crop, (c0, c1) in enumerate([(60, 63), (60, 107)]):
+        c.score.append(0.9)
+        c.stability.append(0.95)
+        c.box.append(np.array([150, c0, 157, c1]))
+        c.point.append((153.0, 61.0))
+        c.piece.append(np.ones((8, c1 - c0 + 1), bool))
+        c.crop.append(crop)
+    joined = _join(c, tiles, 64)
+    assert len(joined.score) == 1
+    np.testing.assert_array_equal(joined.box[0], [150, 60, 157, 107])
+    assert joined.piece[0].all() and joined.piece[0].shape == (8, 48)
