@@ -16,8 +16,8 @@ follows is ``sam3.model.sam3_image_processor.Sam3Processor``, step by step:
   grounding pass instead of one pass per added box; with no text, Meta's placeholder text
   ``"visual"``); text encodings are cached per phrase. Scores are ``sigmoid(logit) *
   sigmoid(presence)``; boxes come back as our ``(row0, col0, row1, col1)`` image pixels.
-- :meth:`Sam3Model.upscale` = the processor's bilinear resize of the mask logits to the image,
-  ``sigmoid > 0.5``, for the kept objects only.
+- :meth:`Sam3Model.mask_pieces` = the processor's bilinear resize of the mask logits to the image,
+  ``sigmoid > 0.5``, for the kept objects only, each computed only around where it can be.
 - :meth:`Sam3Model.predict` = ``Sam3Image.predict_inst`` (Meta's ``SAM3InteractiveImagePredictor``
   on the stored maps): scores, clamped low-resolution logits ``(K, 288, 288)`` and masks after
   Meta's hole filling and a bilinear resize to the image.
@@ -374,19 +374,6 @@ class Sam3Model(PromptableModel):
         (:func:`~napari_promptseg.models.upscale.upscale_pieces`: Meta's bilinear resize and
         ``sigmoid > 0.5``, computed only where the mask can be)."""
         return upscale_pieces(logits, size)
-
-    @torch.no_grad()
-    def upscale(self, logits: torch.Tensor, size: tuple[int, int], batch: int = 16) -> np.ndarray:
-        """``(K, h, w)`` mask logits -> ``(K, H, W)`` bool masks at the image's ``size``, as
-        ``Sam3Processor`` (bilinear, ``sigmoid > 0.5``), ``batch`` masks at a time."""
-        import torch.nn.functional as F
-
-        out = np.zeros((len(logits), *size), bool)
-        for s in range(0, len(logits), batch):
-            up = F.interpolate(logits[s:s + batch].unsqueeze(1).float(), size=tuple(size),
-                               mode="bilinear", align_corners=False).sigmoid()
-            out[s:s + batch] = (up[:, 0] > 0.5).cpu().numpy()
-        return out
 
 
 def build_sam3_model(spec: ModelSpec, state: dict, checkpoint_id: str, device) -> Sam3Model:
