@@ -210,6 +210,14 @@ def test_track_concept_needs_the_tracker_weights(tiny_ours):
     model = ps.load_model(TINY, checkpoint=folder / "detector_only.pt", device="cpu")
     with pytest.raises(ValueError, match="lacks SAM 3's tracker weights"):
         ps.track_concept(model, _video_rgb(), text="cell")
+    from napari_promptseg.session import AnnotationSession
+
+    s = AnnotationSession(model, _video_rgb(), rgb=True, autosave=False)  # the dock's Find says it
+    statuses = []
+    s.events.status.connect(statuses.append)
+    with pytest.raises(ValueError, match="lacks SAM 3's tracker weights"):
+        s.find("cell", scope="track")
+    assert "'every plane along the axis'" in statuses[-1] and not s.finding
 
 
 @pytest.mark.slow  # Meta's video model: ~30 s on 2 cores

@@ -45,6 +45,9 @@ class ConceptTracking:
         if not getattr(model, "supports_concepts", False) or not hasattr(model, "net"):
             raise TypeError(f"model {model.name!r} cannot find concepts; use a SAM 3 model: "
                             "ps.load_model('sam3')")
+        from napari_promptseg.models.sam3.video import check_tracker
+
+        check_tracker(model)
         arr = video if hasattr(video, "shape") and hasattr(video, "ndim") else np.asarray(video)
         if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (3, 4))):
             raise ValueError("video must be (T, H, W) gray or (T, H, W, 3|4) RGB frames, got shape "

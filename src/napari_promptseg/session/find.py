@@ -237,9 +237,6 @@ class FindRunner:
         box, a model without tracker weights) raise before the job."""
         from napari_promptseg.propagation.concepts import ConceptTracking
 
-        if not getattr(model, "supports_prompts", False):
-            raise ValueError("tracking needs SAM 3's tracker weights (Meta's full sam3.pt); this "
-                             "checkpoint has the detector only: choose 'every plane' to find on each")
         tracking = ConceptTracking(model, LineFrames(stack, planes), frame=frame, threshold=threshold,
                                    contrast_limits=stack.window, **query.kwargs())
         self.cancel(quiet=True)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-__all__ = ["video_network", "video_state", "frame_tensor", "VIDEO_SETTINGS"]
+__all__ = ["check_tracker", "video_network", "video_state", "frame_tensor", "VIDEO_SETTINGS"]
 
 #: Meta's ``build_sam3_video_model(apply_temporal_disambiguation=True)`` settings (the default)
 VIDEO_SETTINGS = dict(
@@ -42,19 +42,26 @@ VIDEO_SETTINGS = dict(
 )
 
 
-def video_network(model):
-    """Meta's SAM 3 video model around ``model``'s modules (a :class:`~.model.Sam3Model` with its
-    tracker), built once and cached on ``model``."""
-    net = getattr(model, "_video_net", None)
-    if net is not None:
-        return net
+def check_tracker(model) -> None:
+    """ValueError, saying what to do, when ``model`` (a :class:`~.model.Sam3Model`) lacks the
+    tracker weights its video model needs."""
     from napari_promptseg.models.sam3.tracker import has_tracker
 
     if not has_tracker(model.net):
         raise ValueError(
             f"{model.name}: this checkpoint lacks SAM 3's tracker weights (tracker.* and "
             "detector.backbone.vision_backbone.sam2_convs.*), which the video model needs; use "
-            "Meta's full sam3.pt, or ps.find_stack for frame-by-frame detection with overlap links")
+            "Meta's full sam3.pt, or find frame by frame with overlap links (ps.find_stack; in the "
+            "dock, 'every plane along the axis')")
+
+
+def video_network(model):
+    """Meta's SAM 3 video model around ``model``'s modules (a :class:`~.model.Sam3Model` with its
+    tracker), built once and cached on ``model``."""
+    net = getattr(model, "_video_net", None)
+    if net is not None:
+        return net
+    check_tracker(model)
     from sam3.model.sam3_image import Sam3ImageOnVideoMultiGPU
     from sam3.model.sam3_video_inference import Sam3VideoInferenceWithInstanceInteractivity
 
