@@ -302,22 +302,27 @@ class Sam3Model(PromptableModel):
         ``_encode_prompt``: the text's tokens, then the geometry encoder's tokens of the boxes,
         which read the image inside them). Arguments as :meth:`detect`."""
         self.check_embedding(embedding)
-        h, w = embedding.original_size
+        with on_device(self.device):
+            return self._prompt(self._backbone_out(embedding), embedding.original_size, text, boxes,
+                                box_labels)
+
+    def _prompt(self, backbone_out: dict, size, text, boxes, box_labels) -> ConceptPrompt:
+        """:meth:`concept_prompt` on an embedding's :meth:`_backbone_out` (which Meta's
+        ``_encode_prompt`` completes with the text's features), inside :func:`on_device`."""
+        h, w = size
         dev = self.device
-        with on_device(dev):
-            backbone_out = self._backbone_out(embedding)
-            backbone_out.update(self.encode_text(_PLACEHOLDER_TEXT if text is None else text))
-            prompt = self.net._get_dummy_prompt()
-            b = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, np.float64).reshape(-1, 4)
-            if len(b):
-                r0, c0, r1, c1 = b.T
-                cxcywh = np.stack([(c0 + c1) / 2 / w, (r0 + r1) / 2 / h, (c1 - c0) / w, (r1 - r0) / h], 1)
-                lab = np.ones(len(b), bool) if box_labels is None else np.asarray(box_labels, bool)
-                prompt.append_boxes(
-                    torch.tensor(cxcywh, device=dev, dtype=torch.float32).view(len(b), 1, 4),
-                    torch.tensor(lab, device=dev, dtype=torch.bool).view(len(b), 1),
-                )
-            tokens, mask, _ = self.net._encode_prompt(backbone_out, self._find_stage(), prompt)
+        backbone_out.update(self.encode_text(_PLACEHOLDER_TEXT if text is None else text))
+        prompt = self.net._get_dummy_prompt()
+        b = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, np.float64).reshape(-1, 4)
+        if len(b):
+            r0, c0, r1, c1 = b.T
+            cxcywh = np.stack([(c0 + c1) / 2 / w, (r0 + r1) / 2 / h, (c1 - c0) / w, (r1 - r0) / h], 1)
+            lab = np.ones(len(b), bool) if box_labels is None else np.asarray(box_labels, bool)
+            prompt.append_boxes(
+                torch.tensor(cxcywh, device=dev, dtype=torch.float32).view(len(b), 1, 4),
+                torch.tensor(lab, device=dev, dtype=torch.bool).view(len(b), 1),
+            )
+        tokens, mask, _ = self.net._encode_prompt(backbone_out, self._find_stage(), prompt)
         return ConceptPrompt(tokens, mask, int(backbone_out["language_features"].shape[0]))
 
     @staticmethod
@@ -344,13 +349,13 @@ class Sam3Model(PromptableModel):
         """
         from sam3.model import box_ops
 
-        if prompt is None:
-            prompt = self.concept_prompt(embedding, text, boxes, box_labels)
         self.check_embedding(embedding)
         h, w = embedding.original_size
         net, find_stage = self.net, self._find_stage()
-        with on_device(self.device):  # Sam3Image.forward_grounding after _encode_prompt
+        with on_device(self.device):  # Sam3Image.forward_grounding, its _encode_prompt's maps reused
             backbone_out = self._backbone_out(embedding)
+            if prompt is None:
+                prompt = self._prompt(backbone_out, (h, w), text, boxes, box_labels)
             backbone_out, enc, _ = net._run_encoder(backbone_out, find_stage, prompt.tokens, prompt.mask)
             out = {"encoder_hidden_states": enc["encoder_hidden_states"],
                    "prev_encoder_out": {"encoder_out": enc, "backbone_out": backbone_out}}
