@@ -192,10 +192,6 @@ class FoundObject:
         out[r0:r1, c0:c1] = self.piece
         return out
 
-    @property
-    def area(self) -> int:
-        return int(self.piece.sum())
-
 
 @dataclass
 class Found:
